@@ -1,0 +1,102 @@
+"""The run folder's files (DESIGN.md contracts), written atomically and read back.
+
+Every writer goes through a temporary file in the same folder and a rename, so a run that is
+interrupted never leaves a half-written artifact for compare.py or a notebook to trip over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+METRICS = "metrics.json"
+OOF_PREDICTIONS = "oof_predictions.csv"
+TEST_PREDICTIONS = "test_predictions.csv"
+SUBMISSION = "submission.csv"
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path`, renamed onto it only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_frame(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def write_oof_predictions(
+    run_dir: Path,
+    event_id: np.ndarray,
+    fold: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    score: np.ndarray,
+) -> Path:
+    """`EventId,fold,label,weight,score` for every training event, in EventId order."""
+    frame = pd.DataFrame(
+        {"EventId": event_id, "fold": fold, "label": label, "weight": weight, "score": score}
+    ).sort_values("EventId", kind="stable")
+    path = Path(run_dir) / OOF_PREDICTIONS
+    _write_frame(frame, path)
+    return path
+
+
+def write_test_predictions(run_dir: Path, event_id: np.ndarray, score: np.ndarray) -> Path:
+    path = Path(run_dir) / TEST_PREDICTIONS
+    _write_frame(pd.DataFrame({"EventId": event_id, "score": score}), path)
+    return path
+
+
+def submission_frame(event_id: np.ndarray, score: np.ndarray, selected: np.ndarray) -> pd.DataFrame:
+    """The challenge's `EventId,RankOrder,Class`: RankOrder N is the most signal-like event.
+
+    Every selected ('s') event must rank above every other one, so the ranking breaks score
+    ties in favour of the selection.
+    """
+    order = np.lexsort((score, selected))  # ascending: unselected first, then by score
+    rank = np.empty(len(score), dtype=np.int64)
+    rank[order] = np.arange(1, len(score) + 1)
+    return pd.DataFrame(
+        {"EventId": event_id, "RankOrder": rank, "Class": np.where(selected, "s", "b")}
+    )
+
+
+def write_submission(
+    run_dir: Path, event_id: np.ndarray, score: np.ndarray, selected: np.ndarray
+) -> Path:
+    path = Path(run_dir) / SUBMISSION
+    _write_frame(submission_frame(event_id, score, selected), path)
+    return path
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / METRICS).read_text())
+
+
+def read_oof_predictions(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / OOF_PREDICTIONS)
+

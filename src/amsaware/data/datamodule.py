@@ -1,0 +1,122 @@
+"""The LightningDataModule: stratified folds, fold-safe preprocessing, in-memory batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+from torch import Tensor
+
+from amsaware.data.preprocessing import fit_preprocessing, transform
+from amsaware.data.schema import EventTable
+
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+def stratified_folds(
+    label: np.ndarray, n_folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, validation) row indices of each fold, stratified by label and seeded."""
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(label)), label))
+
+
+class ShuffledBatches:
+    """Batches sliced from in-memory tensors after one permutation per epoch.
+
+    Permuting the whole epoch once and slicing contiguous views is far cheaper than a per-sample
+    `__getitem__` and a collate function. The generator is seeded once, so epoch k always sees
+    the same order for the same seed.
+    """
+
+    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, seed: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        n = len(self.tensors[0])
+        order = torch.randperm(n, generator=self.generator).to(self.tensors[0].device)
+        shuffled = [t[order] for t in self.tensors]
+        for start in range(0, n, self.batch_size):
+            yield tuple(t[start : start + self.batch_size] for t in shuffled)
+
+
+class SequentialBatches:
+    """Batches in order, for evaluation."""
+
+    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int) -> None:
+        self.tensors = tensors
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        return zip(*(t.split(self.batch_size) for t in self.tensors), strict=True)
+
+
+def as_tensors(table: EventTable, features: np.ndarray) -> Batch:
+    """(features, label, weight) tensors of a labelled table with preprocessed features."""
+    return (
+        torch.from_numpy(features),
+        torch.from_numpy(table.label.astype(np.int64)),
+        torch.from_numpy(table.weight.astype(np.float64)),
+    )
+
+
+class HiggsDataModule(L.LightningDataModule):
+    """Training rows (one fold's, or all) and their validation rows, preprocessed and batched.
+
+    Preprocessing is fitted on `train_index` rows only and then applied to the validation rows,
+    so a fold's validation statistics never reach its training. With `val_index=None` the module
+    serves all `train_index` rows for the final fit, with no validation.
+    """
+
+    def __init__(
+        self,
+        table: EventTable,
+        batch_size: int,
+        seed: int,
+        train_index: np.ndarray | None = None,
+        val_index: np.ndarray | None = None,
+        eval_batch_size: int = 65536,
+    ) -> None:
+        super().__init__()
+        if not table.labelled:
+            raise ValueError(f"{table.source}: training needs labels and weights")
+        self.train_table = table if train_index is None else table.subset(train_index)
+        self.val_table = None if val_index is None else table.subset(val_index)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.preprocessing = fit_preprocessing(self.train_table.features)
+        self.train_tensors = as_tensors(
+            self.train_table, transform(self.preprocessing, self.train_table.features)
+        )
+        self.val_tensors = (
+            None
+            if self.val_table is None
+            else as_tensors(self.val_table, transform(self.preprocessing, self.val_table.features))
+        )
+        self._train_batches = ShuffledBatches(self.train_tensors, batch_size, seed)
+
+    def preprocess(self, table: EventTable) -> Tensor:
+        """Features of any table through this module's fitted preprocessing."""
+        return torch.from_numpy(transform(self.preprocessing, table.features))
+
+    def train_dataloader(self) -> ShuffledBatches:
+        return self._train_batches
+
+    def val_dataloader(self) -> SequentialBatches | list:
+        if self.val_tensors is None:
+            return []
+        return SequentialBatches(self.val_tensors, self.eval_batch_size)

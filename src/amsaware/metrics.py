@@ -1,0 +1,270 @@
+"""Weighted significance and ranking metrics as torchmetrics `Metric`s.
+
+Written by hand because no maintained library has them: the challenge's AMS with per-class weight
+rescaling, and a weighted ROC AUC (torchmetrics' AUROC takes no sample weights). Unweighted AUROC
+and accuracy come from torchmetrics itself.
+
+Every metric keeps its inputs as concatenated states (`dist_reduce_fx="cat"`), so under DDP each
+process gathers all events before computing and the value is the same as in one process.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchmetrics.utilities import dim_zero_cat
+
+from amsaware.data.schema import B_TOT, S_TOT
+
+#: Regularisation term of the challenge's AMS.
+B_REG = 10.0
+
+
+def ams(s: Tensor | float, b: Tensor | float, b_reg: float = B_REG) -> Tensor:
+    """The challenge's approximate median significance, elementwise; 0 where s = 0.
+
+    AMS = sqrt(2 ((s + b + b_reg) ln(1 + s / (b + b_reg)) - s)); the radicand is clamped at 0
+    because rounding can make it slightly negative for tiny s.
+    """
+    s = torch.as_tensor(s, dtype=torch.float64)
+    b = torch.as_tensor(b, dtype=torch.float64)
+    radicand = 2.0 * ((s + b + b_reg) * torch.log1p(s / (b + b_reg)) - s)
+    return torch.sqrt(torch.clamp(radicand, min=0.0))
+
+
+def rescaled_weights(
+    target: Tensor, weight: Tensor, s_tot: float = S_TOT, b_tot: float = B_TOT
+) -> Tensor:
+    """Weights rescaled per class so signal sums to `s_tot` and background to `b_tot`.
+
+    This puts any subset (a fold, a bootstrap sample, a leaderboard split) on the scale of the
+    full data set, as the challenge's KaggleWeight does. A class absent from the subset has no
+    events to rescale and contributes nothing.
+    """
+    weight = weight.to(torch.float64)
+    signal = target.bool()
+    w_sig = weight[signal].sum()
+    w_bkg = weight[~signal].sum()
+    scale = torch.where(signal, s_tot / w_sig, b_tot / w_bkg)
+    return weight * scale
+
+
+@dataclass(frozen=True)
+class AMSCurve:
+    """AMS as a function of a cut on the score, one point per distinct score.
+
+    Selecting `score >= thresholds[i]` keeps the `n_selected[i]` highest-scored events and gives
+    significance `ams[i]`; points run from the tightest cut to the loosest.
+    """
+
+    thresholds: Tensor
+    n_selected: Tensor
+    s: Tensor
+    b: Tensor
+    ams: Tensor
+    n_events: int
+
+    @property
+    def fraction(self) -> Tensor:
+        return self.n_selected.to(torch.float64) / self.n_events
+
+
+def ams_curve(
+    scores: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    s_tot: float = S_TOT,
+    b_tot: float = B_TOT,
+    b_reg: float = B_REG,
+) -> AMSCurve:
+    """AMS at every possible cut, with weights rescaled to the full-data totals (float64)."""
+    w = rescaled_weights(target, weight, s_tot, b_tot)
+    order = torch.argsort(scores, descending=True, stable=True)
+    sorted_scores = scores[order]
+    w_sorted = w[order]
+    sig_sorted = target[order].bool()
+    s = torch.cumsum(torch.where(sig_sorted, w_sorted, 0.0), 0)
+    b = torch.cumsum(torch.where(sig_sorted, 0.0, w_sorted), 0)
+    # A cut cannot split events with equal scores: keep the last position of each run of ties.
+    last_of_tie = torch.ones_like(sig_sorted)
+    last_of_tie[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    keep = torch.nonzero(last_of_tie).squeeze(1)
+    return AMSCurve(
+        thresholds=sorted_scores[keep],
+        n_selected=keep + 1,
+        s=s[keep],
+        b=b[keep],
+        ams=ams(s[keep], b[keep], b_reg),
+        n_events=len(scores),
+    )
+
+
+def ams_at_threshold(
+    scores: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    threshold: float,
+    s_tot: float = S_TOT,
+    b_tot: float = B_TOT,
+) -> Tensor:
+    """AMS of the selection `score >= threshold`, weights rescaled to the totals."""
+    return ams_of_selection(scores >= threshold, target, weight, s_tot, b_tot)
+
+
+def ams_at_fraction(
+    scores: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    fraction: float,
+    s_tot: float = S_TOT,
+    b_tot: float = B_TOT,
+) -> Tensor:
+    """AMS of selecting the top `fraction` of events by score (the winners' kind of cut)."""
+    return ams_of_selection(select_top_fraction(scores, fraction), target, weight, s_tot, b_tot)
+
+
+def ams_of_selection(
+    selected: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    s_tot: float = S_TOT,
+    b_tot: float = B_TOT,
+) -> Tensor:
+    """AMS of an arbitrary selection mask, weights rescaled to the totals."""
+    w = rescaled_weights(target, weight, s_tot, b_tot)
+    signal = target.bool()
+    return ams(w[selected & signal].sum(), w[selected & ~signal].sum())
+
+
+def select_top_fraction(scores: Tensor, fraction: float) -> Tensor:
+    """Mask of the ceil(fraction * n) highest scores (ties broken by order, like a ranking)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    # The small tolerance keeps 0.15 * 100 from rounding up to 16 events.
+    n_selected = math.ceil(fraction * len(scores) - 1e-9)
+    order = torch.argsort(scores, descending=True, stable=True)
+    selected = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    selected[order[:n_selected]] = True
+    return selected
+
+
+class _EventMetric(Metric):
+    """Base for metrics that need every event's score, label and weight at compute time."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+        self.add_state("weight", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: Tensor, target: Tensor, weight: Tensor) -> None:
+        self.scores.append(preds.detach().reshape(-1))
+        self.target.append(target.detach().reshape(-1))
+        self.weight.append(weight.detach().reshape(-1).to(torch.float64))
+
+    def _events(self) -> tuple[Tensor, Tensor, Tensor]:
+        return dim_zero_cat(self.scores), dim_zero_cat(self.target), dim_zero_cat(self.weight)
+
+
+class WeightedAMS(_EventMetric):
+    """AMS at the paper's cut (score >= 0.5), at the top 15%, and at its maximum over all cuts.
+
+    `compute` returns `ams@0.5`, `ams@15%`, `ams_max` and `ams_max_threshold` (the score cut
+    that reaches the maximum). Weights are rescaled per class to `s_tot`/`b_tot` first.
+    """
+
+    higher_is_better = True
+
+    def __init__(
+        self,
+        s_tot: float = S_TOT,
+        b_tot: float = B_TOT,
+        threshold: float = 0.5,
+        fraction: float = 0.15,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.s_tot, self.b_tot = s_tot, b_tot
+        self.threshold, self.fraction = threshold, fraction
+
+    def compute(self) -> dict[str, Tensor]:
+        scores, target, weight = self._events()
+        curve = ams_curve(scores, target, weight, self.s_tot, self.b_tot)
+        best = torch.argmax(curve.ams)
+        totals = (self.s_tot, self.b_tot)
+        return {
+            f"ams@{self.threshold:g}": ams_at_threshold(
+                scores, target, weight, self.threshold, *totals
+            ),
+            f"ams@{self.fraction:.0%}": ams_at_fraction(
+                scores, target, weight, self.fraction, *totals
+            ),
+            "ams_max": curve.ams[best],
+            "ams_max_threshold": curve.thresholds[best].to(torch.float64),
+        }
+
+
+def weighted_roc_auc(scores: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Area under the ROC curve with event weights; tied scores form one trapezoid."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    sorted_scores = scores[order]
+    w = weight[order].to(torch.float64)
+    signal = target[order].bool()
+    tp = torch.cumsum(torch.where(signal, w, 0.0), 0)
+    fp = torch.cumsum(torch.where(signal, 0.0, w), 0)
+    last_of_tie = torch.ones_like(signal)
+    last_of_tie[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    zero = torch.zeros(1, dtype=torch.float64, device=scores.device)
+    tpr = torch.cat([zero, tp[last_of_tie] / tp[-1]])
+    fpr = torch.cat([zero, fp[last_of_tie] / fp[-1]])
+    return torch.trapezoid(tpr, fpr)
+
+
+class WeightedAUROC(_EventMetric):
+    """ROC AUC with event weights (equal to scikit-learn's `roc_auc_score(sample_weight=...)`)."""
+
+    higher_is_better = True
+
+    def compute(self) -> Tensor:
+        return weighted_roc_auc(*self._events())
+
+
+def classification_metrics(
+    prefix: str, s_tot: float = S_TOT, b_tot: float = B_TOT
+) -> MetricCollection:
+    """The project's metric set (DESIGN.md names) under `prefix`, e.g. `val/` or `oof/`.
+
+    Update it with keyword arguments: `metrics.update(preds=probabilities, target=labels,
+    weight=weights)`; each metric takes the arguments it needs.
+    """
+    return MetricCollection(
+        {
+            "auroc": BinaryAUROC(),
+            "auroc_weighted": WeightedAUROC(),
+            "accuracy": BinaryAccuracy(),
+            "ams": WeightedAMS(s_tot=s_tot, b_tot=b_tot),
+        },
+        prefix=prefix,
+        compute_groups=False,
+    )
+
+
+def evaluate(
+    scores: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    prefix: str,
+    s_tot: float = S_TOT,
+    b_tot: float = B_TOT,
+) -> dict[str, float]:
+    """All metrics of `classification_metrics` on one set of predictions, as plain floats."""
+    metrics = classification_metrics(prefix, s_tot, b_tot).to(scores.device)
+    metrics.update(preds=scores, target=target.long(), weight=weight)
+    return {name: float(value) for name, value in metrics.compute().items()}

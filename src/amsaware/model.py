@@ -1,0 +1,97 @@
+"""The MLP and the LightningModule that trains it with any loss of `amsaware.losses`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from amsaware.data.schema import B_TOT, S_TOT
+from amsaware.metrics import classification_metrics
+
+Batch = tuple[Tensor, Tensor, Tensor]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class MLP(nn.Sequential):
+    """ReLU MLP with dropout emitting one logit per event (the seed paper's architecture)."""
+
+    def __init__(self, n_features: int, n_layers: int, hidden_size: int, dropout: float) -> None:
+        if n_layers < 1 or hidden_size < 1 or not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                "model needs n_layers >= 1, hidden_size >= 1 and 0 <= dropout < 1; got "
+                f"n_layers={n_layers}, hidden_size={hidden_size}, dropout={dropout}"
+            )
+        layers: list[nn.Module] = []
+        width = n_features
+        for _ in range(n_layers):
+            layers += [nn.Linear(width, hidden_size), nn.ReLU(), nn.Dropout(dropout)]
+            width = hidden_size
+        layers.append(nn.Linear(width, 1))
+        super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x).squeeze(-1)
+
+
+class SignificanceClassifier(L.LightningModule):
+    """Trains `net` with `loss(logits, target, weight)`; logs `train/loss` and `val/...` per epoch.
+
+    Nothing in the step synchronises with the host: the running loss and the validation metrics
+    accumulate on the device and are computed once per epoch.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        s_tot: float = S_TOT,
+        b_tot: float = B_TOT,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.train_loss = MeanMetric()
+        self.val_metrics = classification_metrics("val/", s_tot, b_tot)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        x, target, weight = batch
+        loss = self.loss(self.net(x), target, weight)
+        self.train_loss.update(loss.detach())
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss.compute())
+        self.train_loss.reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        x, target, weight = batch
+        self.val_metrics.update(preds=torch.sigmoid(self.net(x)), target=target, weight=weight)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+
+@torch.no_grad()
+def predict_proba(net: nn.Module, features: Tensor, batch_size: int = 65536) -> Tensor:
+    """Signal probabilities of `net` in evaluation mode (dropout off), in large batches."""
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    try:
+        chunks = [torch.sigmoid(net(x.to(device))).cpu() for x in features.split(batch_size)]
+    finally:
+        net.train(was_training)
+    return torch.cat(chunks) if chunks else features.new_zeros(0)

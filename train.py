@@ -1,0 +1,18 @@
+"""Train and evaluate: `python train.py [loss=ams] [data=opendata] [key=value ...]`.
+
+Composes the Hydra config and hands it to the library; see conf/train.yaml for every key.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from amsaware.experiment import run_experiment
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return run_experiment(cfg)
+
+
+if __name__ == "__main__":
+    main()
