@@ -334,6 +334,16 @@ def test_truncated_gzip(tmp_path):
     assert str(path) in str(err.value)
 
 
+def test_non_utf8_bytes_are_located(tmp_path):
+    lines = valid_frame("train").to_csv(index=False).encode().splitlines(keepends=True)
+    lines[3] = lines[3].replace(b",s\n", b",\xe9\n").replace(b",b\n", b",\xe9\n")
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(DataFormatError, match="not UTF-8") as err:
+        read_kaggle_train(path)
+    assert_names(err, path, "Label", row=3)
+
+
 def test_binary_file_is_not_a_csv(tmp_path):
     path = tmp_path / "model.bin"
     path.write_bytes(bytes(range(128, 256)) * 4)

@@ -55,6 +55,7 @@ _EXPECTED: dict[str, str] = {
 _INTEGER = r"\s*[+-]?\d{1,18}(?:\.0*)?\s*"  # what the int64 parser accepts, without overflow
 _FIELD_COUNT = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _CHUNK_ROWS = 65_536
+_MAX_HEADER_BYTES = 1 << 20  # the real header is ~700 bytes; never slurp a binary file
 _GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
 
 
@@ -186,6 +187,8 @@ def _read_frame(path: str | Path, fmt: _Format) -> pd.DataFrame:
             f"{path}: the gzip stream is truncated or corrupt ({err}); an incomplete "
             "download? Fetch the file again."
         ) from None
+    except UnicodeDecodeError as err:
+        raise _locate_undecodable(path, compression, header, err) from None
     except (ValueError, OverflowError) as err:
         raise _locate_unparsable(path, fmt, options, err) from None
     if len(df) == 0:
@@ -201,14 +204,17 @@ def _is_gzip(path: Path) -> bool:
 def _read_header(path: Path, compression: str | None, fmt: _Format) -> list[str]:
     opener = gzip.open if compression == "gzip" else open
     try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
-            header = next(csv.reader(f), None)
+        with opener(path, "rb") as f:
+            first_line = f.readline(_MAX_HEADER_BYTES)
     except _GZIP_ERRORS as err:
         raise DataFormatError(f"{path}: not a readable gzip file ({err}).") from None
+    try:
+        text = first_line.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataFormatError(
             f"{path}: not a text CSV file (nor gzip-compressed CSV); expected a {fmt.name}."
         ) from None
+    header = next(csv.reader([text.rstrip("\r\n")]), [])
     if not header or header == [""]:
         raise DataFormatError(f"{path}: the file is empty (expected a {fmt.name} with a header).")
     return header
@@ -311,6 +317,37 @@ def _first_bad_cell(path: Path, fmt: _Format, options: dict, offset: int) -> Dat
     value = text[column].iloc[row]
     problem = "empty value" if not value.strip() else f"non-numeric value {value!r}"
     return _cell_error(path, column, offset + row, problem, _EXPECTED[column])
+
+
+def _locate_undecodable(
+    path: Path, compression: str | None, header: list[str], cause: UnicodeDecodeError
+) -> DataFormatError:
+    """Name the first field that is not UTF-8 (pandas only gives a buffer position)."""
+    opener = gzip.open if compression == "gzip" else open
+    with opener(path, "rb") as f:
+        for line_number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                fields = line.rstrip(b"\r\n").split(b",")
+                k = next(k for k, field in enumerate(fields) if not _is_utf8(field))
+                column = header[k] if k < len(header) else f"field {k + 1}"
+                return _cell_error(
+                    path,
+                    column,
+                    line_number - 2,
+                    f"bytes {fields[k]!r} are not UTF-8 text",
+                    "a number or letter in UTF-8 (or ASCII)",
+                )
+    return DataFormatError(f"{path}: not UTF-8 text ({cause}).")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _without(options: dict, key: str) -> dict:
