@@ -65,7 +65,7 @@ def fetch_opendata(
         raise DataUnavailableError(_guidance(path, url, f"download failed: {err}")) from err
     except ValueError as err:  # pooch's hash mismatch
         raise DataUnavailableError(_guidance(path, url, f"{err}; nothing was saved")) from err
-    log.info("downloaded %s to %s (sha1 verified)", url, path)
+    log.info("downloaded %s to %s%s", url, path, "" if sha1 is None else " (sha1 verified)")
     return path
 
 

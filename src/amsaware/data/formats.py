@@ -17,6 +17,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -201,10 +202,13 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+def _open_bytes(path: Path, compression: str | None) -> BinaryIO:
+    return gzip.open(path, "rb") if compression == "gzip" else path.open("rb")
+
+
 def _read_header(path: Path, compression: str | None, fmt: _Format) -> list[str]:
-    opener = gzip.open if compression == "gzip" else open
     try:
-        with opener(path, "rb") as f:
+        with _open_bytes(path, compression) as f:
             first_line = f.readline(_MAX_HEADER_BYTES)
     except _GZIP_ERRORS as err:
         raise DataFormatError(f"{path}: not a readable gzip file ({err}).") from None
@@ -323,8 +327,7 @@ def _locate_undecodable(
     path: Path, compression: str | None, header: list[str], cause: UnicodeDecodeError
 ) -> DataFormatError:
     """Name the first field that is not UTF-8 (pandas only gives a buffer position)."""
-    opener = gzip.open if compression == "gzip" else open
-    with opener(path, "rb") as f:
+    with _open_bytes(path, compression) as f:
         for line_number, line in enumerate(f, start=1):
             try:
                 line.decode("utf-8")
