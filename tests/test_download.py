@@ -90,14 +90,15 @@ def test_existing_file_is_not_downloaded_again(tmp_path, closed_port_url):
     assert fetch_opendata(target, url=closed_port_url, sha1=None) == target
 
 
-def test_existing_file_with_other_hash_is_reported_and_kept(tmp_path, closed_port_url):
+def test_existing_file_with_other_hash_is_used_with_a_warning(tmp_path, closed_port_url, caplog):
+    """A subset (like the shared sample) or a user's own selection is not the official file."""
     target = tmp_path / "atlas.csv.gz"
     target.write_bytes(PAYLOAD[:-10])
 
-    with pytest.raises(DataUnavailableError, match="sha1") as err:
-        fetch_opendata(target, url=closed_port_url, sha1=PAYLOAD_SHA1)
+    with caplog.at_level("WARNING", logger="amsaware.data.download"):
+        assert fetch_opendata(target, url=closed_port_url, sha1=PAYLOAD_SHA1) == target
 
-    assert str(target) in str(err.value)
+    assert "not the official CERN release" in caplog.text and str(target) in caplog.text
     assert target.read_bytes() == PAYLOAD[:-10]
 
 

@@ -45,13 +45,20 @@ def test_bce_unweighted_and_weighted(batch):
     logits, target, weight = batch
     y = target.float()
     expected = -(y * torch.log(torch.sigmoid(logits)) + (1 - y) * torch.log(torch.sigmoid(-logits)))
-    assert float(BCELoss()(logits, target, weight)) == pytest.approx(float(expected.mean()), rel=1e-6)
+    assert float(BCELoss()(logits, target, weight)) == pytest.approx(
+        float(expected.mean()), rel=1e-6
+    )
     w = (weight / weight.mean()).float()
     weighted = BCELoss(weighted=True)(logits, target, weight)
     assert float(weighted) == pytest.approx(float((w * expected).mean()), rel=1e-5)
 
 
-LOSSES = [BCELoss(), BCELoss(weighted=True), SoftAMSLoss(normalisation="raw"), SoftAMSLoss(normalisation="batch")]
+LOSSES = [
+    BCELoss(),
+    BCELoss(weighted=True),
+    SoftAMSLoss(normalisation="raw"),
+    SoftAMSLoss(normalisation="batch"),
+]
 AWKWARD = {
     "no signal": ([0.3, -0.2, 1.0], [0, 0, 0]),
     "all signal": ([0.3, -0.2, 1.0], [1, 1, 1]),

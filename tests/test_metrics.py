@@ -11,8 +11,8 @@ from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.metrics import (
     WeightedAMS,
     ams,
-    ams_curve,
     ams_at_fraction,
+    ams_curve,
     classification_metrics,
     evaluate,
     rescaled_weights,
@@ -109,7 +109,9 @@ def test_weighted_auroc_matches_scikit_learn():
     scores = np.round(np.where(target, rng.normal(1, 1, n), rng.normal(0, 1, n)), 1)  # ties
     weight = rng.lognormal(0, 1.5, n)
     expected = roc_auc_score(target, scores, sample_weight=weight)
-    got = weighted_roc_auc(torch.from_numpy(scores), torch.from_numpy(target), torch.from_numpy(weight))
+    got = weighted_roc_auc(
+        torch.from_numpy(scores), torch.from_numpy(target), torch.from_numpy(weight)
+    )
     assert float(got) == pytest.approx(expected, abs=1e-10)
 
 

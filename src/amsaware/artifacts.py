@@ -99,4 +99,3 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
 
 def read_oof_predictions(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(Path(run_dir) / OOF_PREDICTIONS)
-

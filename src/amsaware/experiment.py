@@ -48,6 +48,17 @@ class Cut:
     ams_smoothed: float
 
 
+def check_cut_options(min_fraction: float, max_fraction: float, smoothing: float) -> None:
+    """Reject impossible `cut.*` options before any training starts."""
+    if not 0.0 < min_fraction < max_fraction <= 1.0:
+        raise ValueError(
+            "cut.min_fraction and cut.max_fraction must satisfy 0 < min < max <= 1, got "
+            f"{min_fraction} and {max_fraction}"
+        )
+    if smoothing < 0.0:
+        raise ValueError(f"cut.smoothing must be >= 0, got {smoothing}")
+
+
 def choose_cut(
     scores: np.ndarray,
     label: np.ndarray,
@@ -64,13 +75,7 @@ def choose_cut(
     moving window `smoothing` wide, and the argmax is taken within [min_fraction, max_fraction].
     The challenge winners read their cut (~15%) off such a cross-validated curve.
     """
-    if not 0.0 < min_fraction < max_fraction <= 1.0:
-        raise ValueError(
-            "cut.min_fraction and cut.max_fraction must satisfy 0 < min < max <= 1, got "
-            f"{min_fraction} and {max_fraction}"
-        )
-    if smoothing < 0.0:
-        raise ValueError(f"cut.smoothing must be >= 0, got {smoothing}")
+    check_cut_options(min_fraction, max_fraction, smoothing)
     curve = ams_curve(torch.from_numpy(scores), torch.from_numpy(label), torch.from_numpy(weight))
     half = round(smoothing / step / 2)
     lo = max(step, min_fraction - half * step)
@@ -182,9 +187,7 @@ def test_metrics(test: EventTable, scores: np.ndarray, selected: np.ndarray) -> 
         for name, letter in (("public", "b"), ("private", "v")):
             rows = torch.from_numpy(test.kaggle_set == letter)
             if rows.any():
-                result[f"test/ams_{name}"] = float(
-                    ams_of_selection(chosen[rows], y[rows], w[rows])
-                )
+                result[f"test/ams_{name}"] = float(ams_of_selection(chosen[rows], y[rows], w[rows]))
     return result
 
 
@@ -212,11 +215,13 @@ def final_fit(
     scores = predict_proba(module.net, datamodule.preprocess(dataset.test)).numpy()
     selected = select_top_fraction(torch.from_numpy(scores), cut.fraction).numpy()
     labelled = dataset.test.labelled
-    return FinalFit(scores, selected, test_metrics(dataset.test, scores, selected) if labelled else None)
+    return FinalFit(
+        scores, selected, test_metrics(dataset.test, scores, selected) if labelled else None
+    )
 
 
 def lookup_metric(metrics: dict[str, Any], name: str) -> float:
-    """A metric of metrics.json by its DESIGN.md name: `oof/...`, `val/...` (fold mean), `test/...`."""
+    """A metric of metrics.json by its DESIGN.md name: `oof/`, `val/` (fold mean) or `test/`."""
     sections = {
         "oof": metrics["cv"]["oof"],
         "val": metrics["cv"]["mean"],
@@ -262,7 +267,9 @@ def _factories(
         logger = instantiate(cfg.logger, version=stage) if cfg.get("logger") else False
         callbacks = []
         for callback in (cfg.get("callbacks") or {}).values():
-            extra = {"dirpath": str(run_dir / "checkpoints" / stage)} if "dirpath" in callback else {}
+            extra = (
+                {"dirpath": str(run_dir / "checkpoints" / stage)} if "dirpath" in callback else {}
+            )
             callbacks.append(instantiate(callback, **extra))
         # The final fit has no validation rows.
         no_validation = {"limit_val_batches": 0} if stage == "final" else {}
@@ -286,6 +293,7 @@ def run_experiment(cfg: DictConfig) -> float:
     Returns `cfg.optimized_metric` (default `oof/ams_max`) for Hydra's sweepers.
     """
     _quiet_lightning()
+    check_cut_options(**cfg.cut)
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     dataset = load_dataset(cfg)

@@ -56,7 +56,7 @@ class SignificanceClassifier(L.LightningModule):
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
-        self.train_loss = MeanMetric()
+        self.train_loss = MeanMetric(nan_strategy="disable")  # no host sync per step
         self.val_metrics = classification_metrics("val/", s_tot, b_tot)
 
     def forward(self, x: Tensor) -> Tensor:

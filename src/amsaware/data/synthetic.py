@@ -1,0 +1,200 @@
+"""Embedded synthetic data: the project's default `data=synthetic`, shaped like the challenge.
+
+Every new user trains on it first and most tests use it, so it carries the real data's
+quirks: the 30 columns, the -999 (NaN) pattern that follows PRI_jet_num, DER_mass_MMC undefined
+in ~15% of events, ~34% signal, and weights normalised per class to S_TOT/B_TOT within each
+KaggleSet. The events come from a generator chosen by name from `GENERATORS`, so a better one
+(a physics-level simulation) can replace the default without touching callers. A generator is
+`(n_events, rng) -> (features float32 (n, 30) with NaN, label int8, raw weight float64)`; this
+module adds EventIds, rescales the weights and splits sets.
+
+The default, "copula", is a Gaussian copula fitted to aggregate statistics of the shared 12,000
+real events (see `amsaware.data.copula`); refit it with
+
+    python -m amsaware.data.synthetic fit PATH_TO_CERN_FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import numbers
+import os
+import tempfile
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from amsaware.data import copula
+from amsaware.data.schema import B_TOT, FEATURES, S_TOT, Dataset, EventTable
+
+Generator = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+#: The package file holding the fitted copula (aggregate statistics only, no events).
+COPULA_PARAMETERS = "synthetic_copula.json"
+#: The challenge's EventIds start here (training.csv 100000-349999, test.csv 350000-899999).
+FIRST_EVENT_ID = 100_000
+#: Share of the test events in the public leaderboard set 'b' (100k of the 550k).
+PUBLIC_SHARE = 100 / 550
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged_copula() -> copula.CopulaModel:
+    text = resources.files("amsaware.data").joinpath(COPULA_PARAMETERS).read_text("utf-8")
+    return copula.CopulaModel.from_dict(json.loads(text))
+
+
+def _copula(n_events: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _packaged_copula().sample(n_events, rng)
+
+
+GENERATORS: dict[str, Generator] = {"copula": _copula}
+
+
+def generate(
+    n_events: int, seed: int, generator: str = "copula", first_event_id: int = 0
+) -> EventTable:
+    """`n_events` labelled events, weights rescaled per class to S_TOT and B_TOT.
+
+    Deterministic per `seed`; EventIds are `first_event_id, first_event_id + 1, ...`.
+    """
+    _check_count("n_events", n_events, minimum=1)
+    _check_count("seed", seed, minimum=0)
+    _check_count("first_event_id", first_event_id, minimum=0)
+    return _table(n_events, np.random.default_rng(seed), generator, first_event_id, None)
+
+
+def make_dataset(
+    n_train: int = 250_000, n_test: int = 550_000, generator: str = "copula", seed: int = 0
+) -> Dataset:
+    """A challenge-shaped data set: training events (KaggleSet 't') and labelled test events.
+
+    Like the CERN file, the first 100/550 of the test events form the public set 'b' and the
+    rest the private set 'v'; weights are normalised per class within each of t, b and v (as
+    KaggleWeight is), and test EventIds continue after the training ones, starting at 100000.
+    Training and test are independent streams of `seed`. `n_test=0` gives no test set.
+    """
+    _check_count("n_train", n_train, minimum=1)
+    _check_count("n_test", n_test, minimum=0)
+    _check_count("seed", seed, minimum=0)
+    train = _table(
+        n_train, np.random.default_rng([seed, 0]), generator, FIRST_EVENT_ID, np.array(["t"])
+    )
+    if n_test == 0:
+        return Dataset(train=train)
+    n_public = round(n_test * PUBLIC_SHARE)
+    sets = np.repeat(np.array(["b", "v"]), [n_public, n_test - n_public])
+    test = _table(
+        n_test, np.random.default_rng([seed, 1]), generator, FIRST_EVENT_ID + n_train, sets
+    )
+    return Dataset(train=train, test=test)
+
+
+def _table(
+    n_events: int,
+    rng: np.random.Generator,
+    generator: str,
+    first_event_id: int,
+    kaggle_set: np.ndarray | None,
+) -> EventTable:
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}; known: {sorted(GENERATORS)}")
+    features, label, weight = _checked(generator, n_events, *GENERATORS[generator](n_events, rng))
+    if kaggle_set is not None:
+        kaggle_set = np.broadcast_to(kaggle_set, (n_events,)).copy()
+    weight = _normalise(weight, label, kaggle_set, f"synthetic:{generator} ({n_events} events)")
+    return EventTable(
+        event_id=np.arange(first_event_id, first_event_id + n_events, dtype=np.int64),
+        features=features,
+        label=label,
+        weight=weight,
+        kaggle_set=kaggle_set,
+        source=f"synthetic:{generator}",
+    )
+
+
+def _checked(
+    name: str, n: int, features: np.ndarray, label: np.ndarray, weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A generator's output in the EventTable dtypes, or a ValueError naming what is wrong."""
+    if features.shape != (n, len(FEATURES)) or label.shape != (n,) or weight.shape != (n,):
+        raise ValueError(
+            f"generator {name!r} returned shapes {features.shape}, {label.shape}, "
+            f"{weight.shape}; expected ({n}, {len(FEATURES)}), ({n},), ({n},)"
+        )
+    if not np.isin(label, (0, 1)).all():
+        raise ValueError(f"generator {name!r} returned labels other than 0 and 1")
+    if not (np.isfinite(weight).all() and (weight > 0).all()):
+        raise ValueError(f"generator {name!r} returned non-positive or non-finite weights")
+    return (
+        np.asarray(features, dtype=np.float32),
+        np.asarray(label, dtype=np.int8),
+        np.asarray(weight, dtype=np.float64),
+    )
+
+
+def _normalise(
+    weight: np.ndarray, label: np.ndarray, kaggle_set: np.ndarray | None, what: str
+) -> np.ndarray:
+    """Rescale per class (and per KaggleSet) so each part carries the full-data totals."""
+    out = weight.copy()
+    parts = np.zeros(len(weight), dtype=bool) if kaggle_set is None else kaggle_set
+    for part in np.unique(parts):
+        in_part = parts == part
+        for cls, total, name in ((1, S_TOT, "signal"), (0, B_TOT, "background")):
+            mask = in_part & (label == cls)
+            if not mask.any():
+                where = "" if kaggle_set is None else f" in KaggleSet {part!r}"
+                raise ValueError(
+                    f"{what}: no {name} events{where}, so weights cannot be normalised per "
+                    "class; ask for more events"
+                )
+            out[mask] *= total / out[mask].sum()
+    return out
+
+
+def _check_count(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the package file private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`fit PATH [--output JSON]`: refit the copula to a CERN-format file."""
+    parser = argparse.ArgumentParser(prog="python -m amsaware.data.synthetic", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser("fit", help="fit the copula generator to a CERN-format CSV")
+    fit.add_argument("path", type=Path, help="CERN Open Data file (or its 12k-event sample)")
+    fit.add_argument(
+        "--output",
+        type=Path,
+        default=Path(__file__).with_name(COPULA_PARAMETERS),
+        help="where to write the parameters (default: the package file)",
+    )
+    args = parser.parse_args(argv)
+    params = copula.fit_file(args.path)
+    text = json.dumps(params, separators=(",", ":")) + "\n"
+    _write_atomically(args.output, text)
+    groups = ", ".join(f"{g['label']}/{g['jet_num']}:{g['n_events']}" for g in params["groups"])
+    print(f"wrote {args.output} ({len(text.encode()) / 1024:.0f} KiB); label/jets:n {groups}")
+
+
+if __name__ == "__main__":
+    main()
