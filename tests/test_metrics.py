@@ -140,3 +140,12 @@ def test_metric_accumulates_batches_like_one_update(small_batch):
         metrics.update(preds=scores[sl], target=target[sl], weight=weight[sl])
     batched = {k: float(v) for k, v in metrics.compute().items()}
     assert batched == pytest.approx(whole)
+
+
+def test_ties_at_the_cut_are_not_broken_by_position():
+    """Saturated scores: the first rows must not be preferred (they are the public set)."""
+    scores = torch.ones(10_000, dtype=torch.float64)
+    selected = select_top_fraction(scores, 0.2)
+    assert int(selected.sum()) == 2_000
+    assert 0.1 < float(selected[:5_000].double().mean()) < 0.3
+    assert torch.equal(selected, select_top_fraction(scores, 0.2))  # seeded

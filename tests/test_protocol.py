@@ -70,3 +70,11 @@ def test_lookup_metric_names_the_known_metrics():
     assert lookup_metric(metrics, "val/auroc") == 0.9
     with pytest.raises(KeyError, match="oof/ams_max"):
         lookup_metric(metrics, "oof/nope")
+
+
+def test_cut_inside_a_block_of_tied_scores_reports_the_selectable_fraction():
+    score, label, weight = scored_events()
+    score = score.astype(np.float64)
+    score[np.argsort(-score)[: len(score) // 5]] = 1.0  # the top 20% saturate
+    cut = choose_cut(score, label, weight, min_fraction=0.05, max_fraction=0.5)
+    assert cut.fraction >= 0.2 - 1e-9

@@ -90,8 +90,9 @@ def choose_cut(
     smoothed = np.convolve(padded, kernel, mode="valid")
     inside = np.flatnonzero((grid >= min_fraction - 1e-12) & (grid <= max_fraction + 1e-12))
     best = inside[np.argmax(smoothed[inside])]
+    # Report the fraction a cut can really select: a run of tied scores cannot be split.
     return Cut(
-        fraction=round(float(grid[best]), 6),
+        fraction=float(curve.fraction.numpy()[point[best]]),
         threshold=float(curve.thresholds.numpy()[point[best]]),
         ams=float(raw[best]),
         ams_smoothed=float(smoothed[best]),
@@ -131,7 +132,7 @@ def cross_validate(
 ) -> CrossValidation:
     """Train one model per stratified fold and score its held-out events."""
     fold_of = np.full(len(table), -1, dtype=np.int64)
-    scores = np.full(len(table), np.nan, dtype=np.float32)
+    scores = np.full(len(table), np.nan, dtype=np.float64)
     fold_metrics = []
     for k, (train_index, val_index) in enumerate(stratified_folds(table.label, n_folds, seed)):
         log.info(

@@ -141,13 +141,19 @@ def ams_of_selection(
     return ams(w[selected & signal].sum(), w[selected & ~signal].sum())
 
 
-def select_top_fraction(scores: Tensor, fraction: float) -> Tensor:
-    """Mask of the ceil(fraction * n) highest scores (ties broken by order, like a ranking)."""
+def select_top_fraction(scores: Tensor, fraction: float, seed: int = 0) -> Tensor:
+    """Mask of the ceil(fraction * n) highest scores.
+
+    Ties that straddle the cut (saturated scores) are broken in a seeded random order, not by
+    position, so no block of events (say, the public leaderboard rows listed first) is favoured.
+    """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
     # The small tolerance keeps 0.15 * 100 from rounding up to 16 events.
     n_selected = math.ceil(fraction * len(scores) - 1e-9)
-    order = torch.argsort(scores, descending=True, stable=True)
+    shuffle = torch.randperm(len(scores), generator=torch.Generator().manual_seed(seed))
+    shuffle = shuffle.to(scores.device)
+    order = shuffle[torch.argsort(scores[shuffle], descending=True, stable=True)]
     selected = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
     selected[order[:n_selected]] = True
     return selected

@@ -86,12 +86,18 @@ class SignificanceClassifier(L.LightningModule):
 
 @torch.no_grad()
 def predict_proba(net: nn.Module, features: Tensor, batch_size: int = 65536) -> Tensor:
-    """Signal probabilities of `net` in evaluation mode (dropout off), in large batches."""
+    """Signal probabilities of `net` in evaluation mode (dropout off), in large batches.
+
+    The sigmoid is taken in float64: in float32 it rounds to exactly 1 from a logit of ~17 on,
+    and significance losses push many logits far beyond that, which would tie their ranks.
+    """
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
     try:
-        chunks = [torch.sigmoid(net(x.to(device))).cpu() for x in features.split(batch_size)]
+        chunks = [
+            torch.sigmoid(net(x.to(device)).double()).cpu() for x in features.split(batch_size)
+        ]
     finally:
         net.train(was_training)
     return torch.cat(chunks) if chunks else features.new_zeros(0)
