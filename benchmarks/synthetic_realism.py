@@ -66,16 +66,14 @@ def main() -> None:
     mmc = FEATURES.index("DER_mass_MMC")
     print("\n                      real     synthetic")
     for j in range(4):
-        print(
-            f"jet_num={j} share   {np.mean(x_real[:, jet] == j):.4f}   {np.mean(x_syn[:, jet] == j):.4f}"
-        )
-    print(
-        f"MMC undefined       {np.isnan(x_real[:, mmc]).mean():.4f}   {np.isnan(x_syn[:, mmc]).mean():.4f}"
-    )
+        real_share, syn_share = np.mean(x_real[:, jet] == j), np.mean(x_syn[:, jet] == j)
+        print(f"jet_num={j} share   {real_share:.4f}   {syn_share:.4f}")
+    real_mmc, syn_mmc = np.isnan(x_real[:, mmc]).mean(), np.isnan(x_syn[:, mmc]).mean()
+    print(f"MMC undefined       {real_mmc:.4f}   {syn_mmc:.4f}")
     print(f"signal fraction     {y_real.mean():.4f}   {y_syn.mean():.4f}")
     for cls, name in ((1, "signal"), (0, "background")):
-        for x, w, tag in ((x_real, w_real, "real"), (x_syn, w_syn, "synth")):
-            ws = w[(y_real if tag == "real" else y_syn) == cls]
+        for y, w, tag in ((y_real, w_real, "real"), (y_syn, w_syn, "synth")):
+            ws = w[y == cls]
             q = np.quantile(ws / ws.mean(), [0.1, 0.5, 0.9])
             print(f"{name:10s} weight/mean q10 q50 q90 {tag:5s} {np.round(q, 3)}")
 
