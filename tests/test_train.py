@@ -19,9 +19,9 @@ METRIC_NAMES = [
     "ams_max_threshold",
 ]
 TINY = [
+    "experiment=smoke",
     "data.n_train=1500",
     "data.n_test=1100",
-    "trainer.max_epochs=2",
     "trainer.log_every_n_steps=1",
 ]
 
