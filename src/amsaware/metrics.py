@@ -54,6 +54,13 @@ def rescaled_weights(
     return weight * scale
 
 
+def _last_of_ties(sorted_scores: Tensor) -> Tensor:
+    """Mask of the last position of each run of equal scores in a sorted vector."""
+    last = torch.ones(len(sorted_scores), dtype=torch.bool, device=sorted_scores.device)
+    last[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    return last
+
+
 @dataclass(frozen=True)
 class AMSCurve:
     """AMS as a function of a cut on the score, one point per distinct score.
@@ -91,9 +98,7 @@ def ams_curve(
     s = torch.cumsum(torch.where(sig_sorted, w_sorted, 0.0), 0)
     b = torch.cumsum(torch.where(sig_sorted, 0.0, w_sorted), 0)
     # A cut cannot split events with equal scores: keep the last position of each run of ties.
-    last_of_tie = torch.ones_like(sig_sorted)
-    last_of_tie[:-1] = sorted_scores[1:] != sorted_scores[:-1]
-    keep = torch.nonzero(last_of_tie).squeeze(1)
+    keep = torch.nonzero(_last_of_ties(sorted_scores)).squeeze(1)
     return AMSCurve(
         thresholds=sorted_scores[keep],
         n_selected=keep + 1,
@@ -225,8 +230,7 @@ def weighted_roc_auc(scores: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     signal = target[order].bool()
     tp = torch.cumsum(torch.where(signal, w, 0.0), 0)
     fp = torch.cumsum(torch.where(signal, 0.0, w), 0)
-    last_of_tie = torch.ones_like(signal)
-    last_of_tie[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    last_of_tie = _last_of_ties(sorted_scores)
     zero = torch.zeros(1, dtype=torch.float64, device=scores.device)
     tpr = torch.cat([zero, tp[last_of_tie] / tp[-1]])
     fpr = torch.cat([zero, fp[last_of_tie] / fp[-1]])
