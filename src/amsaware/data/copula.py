@@ -125,7 +125,7 @@ class _Group:
         # float32 halves the work; its resolution of u (~1e-7) is far below a quantile step.
         z = rng.standard_normal((n, len(self.variables)), dtype=np.float32)
         u = ndtr(z @ self.cholesky.T)
-        features = np.full((n, len(FEATURES)), np.nan, dtype=np.float32)
+        features = np.full((n, len(FEATURES)), np.nan)
         features[:, _COLUMN["PRI_jet_num"]] = self.jet_num
         for name, value in self.constants.items():
             features[:, _COLUMN[name]] = value
@@ -142,7 +142,9 @@ class _Group:
         features[mmc_missing, _COLUMN["DER_mass_MMC"]] = np.nan
         for name, source in self.aliases.items():
             features[:, _COLUMN[name]] = features[:, _COLUMN[source]]
-        return np.round(features, 3, out=features), weight
+        # round in float64, then store the float32 nearest to each 3-decimal value, as a reader
+        # of the CSV files does
+        return np.round(features, 3, out=features).astype(np.float32), weight
 
 
 @dataclass(frozen=True)

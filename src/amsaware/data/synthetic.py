@@ -141,13 +141,16 @@ def _normalise(
 ) -> np.ndarray:
     """Rescale per class (and per KaggleSet) so each part carries the full-data totals."""
     out = weight.copy()
-    parts = np.zeros(len(weight), dtype=bool) if kaggle_set is None else kaggle_set
-    for part in np.unique(parts):
-        in_part = parts == part
+    parts = (
+        [(None, True)]
+        if kaggle_set is None
+        else [(s, kaggle_set == s) for s in np.unique(kaggle_set)]
+    )
+    for part, in_part in parts:
         for cls, total, name in ((1, S_TOT, "signal"), (0, B_TOT, "background")):
             mask = in_part & (label == cls)
             if not mask.any():
-                where = "" if kaggle_set is None else f" in KaggleSet {part!r}"
+                where = "" if part is None else f" in KaggleSet '{part}'"
                 raise ValueError(
                     f"{what}: no {name} events{where}, so weights cannot be normalised per "
                     "class; ask for more events"
