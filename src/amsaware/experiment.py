@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from amsaware import artifacts
@@ -27,6 +29,11 @@ from amsaware.metrics import ams_curve, ams_of_selection, evaluate, select_top_f
 from amsaware.model import SignificanceClassifier, predict_proba
 
 log = logging.getLogger(__name__)
+
+
+class DivergedError(RuntimeError):
+    """Training produced non-finite scores or metrics (a NaN loss, an exploding step size)."""
+
 
 ModuleFactory = Callable[[], SignificanceClassifier]
 TrainerFactory = Callable[[str], L.Trainer]
@@ -148,6 +155,13 @@ def cross_validate(
         module = fit(datamodule, make_module, make_trainer, f"fold{k}", seed + k)
         x_val, y_val, w_val = datamodule.val_tensors
         p_val = predict_proba(module.net, x_val)
+        if not torch.isfinite(p_val).all():
+            # Stop at the first diverged fold: the others would cost time and say nothing.
+            raise DivergedError(
+                f"fold {k} diverged: {int((~torch.isfinite(p_val)).sum())} of {len(p_val)} "
+                "validation scores are not finite (NaN loss or exploding weights; lower "
+                "optimizer.lr or check the loss settings)"
+            )
         fold_metrics.append({"fold": k, **evaluate(p_val, y_val, w_val, "val/")})
         fold_of[val_index] = k
         scores[val_index] = p_val.numpy()
@@ -250,6 +264,10 @@ def _quiet_lightning() -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # lightning 2.6 with torch 2.13 warns about its own use of a deprecated torch class.
+    warnings.filterwarnings(
+        "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
+    )
 
 
 def _factories(
@@ -268,6 +286,8 @@ def _factories(
         logger = instantiate(cfg.logger, version=stage) if cfg.get("logger") else False
         callbacks = []
         for callback in (cfg.get("callbacks") or {}).values():
+            if callback is None:  # switched off, e.g. callbacks.model_checkpoint=null
+                continue
             extra = (
                 {"dirpath": str(run_dir / "checkpoints" / stage)} if "dirpath" in callback else {}
             )
@@ -277,6 +297,49 @@ def _factories(
         return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **no_validation)
 
     return make_module, make_trainer
+
+
+def run_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that tell runs apart in TensorBoard's HParams view, as flat scalars.
+
+    The selected loss and data (config choices), every scalar of `loss`, `model` and
+    `optimizer`, and the training sizes; `_target_` entries name the class.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    params: dict[str, Any] = {}
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        params |= {group: choices.get(group) for group in ("loss", "data") if choices.get(group)}
+    for group in ("loss", "model", "optimizer"):
+        for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
+            if key == "_target_":
+                params[f"{group}.class"] = str(value).rsplit(".", 1)[-1]
+            elif isinstance(value, bool | int | float | str) and key != "_partial_":
+                params[f"{group}.{key}"] = value
+    params |= {
+        "data.batch_size": int(cfg.data.batch_size),
+        "trainer.max_epochs": int(cfg.trainer.max_epochs),
+        "cv.folds": int(cfg.cv.folds),
+        "seed": int(cfg.seed),
+    }
+    return params
+
+
+def _log_hparams(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """One `summary` run per run folder: its settings and final metrics for the HParams view."""
+    from hydra.utils import instantiate
+
+    final = dict(metrics["cv"]["oof"]) | {"cut/fraction": metrics["cut"]["fraction"]}
+    final |= metrics.get("test", {})
+    final = {name: value for name, value in final.items() if math.isfinite(value)}
+    logger = instantiate(cfg.logger, version="summary")
+    if isinstance(logger, TensorBoardLogger):
+        logger.log_hyperparams(run_hparams(cfg), final)
+    else:
+        logger.log_hyperparams(run_hparams(cfg))
+        logger.log_metrics(final)
+    logger.finalize("success")
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
@@ -294,7 +357,18 @@ def run_experiment(cfg: DictConfig) -> float:
     Returns `cfg.optimized_metric` (default `oof/ams_max`) for Hydra's sweepers.
     """
     _quiet_lightning()
+    try:
+        return _run(cfg)
+    except Exception as error:
+        # In a search this is the trial's reason for failing, kept in its train.log.
+        log.error("run failed: %s: %s", type(error).__name__, error)
+        raise
+
+
+def _run(cfg: DictConfig) -> float:
     check_cut_options(**cfg.cut)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     dataset = load_dataset(cfg)
@@ -332,8 +406,13 @@ def run_experiment(cfg: DictConfig) -> float:
         "n_test": 0 if dataset.test is None else len(dataset.test),
     }
     artifacts.write_json(metrics, run_dir / artifacts.METRICS)
+    if cfg.get("logger"):
+        _log_hparams(cfg, metrics)
     log.info("run folder: %s", run_dir)
-    return lookup_metric(metrics, cfg.optimized_metric)
+    value = lookup_metric(metrics, cfg.optimized_metric)
+    if not math.isfinite(value):
+        raise DivergedError(f"optimized_metric {cfg.optimized_metric} is {value}")
+    return value
 
 
 def _format(metrics: dict[str, float]) -> str:
