@@ -1,0 +1,73 @@
+"""The weighted metrics under DDP: 2 CPU processes (gloo) give the single-process values.
+
+Each rank holds a different, unevenly sized shard of the events; the metrics' `cat` states are
+gathered across ranks before computing, so the AMS curve and the weighted AUC see every event.
+"""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from amsaware.metrics import classification_metrics
+
+WORLD = 2
+
+
+def events(n: int = 3001) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    target = (torch.rand(n, generator=generator) < 0.35).long()
+    preds = (0.3 * target + 0.7 * torch.rand(n, generator=generator)).double()
+    weight = torch.where(target == 1, 0.002, 1.5) * (0.5 + torch.rand(n, generator=generator))
+    return preds, target, weight.double()
+
+
+def shards(n: int) -> list[slice]:
+    cut = n // 3  # uneven on purpose: 1000 and 2001 events
+    return [slice(0, cut), slice(cut, n)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, port: int, results: dict) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    try:
+        preds, target, weight = events()
+        rows = shards(len(preds))[rank]
+        metrics = classification_metrics("val/")
+        # two updates per rank, as over validation batches
+        half = rows.start + (rows.stop - rows.start) // 2
+        for part in (slice(rows.start, half), slice(half, rows.stop)):
+            metrics.update(preds=preds[part], target=target[part], weight=weight[part])
+        results[rank] = {name: float(value) for name, value in metrics.compute().items()}
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_metrics_under_ddp_equal_the_single_process_values():
+    preds, target, weight = events()
+    single = classification_metrics("val/")
+    single.update(preds=preds, target=target, weight=weight)
+    expected = {name: float(value) for name, value in single.compute().items()}
+
+    # A single shard's values differ, so the comparison below can tell a missing gather.
+    alone = classification_metrics("val/")
+    rows = shards(len(preds))[0]
+    alone.update(preds=preds[rows], target=target[rows], weight=weight[rows])
+    assert float(alone.compute()["val/ams_max"]) != pytest.approx(expected["val/ams_max"])
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_rank, args=(_free_port(), results), nprocs=WORLD, join=True)
+        results = dict(results)
+    for rank in range(WORLD):
+        assert results[rank] == pytest.approx(expected, rel=1e-9, abs=1e-12), rank
