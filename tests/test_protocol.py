@@ -65,9 +65,14 @@ def test_submission_ranks_every_selected_event_above_the_rest():
 
 
 def test_lookup_metric_names_the_known_metrics():
-    metrics = {"cv": {"oof": {"oof/ams_max": 3.1}, "mean": {"val/auroc": 0.9}}, "test": {}}
+    metrics = {
+        "cv": {"oof": {"oof/ams_max": 3.1}, "mean": {"val/auroc": 0.9}},
+        "cut": {"fraction": 0.15, "ams_smoothed": 2.8},
+        "test": {},
+    }
     assert lookup_metric(metrics, "oof/ams_max") == 3.1
     assert lookup_metric(metrics, "val/auroc") == 0.9
+    assert lookup_metric(metrics, "cut/ams_smoothed") == 2.8
     with pytest.raises(KeyError, match="oof/ams_max"):
         lookup_metric(metrics, "oof/nope")
 

@@ -236,11 +236,17 @@ def final_fit(
 
 
 def lookup_metric(metrics: dict[str, Any], name: str) -> float:
-    """A metric of metrics.json by its DESIGN.md name: `oof/`, `val/` (fold mean) or `test/`."""
+    """A metric of metrics.json by its DESIGN.md name: `oof/`, `val/` (fold mean) or `test/`,
+    or `cut/ams`, `cut/ams_smoothed`, `cut/fraction` of the chosen cut.
+
+    `cut/ams_smoothed` is the steadier search objective on small samples: `oof/ams_max` is
+    often reached at a selection of a few dozen events, where it mostly measures noise.
+    """
     sections = {
         "oof": metrics["cv"]["oof"],
         "val": metrics["cv"]["mean"],
         "test": metrics.get("test", {}),
+        "cut": {f"cut/{key}": value for key, value in metrics.get("cut", {}).items()},
     }
     section = sections.get(name.split("/", 1)[0], {})
     if name not in section:
