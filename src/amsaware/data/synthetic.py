@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amsaware.data import copula
+from amsaware.data import copula, physics
 from amsaware.data.schema import B_TOT, FEATURES, S_TOT, Dataset, EventTable
 
 Generator = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -51,7 +51,7 @@ def _copula(n_events: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     return _packaged_copula().sample(n_events, rng)
 
 
-GENERATORS: dict[str, Generator] = {"copula": _copula}
+GENERATORS: dict[str, Generator] = {"copula": _copula, "physics": physics.sample}
 
 
 def generate(
