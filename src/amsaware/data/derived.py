@@ -8,11 +8,10 @@ and derives the rest) and the tests, which apply it to real events and compare w
 DER_ values.
 
 DER_mass_MMC is the one feature whose original (the ATLAS Missing Mass Calculator, a likelihood
-scan over neutrino directions) is not reproduced: `collinear_mass` gives the collinear
-approximation instead, with the missing energy fitted as non-negative multiples of the two
-visible directions, and NaN where the fit leaves more unexplained missing energy than the
-detector resolution allows (the cases where the MMC, too, finds no solution). No library
-computes these challenge-specific quantities, hence hand-written.
+scan over neutrino directions) is not reproduced: `missing_mass` gives a collinear-approximation
+estimate instead (see there), NaN where the missing energy cannot be explained within the
+detector resolution (the cases where the MMC, too, finds no solution). No library computes
+these challenge-specific quantities, hence hand-written.
 """
 
 from __future__ import annotations
@@ -29,6 +28,9 @@ MET_RESOLUTION = 0.7
 #: on the shared 12,000-event sample so that the fit fails as often as the stored MMC is
 #: missing (3.2% of signal, 21% of background there); the two agree on 97% of its events.
 COLLINEAR_MAX_PULL = 5.0
+#: Prior of `missing_mass` on the neutrino/visible momentum shares: mean, and width in units
+#: where the MET chi^2 has unit variance (chosen on the shared sample, see `missing_mass`).
+PRIOR_SHARE, PRIOR_WIDTH = 0.5, 0.2
 
 
 def _pt_vector(pt: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,46 +53,72 @@ def _delta_phi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a - b + np.pi) % (2 * np.pi) - np.pi
 
 
-def collinear_mass(primary: np.ndarray) -> np.ndarray:
-    """Di-tau mass in the collinear approximation; NaN where no consistent solution exists.
+def _share_fit(
+    lep: tuple[np.ndarray, np.ndarray],
+    tau: tuple[np.ndarray, np.ndarray],
+    met: tuple[np.ndarray, np.ndarray],
+    inv_var: np.ndarray,
+    prior: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-negative shares (a_lep, a_tau) minimising the missing-energy chi^2 plus a prior.
+
+    chi^2 = inv_var |MET - a_lep lep_T - a_tau tau_T|^2 + prior |a - PRIOR_SHARE|^2; the
+    unconstrained minimum where both shares are >= 0, else the better one-leg solution. Returns
+    the shares and the unexplained missing energy |MET - a_lep lep_T - a_tau tau_T|.
+    """
+    (lx, ly), (tx, ty), (mx, my) = lep, tau, met
+    a11 = inv_var * (lx * lx + ly * ly) + prior
+    a22 = inv_var * (tx * tx + ty * ty) + prior
+    a12 = inv_var * (lx * tx + ly * ty)
+    b1 = inv_var * (mx * lx + my * ly) + prior * PRIOR_SHARE
+    b2 = inv_var * (mx * tx + my * ty) + prior * PRIOR_SHARE
+    det = a11 * a22 - a12**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_lep, a_tau = (a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det
+        only_lep, only_tau = np.maximum(b1 / a11, 0.0), np.maximum(b2 / a22, 0.0)
+
+    def chi2(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        residual = (mx - u * lx - v * tx) ** 2 + (my - u * ly - v * ty) ** 2
+        return inv_var * residual + prior * ((u - PRIOR_SHARE) ** 2 + (v - PRIOR_SHARE) ** 2)
+
+    inside = (a_lep >= 0) & (a_tau >= 0) & np.isfinite(a_lep) & np.isfinite(a_tau)
+    use_lep = ~inside & (chi2(only_lep, 0.0) <= chi2(0.0, only_tau))
+    a_lep = np.where(inside, a_lep, np.where(use_lep, only_lep, 0.0))
+    a_tau = np.where(inside, a_tau, np.where(use_lep, 0.0, only_tau))
+    residual = np.hypot(mx - a_lep * lx - a_tau * tx, my - a_lep * ly - a_tau * ty)
+    return a_lep, a_tau, residual
+
+
+def missing_mass(primary: np.ndarray) -> np.ndarray:
+    """Di-tau mass from a collinear fit of the neutrinos; NaN where the fit fails.
 
     Each tau's neutrinos are taken to fly along its visible decay product, so the missing
-    transverse energy is a_lep * lep_T + a_tau * tau_T with a >= 0 (a = 1/x - 1, x the
-    visible share of the tau's momentum) and m = m_vis / sqrt(x_lep x_tau). The a are the
-    non-negative least-squares fit to the measured MET; where the residual is more than
-    `COLLINEAR_MAX_PULL` times the MET resolution `MET_RESOLUTION * sqrt(sumet)`, or the two
-    visible directions are (anti)parallel, the result is NaN.
+    transverse energy is a_lep * lep_T + a_tau * tau_T with shares a >= 0 (a = 1/x - 1, x the
+    visible share of the tau's momentum), and m = m_vis * sqrt((1 + a_lep)(1 + a_tau)).
+
+    - Fit failure (NaN, like the MMC finding no solution): the plain collinear fit (no prior)
+      leaves more than `COLLINEAR_MAX_PULL` resolutions of the MET unexplained, the resolution
+      being `MET_RESOLUTION * sqrt(PRI_met_sumet)`.
+    - Value: the same fit with a Gaussian prior on the shares (mean `PRIOR_SHARE`, width
+      `PRIOR_WIDTH` relative to that resolution), a maximum-a-posteriori estimate in the
+      spirit of the MMC's likelihood. Without the prior the collinear mass diverges where the
+      two legs are back to back; with it, 74% of the shared sample's events are within 10% of
+      the stored MMC (32% for the plain collinear mass).
     """
     p = {name: primary[:, k].astype(np.float64) for name, k in _PRI.items()}
-    lx, ly = _pt_vector(p["PRI_lep_pt"], p["PRI_lep_phi"])
-    tx, ty = _pt_vector(p["PRI_tau_pt"], p["PRI_tau_phi"])
-    mx, my = _pt_vector(p["PRI_met"], p["PRI_met_phi"])
-    det = lx * ty - ly * tx
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a_lep = (mx * ty - my * tx) / det
-        a_tau = (lx * my - ly * mx) / det
-    # Where the unconstrained solution has a negative share, the best non-negative fit puts
-    # all missing energy along one leg (its projection, or nothing).
-    lep2, tau2 = lx**2 + ly**2, tx**2 + ty**2
-    only_lep = np.maximum((mx * lx + my * ly) / lep2, 0.0)
-    only_tau = np.maximum((mx * tx + my * ty) / tau2, 0.0)
-    res_lep = (mx - only_lep * lx) ** 2 + (my - only_lep * ly) ** 2
-    res_tau = (mx - only_tau * tx) ** 2 + (my - only_tau * ty) ** 2
-    inside = (a_lep >= 0) & (a_tau >= 0) & np.isfinite(a_lep) & np.isfinite(a_tau)
-    use_lep = ~inside & (res_lep <= res_tau)
-    use_tau = ~inside & ~use_lep
-    a_lep = np.where(inside, a_lep, np.where(use_lep, only_lep, 0.0))
-    a_tau = np.where(inside, a_tau, np.where(use_tau, only_tau, 0.0))
-    residual = np.sqrt(
-        (mx - a_lep * lx - a_tau * tx) ** 2 + (my - a_lep * ly - a_tau * ty) ** 2
-    )
+    lep = _pt_vector(p["PRI_lep_pt"], p["PRI_lep_phi"])
+    tau = _pt_vector(p["PRI_tau_pt"], p["PRI_tau_phi"])
+    met = _pt_vector(p["PRI_met"], p["PRI_met_phi"])
     sigma = MET_RESOLUTION * np.sqrt(np.maximum(p["PRI_met_sumet"], 1.0))
-    lep = _four_vector(p["PRI_lep_pt"], p["PRI_lep_eta"], p["PRI_lep_phi"])
-    tau = _four_vector(p["PRI_tau_pt"], p["PRI_tau_eta"], p["PRI_tau_phi"])
-    m_vis = _mass(lep + tau)
+    inv_var = 1.0 / sigma**2
+    _, _, residual = _share_fit(lep, tau, met, inv_var, prior=0.0)
+    a_lep, a_tau, _ = _share_fit(lep, tau, met, inv_var, prior=1.0 / PRIOR_WIDTH**2)
+    m_vis = _mass(
+        _four_vector(p["PRI_lep_pt"], p["PRI_lep_eta"], p["PRI_lep_phi"])
+        + _four_vector(p["PRI_tau_pt"], p["PRI_tau_eta"], p["PRI_tau_phi"])
+    )
     mass = m_vis * np.sqrt((1 + a_lep) * (1 + a_tau))
-    degenerate = np.abs(det) < 1e-6 * np.sqrt(lep2 * tau2)
-    return np.where((residual <= COLLINEAR_MAX_PULL * sigma) & ~degenerate, mass, np.nan)
+    return np.where(residual <= COLLINEAR_MAX_PULL * sigma, mass, np.nan)
 
 
 def derived_features(primary: np.ndarray) -> np.ndarray:
@@ -150,7 +178,7 @@ def derived_features(primary: np.ndarray) -> np.ndarray:
 
     nan = np.nan
     columns = {
-        "DER_mass_MMC": collinear_mass(primary),
+        "DER_mass_MMC": missing_mass(primary),
         "DER_mass_transverse_met_lep": mt,
         "DER_mass_vis": _mass(lep + tau),
         "DER_pt_h": np.hypot(hx, hy),

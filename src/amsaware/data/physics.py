@@ -48,8 +48,15 @@ LEP_PT_MIN, TAU_PT_MIN, JET_PT_MIN = 26.0, 20.0, 30.0
 LEP_ETA_MAX, TAU_ETA_MAX, JET_ETA_MAX = 2.5, 2.5, 4.5
 #: Relative pT resolutions, and the jets' stochastic term [sqrt(GeV)].
 LEP_RESOLUTION, TAU_RESOLUTION, JET_STOCHASTIC, JET_CONSTANT = 0.02, 0.08, 0.8, 0.05
-#: Missing-energy soft-term noise per component [GeV]: MET_NOISE * sqrt(sum E_T).
-MET_NOISE = 0.5
+#: Soft-term noise per component [GeV]: MET_NOISE * sqrt(soft sum E_T).
+MET_NOISE = 0.2
+#: Soft term: response to soft radiation, and the mean sum E_T of underlying event + pile-up.
+SOFT_RESPONSE, SOFT_SUMET = 0.15, 60.0
+#: Jets above JET_MET_MIN [GeV] enter the missing energy; one such jet below JET_PT_MIN (not
+#: counted) appears in this share of events.
+JET_MET_MIN, SOFT_JET_PROBABILITY = 20.0, 0.4
+#: Probability that a jet is reconstructed as a hadronic tau, at low pT (falls as exp(-pT/60)).
+FAKE_RATE = 0.016
 #: Largest number of jets an event carries (PRI_jet_num stores min(jets, 3)).
 MAX_JETS = 4
 
@@ -137,35 +144,45 @@ def _truncated_normal(n, loc, scale, limit, rng) -> np.ndarray:
 
 
 def _jets(n: int, n_jets: int, rng, median: float, width: float, eta_scale: float):
-    """`n_jets` jets per event, (n, n_jets, 4): pT - 30 GeV log-normal, central pseudorapidity."""
+    """`n_jets` jets above threshold and (with `SOFT_JET_PROBABILITY`) one 20-30 GeV jet.
+
+    Shape (n, n_jets + 1, 4); pT - 30 GeV is log-normal, pseudorapidity central. The soft jet
+    is not counted in PRI_jet_num but enters the missing energy, which is what makes DER_pt_tot
+    of the real data bimodal (near 0, or near the soft jet's pT).
+    """
     pt = JET_PT_MIN + median * np.exp(width * rng.standard_normal((n, n_jets)))
-    eta = _truncated_normal(n * n_jets, 0.0, eta_scale, JET_ETA_MAX, rng).reshape(n, n_jets)
-    phi = rng.uniform(-np.pi, np.pi, (n, n_jets))
-    return _from_rapidity(pt, eta, phi, 0.0, pseudo=True)
+    soft = (rng.random(n) < SOFT_JET_PROBABILITY) * (JET_MET_MIN + 10.0 * rng.beta(1.0, 1.5, n))
+    pt = np.concatenate([pt, soft[:, None]], axis=1)
+    eta = _truncated_normal(n * (n_jets + 1), 0.0, eta_scale, JET_ETA_MAX, rng)
+    phi = rng.uniform(-np.pi, np.pi, (n, n_jets + 1))
+    return _from_rapidity(pt, eta.reshape(n, n_jets + 1), phi, 0.0, pseudo=True)
 
 
 def _vbf_jets(n: int, n_jets: int, rng) -> np.ndarray:
     """Two forward tagging jets in opposite hemispheres, plus central extra jets."""
     side = rng.choice([-1.0, 1.0], n)
-    eta1 = side * np.abs(rng.normal(2.4, 1.0, n))
-    eta2 = -side * np.abs(rng.normal(2.4, 1.0, n))
+    eta1 = side * np.abs(rng.normal(2.2, 0.9, n))
+    eta2 = -side * np.abs(rng.normal(2.2, 0.9, n))
     eta = np.clip(np.stack([eta1, eta2], axis=1), -JET_ETA_MAX + 1e-3, JET_ETA_MAX - 1e-3)
-    pt = JET_PT_MIN + 45.0 * np.exp(0.8 * rng.standard_normal((n, 2)))
+    pt = JET_PT_MIN + 35.0 * np.exp(0.8 * rng.standard_normal((n, 2)))
     tags = _from_rapidity(pt, eta, rng.uniform(-np.pi, np.pi, (n, 2)), 0.0, pseudo=True)
-    if n_jets <= 2:
-        return tags
-    return np.concatenate([tags, _jets(n, n_jets - 2, rng, 15.0, 0.8, 1.5)], axis=1)
+    return np.concatenate([tags, _jets(n, max(n_jets - 2, 0), rng, 15.0, 0.8, 1.5)], axis=1)
 
 
-def _boson(n, jets, mass, width, soft, rapidity, rng) -> np.ndarray:
-    """A resonance recoiling against `jets` plus a soft kick; Breit-Wigner mass if width > 0."""
+def _boson(n, jets, mass, width, soft, rapidity, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A resonance recoiling against `jets` plus soft radiation; Breit-Wigner mass if width > 0.
+
+    Returns the boson and the soft radiation's transverse momentum (n, 2), which the detector
+    measures only in part (the missing energy's soft term).
+    """
     m = mass + (width / 2 * rng.standard_cauchy(n) if width > 0 else 0.0)
     m = np.clip(m, mass - 10 * width - 1e-3, mass + 10 * width + 1e-3)
-    px = -jets[..., 1].sum(axis=1) + rng.normal(0, soft, n)
-    py = -jets[..., 2].sum(axis=1) + rng.normal(0, soft, n)
+    radiation = rng.normal(0, soft, (n, 2))
+    px = -jets[..., 1].sum(axis=1) - radiation[:, 0]
+    py = -jets[..., 2].sum(axis=1) - radiation[:, 1]
     y = rng.normal(0, rapidity, n)
     pt = np.hypot(px, py)
-    return _from_rapidity(pt, y, np.arctan2(py, px), m)
+    return _from_rapidity(pt, y, np.arctan2(py, px), m), radiation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +197,7 @@ class Truth:
     tau: np.ndarray  # (n, 4) visible hadronic tau (or the jet faking it, after its response)
     neutrinos: np.ndarray  # (n, 2) summed transverse momentum of the invisible particles
     jets: np.ndarray  # (n, k, 4), any pT (those below threshold are lost, not counted)
+    radiation: np.ndarray  # (n, 2) transverse momentum of soft radiation (not in jets)
     factor: np.ndarray  # (n,) per-event weight factor (fake factor, pile-up weight)
 
 
@@ -205,7 +223,7 @@ def _w_to_lepton(w: np.ndarray, rng, tau_share: float = 0.15):
 def _fake_tau(jet: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     """A jet reconstructed as a hadronic tau: pT response ~0.8, fake rate falling with pT."""
     response = np.clip(rng.normal(0.8, 0.12, len(jet)), 0.3, 1.2)
-    fake_rate = np.exp(-_pt(jet) / 60.0)
+    fake_rate = FAKE_RATE * np.exp(-_pt(jet) / 60.0)
     return response[:, None] * jet, fake_rate
 
 
@@ -214,32 +232,38 @@ def _pileup(n: int, rng) -> np.ndarray:
 
 
 def _higgs_ggf(n, n_jets, rng) -> Truth:
-    jets = _jets(n, n_jets, rng, 30.0, 0.8, 1.6)
-    lepton, tau, nu = _tau_pair(_boson(n, jets, M_H, 0.0, 12.0, 1.3, rng), rng)
-    return Truth(lepton, tau, nu, jets, np.ones(n))
+    jets = _jets(n, n_jets, rng, 20.0, 1.0, 1.6)
+    boson, radiation = _boson(n, jets, M_H, 0.0, 16.0, 1.3, rng)
+    lepton, tau, nu = _tau_pair(boson, rng)
+    return Truth(lepton, tau, nu, jets, radiation, np.ones(n))
 
 
 def _higgs_vbf(n, n_jets, rng) -> Truth:
     jets = _vbf_jets(n, n_jets, rng)
-    lepton, tau, nu = _tau_pair(_boson(n, jets, M_H, 0.0, 10.0, 1.0, rng), rng)
-    return Truth(lepton, tau, nu, jets, np.ones(n))
+    boson, radiation = _boson(n, jets, M_H, 0.0, 14.0, 1.0, rng)
+    lepton, tau, nu = _tau_pair(boson, rng)
+    return Truth(lepton, tau, nu, jets, radiation, np.ones(n))
 
 
 def _z_tautau(n, n_jets, rng) -> Truth:
-    jets = _jets(n, n_jets, rng, 22.0, 0.9, 1.8)
-    lepton, tau, nu = _tau_pair(_boson(n, jets, M_Z, GAMMA_Z, 8.0, 1.6, rng), rng)
-    return Truth(lepton, tau, nu, jets, _pileup(n, rng))
+    jets = _jets(n, n_jets, rng, 14.0, 1.1, 2.2)
+    boson, radiation = _boson(n, jets, M_Z, GAMMA_Z, 13.0, 2.0, rng)
+    lepton, tau, nu = _tau_pair(boson, rng)
+    return Truth(lepton, tau, nu, jets, radiation, _pileup(n, rng))
 
 
 def _w_jets(n, n_jets, rng) -> Truth:
     # the jet that fakes the tau is one more recoiling jet, generated from a lower threshold
-    fake = _jets(n, 1, rng, 18.0, 0.8, 1.4)
-    fake[..., :] *= (np.maximum(_pt(fake) - 12.0, 8.0) / _pt(fake))[..., None]
-    jets = _jets(n, n_jets, rng, 22.0, 0.9, 1.8)
-    w = _boson(n, np.concatenate([jets, fake], axis=1), M_W, GAMMA_W, 8.0, 1.6, rng)
+    fake_pt = 18.0 + 10.0 * np.exp(0.9 * rng.standard_normal((n, 1)))
+    fake_eta = _truncated_normal(n, 0.0, 1.8, TAU_ETA_MAX, rng)[:, None]
+    fake = _from_rapidity(fake_pt, fake_eta, rng.uniform(-np.pi, np.pi, (n, 1)), 0.0, pseudo=True)
+    jets = _jets(n, n_jets, rng, 14.0, 1.1, 2.2)
+    w, radiation = _boson(n, np.concatenate([jets, fake], axis=1), M_W, GAMMA_W, 10.0, 2.0, rng)
     lepton, nu = _w_to_lepton(w, rng)
     tau, fake_rate = _fake_tau(fake[:, 0], rng)
-    return Truth(lepton, tau, nu, jets, fake_rate * _pileup(n, rng))
+    # the jet's energy the tau candidate does not carry stays in the soft term
+    radiation = radiation + (fake[:, 0, 1:3] - tau[:, 1:3])
+    return Truth(lepton, tau, nu, jets, radiation, fake_rate * _pileup(n, rng))
 
 
 def _top_pair(n, n_jets, rng) -> Truth:
@@ -264,8 +288,10 @@ def _top_pair(n, n_jets, rng) -> Truth:
         true_tau[:, None], nu_w[:, 1:3] + (1 - x_had)[:, None] * tau_w[:, 1:3], 0.0
     )
     jets = np.stack([b1, b2, np.where(true_tau[:, None], 0.0, q2)], axis=1)
-    factor = np.where(true_tau, 1.0, 4 * fake_rate) * _pileup(n, rng)
-    return Truth(lepton, tau, nu, jets, factor)
+    factor = np.where(true_tau, 1.0, fake_rate) * _pileup(n, rng)
+    radiation = np.where(true_tau[:, None], 0.0, q1[:, 1:3] - fake[:, 1:3])
+    radiation = radiation + rng.normal(0, 10.0, (n, 2))
+    return Truth(lepton, tau, nu, jets, radiation, factor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,18 +312,22 @@ def _detector(truth: Truth, rng) -> tuple[np.ndarray, np.ndarray]:
     resolution = np.hypot(JET_STOCHASTIC / np.sqrt(np.maximum(jet_pt_true, 1.0)), JET_CONSTANT)
     jets = _smear(truth.jets, resolution, rng)
     jet_pt, jet_eta = _pt(jets), _eta(jets)
-    kept = (jet_pt > JET_PT_MIN) & (np.abs(jet_eta) < JET_ETA_MAX)
+    inside = np.abs(jet_eta) < JET_ETA_MAX
+    kept = inside & (jet_pt > JET_PT_MIN)
+    in_met = inside & (jet_pt > JET_MET_MIN)
 
-    # soft activity (underlying event, pile-up): its sum E_T and its unbalanced momentum
-    soft = rng.gamma(3.0, 22.0, n)
-    visible = [lepton, tau]
-    truth_visible = [truth.lepton, truth.tau]
-    mismeasured = sum(t[:, 1:3] - m[:, 1:3] for t, m in zip(truth_visible, visible, strict=True))
-    mismeasured = mismeasured + (truth.jets[..., 1:3] - jets[..., 1:3]).sum(axis=1)
-    sumet = soft + _pt(lepton) + _pt(tau) + jet_pt.sum(axis=1)
-    met = truth.neutrinos + mismeasured + rng.normal(0, 1, (n, 2)) * (
-        MET_NOISE * np.sqrt(soft)
-    )[:, None]
+    # The missing energy is minus everything measured: objects, jets above 20 GeV, and a soft
+    # term that sees the rest of the hadronic activity with a response below one, plus noise.
+    soft_true = truth.radiation + np.where(in_met[..., None], 0.0, truth.jets[..., 1:3]).sum(1)
+    soft_sumet = np.maximum(rng.gamma(1.8, SOFT_SUMET / 1.8, n) - 12.0, 0.0)
+    noise = rng.normal(0, 1, (n, 2)) * (MET_NOISE * np.sqrt(soft_sumet + 1.0))[:, None]
+    soft_measured = SOFT_RESPONSE * soft_true + noise
+    mismeasured = (truth.lepton - lepton)[:, 1:3] + (truth.tau - tau)[:, 1:3]
+    mismeasured = mismeasured + np.where(
+        in_met[..., None], truth.jets[..., 1:3] - jets[..., 1:3], 0.0
+    ).sum(axis=1)
+    met = truth.neutrinos + mismeasured + soft_true - soft_measured
+    sumet = soft_sumet + _pt(lepton) + _pt(tau) + np.where(in_met, jet_pt, 0.0).sum(axis=1)
 
     order = np.argsort(-np.where(kept, jet_pt, -1.0), axis=1)
     jet_pt = np.take_along_axis(np.where(kept, jet_pt, 0.0), order, axis=1)
@@ -359,11 +389,11 @@ class Process:
 
 
 PROCESSES: tuple[Process, ...] = (
-    Process("ggH", 1, _higgs_ggf, 1220.0, (0.62, 0.27, 0.08, 0.03), 0.28, (0.4, 0.3, 0.2, 0.1)),
-    Process("VBF", 1, _higgs_vbf, 100.0, (0.0, 0.0, 0.8, 0.2), 0.06, (0.0, 0.0, 0.7, 0.3)),
-    Process("Ztautau", 0, _z_tautau, 1.1e6, (0.72, 0.2, 0.06, 0.02), 0.26, (0.5, 0.3, 0.12, 0.08)),
-    Process("Wjets", 0, _w_jets, 2.4e7, (0.72, 0.2, 0.06, 0.02), 0.32, (0.45, 0.3, 0.15, 0.1)),
-    Process("ttbar", 0, _top_pair, 8.0e4, (1.0,), 0.08, (1.0,)),
+    Process("ggH", 1, _higgs_ggf, 560.0, (0.62, 0.27, 0.08, 0.03), 0.28, (0.4, 0.3, 0.2, 0.1)),
+    Process("VBF", 1, _higgs_vbf, 46.0, (0.0, 0.0, 0.8, 0.2), 0.06, (0.0, 0.0, 0.7, 0.3)),
+    Process("Ztautau", 0, _z_tautau, 5.0e5, (0.72, 0.2, 0.06, 0.02), 0.20, (0.5, 0.3, 0.12, 0.08)),
+    Process("Wjets", 0, _w_jets, 2.4e7, (0.72, 0.2, 0.06, 0.02), 0.38, (0.45, 0.3, 0.15, 0.1)),
+    Process("ttbar", 0, _top_pair, 7.0e4, (1.0,), 0.08, (1.0,)),
 )
 
 #: Events generated per batch, relative to those still wanted (selection efficiency ~10-30%).
