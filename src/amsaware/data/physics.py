@@ -54,7 +54,7 @@ MET_NOISE = 0.2
 SOFT_RESPONSE, SOFT_SUMET = 0.15, 60.0
 #: Jets above JET_MET_MIN [GeV] enter the missing energy; one such jet below JET_PT_MIN (not
 #: counted) appears in this share of events.
-JET_MET_MIN, SOFT_JET_PROBABILITY = 20.0, 0.4
+JET_MET_MIN, SOFT_JET_PROBABILITY = 12.0, 0.5
 #: Probability that a jet is reconstructed as a hadronic tau, at low pT (falls as exp(-pT/60)).
 FAKE_RATE = 0.016
 #: Largest number of jets an event carries (PRI_jet_num stores min(jets, 3)).
@@ -151,7 +151,8 @@ def _jets(n: int, n_jets: int, rng, median: float, width: float, eta_scale: floa
     of the real data bimodal (near 0, or near the soft jet's pT).
     """
     pt = JET_PT_MIN + median * np.exp(width * rng.standard_normal((n, n_jets)))
-    soft = (rng.random(n) < SOFT_JET_PROBABILITY) * (JET_MET_MIN + 10.0 * rng.beta(1.0, 1.5, n))
+    soft_pt = JET_MET_MIN + (JET_PT_MIN - JET_MET_MIN) * rng.beta(1.5, 1.0, n)
+    soft = (rng.random(n) < SOFT_JET_PROBABILITY) * soft_pt
     pt = np.concatenate([pt, soft[:, None]], axis=1)
     eta = _truncated_normal(n * (n_jets + 1), 0.0, eta_scale, JET_ETA_MAX, rng)
     phi = rng.uniform(-np.pi, np.pi, (n, n_jets + 1))
@@ -298,8 +299,11 @@ def _top_pair(n, n_jets, rng) -> Truth:
 # detector
 
 
-def _smear(p: np.ndarray, resolution: np.ndarray, rng) -> np.ndarray:
-    scale = np.maximum(1 + resolution * rng.standard_normal(p.shape[:-1]), 0.05)
+def _smear(p: np.ndarray, resolution: np.ndarray, rng, tails: bool = False) -> np.ndarray:
+    """Scale momenta by 1 + resolution * (a normal, or with `tails` a Student-t(4)) variate."""
+    shape = p.shape[:-1]
+    variate = rng.standard_t(4, shape) / np.sqrt(2) if tails else rng.standard_normal(shape)
+    scale = np.maximum(1 + resolution * variate, 0.05)
     return p * scale[..., None]
 
 
@@ -310,7 +314,7 @@ def _detector(truth: Truth, rng) -> tuple[np.ndarray, np.ndarray]:
     tau = _smear(truth.tau, np.full(n, TAU_RESOLUTION), rng)
     jet_pt_true = _pt(truth.jets)
     resolution = np.hypot(JET_STOCHASTIC / np.sqrt(np.maximum(jet_pt_true, 1.0)), JET_CONSTANT)
-    jets = _smear(truth.jets, resolution, rng)
+    jets = _smear(truth.jets, resolution, rng, tails=True)
     jet_pt, jet_eta = _pt(jets), _eta(jets)
     inside = np.abs(jet_eta) < JET_ETA_MAX
     kept = inside & (jet_pt > JET_PT_MIN)
@@ -320,14 +324,16 @@ def _detector(truth: Truth, rng) -> tuple[np.ndarray, np.ndarray]:
     # term that sees the rest of the hadronic activity with a response below one, plus noise.
     soft_true = truth.radiation + np.where(in_met[..., None], 0.0, truth.jets[..., 1:3]).sum(1)
     soft_sumet = np.maximum(rng.gamma(1.8, SOFT_SUMET / 1.8, n) - 12.0, 0.0)
-    noise = rng.normal(0, 1, (n, 2)) * (MET_NOISE * np.sqrt(soft_sumet + 1.0))[:, None]
+    noise = rng.standard_t(4, (n, 2)) / np.sqrt(2) * (MET_NOISE * np.sqrt(soft_sumet + 1.0))[:, None]
     soft_measured = SOFT_RESPONSE * soft_true + noise
     mismeasured = (truth.lepton - lepton)[:, 1:3] + (truth.tau - tau)[:, 1:3]
     mismeasured = mismeasured + np.where(
         in_met[..., None], truth.jets[..., 1:3] - jets[..., 1:3], 0.0
     ).sum(axis=1)
     met = truth.neutrinos + mismeasured + soft_true - soft_measured
-    sumet = soft_sumet + _pt(lepton) + _pt(tau) + np.where(in_met, jet_pt, 0.0).sum(axis=1)
+    # calorimeter sum: a muon (half the leptons) leaves almost none of its pT there
+    electron = rng.random(n) < 0.5
+    sumet = soft_sumet + electron * _pt(lepton) + _pt(tau) + np.where(in_met, jet_pt, 0.0).sum(1)
 
     order = np.argsort(-np.where(kept, jet_pt, -1.0), axis=1)
     jet_pt = np.take_along_axis(np.where(kept, jet_pt, 0.0), order, axis=1)
