@@ -33,7 +33,7 @@ step is vectorised NumPy.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -121,16 +121,33 @@ def _boost(energy: np.ndarray, momentum: np.ndarray, beta: np.ndarray) -> np.nda
 # spectra
 
 
-def _lepton_share(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Visible momentum share of tau -> l nu nu: f(x) = (5 - 9x^2 + 4x^3) / 3 (massless V-A)."""
-    grid = np.linspace(0, 1, 513)
-    cdf = (5 * grid - 3 * grid**3 + grid**4) / 3
-    return np.interp(rng.random(n), cdf, grid)
+_SHARE_GRID = np.linspace(0, 1, 513)
+_LEPTON_CDF = (5 * _SHARE_GRID - 3 * _SHARE_GRID**3 + _SHARE_GRID**4) / 3
+_HADRON_POWER = 1.6
 
 
-def _hadron_share(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Visible share of tau -> hadrons nu: a pi/rho/a1 mixture, harder than the leptonic one."""
-    return rng.beta(1.6, 1.0, n)
+def _lepton_share(n: int, rng, low: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Visible momentum share x of tau -> l nu nu, f(x) = (5 - 9x^2 + 4x^3) / 3 (massless V-A).
+
+    Drawn above `low` only, returning also P(x >= low), the weight that keeps this importance
+    sampling unbiased: shares that cannot pass the selection are never drawn.
+    """
+    floor = np.interp(np.clip(low, 0.0, 1.0), _SHARE_GRID, _LEPTON_CDF)
+    u = floor + (1 - floor) * rng.random(n)
+    return np.interp(u, _LEPTON_CDF, _SHARE_GRID), np.where(np.asarray(low) < 1, 1 - floor, 0.0)
+
+
+def _hadron_share(n: int, rng, low: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Visible share of tau -> hadrons nu, f(x) ~ x^0.6 (a pi/rho/a1 mixture, harder than the
+    leptonic one), drawn above `low` like `_lepton_share`."""
+    floor = np.clip(low, 0.0, 1.0) ** _HADRON_POWER
+    u = floor + (1 - floor) * rng.random(n)
+    return u ** (1 / _HADRON_POWER), np.where(np.asarray(low) < 1, 1 - floor, 0.0)
+
+
+def _lowest_share(parent: np.ndarray, threshold: float, resolution: float) -> np.ndarray:
+    """The smallest visible share whose pT can still pass `threshold` after smearing (4 sigma)."""
+    return threshold / (1 + 4 * resolution) / np.maximum(_pt(parent), 1e-9)
 
 
 def _truncated_normal(n, loc, scale, limit, rng) -> np.ndarray:
@@ -206,10 +223,11 @@ def _tau_pair(boson: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """boson -> tau tau, one tau -> lepton, the other -> hadrons (collinear decays)."""
     n = len(boson)
     tau1, tau2 = _decay(boson, 0.0, 0.0, rng)
-    x_lep, x_had = _lepton_share(n, rng), _hadron_share(n, rng)
+    x_lep, p_lep = _lepton_share(n, rng, _lowest_share(tau1, LEP_PT_MIN, LEP_RESOLUTION))
+    x_had, p_had = _hadron_share(n, rng, _lowest_share(tau2, TAU_PT_MIN, TAU_RESOLUTION))
     lepton, tau = x_lep[:, None] * tau1, x_had[:, None] * tau2
     neutrinos = (1 - x_lep)[:, None] * tau1[:, 1:3] + (1 - x_had)[:, None] * tau2[:, 1:3]
-    return lepton, tau, neutrinos
+    return lepton, tau, neutrinos, p_lep * p_had
 
 
 def _w_to_lepton(w: np.ndarray, rng, tau_share: float = 0.15):
@@ -217,7 +235,7 @@ def _w_to_lepton(w: np.ndarray, rng, tau_share: float = 0.15):
     n = len(w)
     lepton, nu = _decay(w, 0.0, 0.0, rng)
     via_tau = rng.random(n) < tau_share
-    x = np.where(via_tau, _lepton_share(n, rng), 1.0)
+    x = np.where(via_tau, _lepton_share(n, rng)[0], 1.0)
     return x[:, None] * lepton, nu[:, 1:3] + (1 - x)[:, None] * lepton[:, 1:3]
 
 
@@ -235,22 +253,22 @@ def _pileup(n: int, rng) -> np.ndarray:
 def _higgs_ggf(n, n_jets, rng) -> Truth:
     jets = _jets(n, n_jets, rng, 20.0, 1.0, 1.6)
     boson, radiation = _boson(n, jets, M_H, 0.0, 16.0, 1.3, rng)
-    lepton, tau, nu = _tau_pair(boson, rng)
-    return Truth(lepton, tau, nu, jets, radiation, np.ones(n))
+    lepton, tau, nu, factor = _tau_pair(boson, rng)
+    return Truth(lepton, tau, nu, jets, radiation, factor)
 
 
 def _higgs_vbf(n, n_jets, rng) -> Truth:
     jets = _vbf_jets(n, n_jets, rng)
     boson, radiation = _boson(n, jets, M_H, 0.0, 14.0, 1.0, rng)
-    lepton, tau, nu = _tau_pair(boson, rng)
-    return Truth(lepton, tau, nu, jets, radiation, np.ones(n))
+    lepton, tau, nu, factor = _tau_pair(boson, rng)
+    return Truth(lepton, tau, nu, jets, radiation, factor)
 
 
 def _z_tautau(n, n_jets, rng) -> Truth:
     jets = _jets(n, n_jets, rng, 14.0, 1.1, 2.2)
     boson, radiation = _boson(n, jets, M_Z, GAMMA_Z, 13.0, 2.0, rng)
-    lepton, tau, nu = _tau_pair(boson, rng)
-    return Truth(lepton, tau, nu, jets, radiation, _pileup(n, rng))
+    lepton, tau, nu, factor = _tau_pair(boson, rng)
+    return Truth(lepton, tau, nu, jets, radiation, factor * _pileup(n, rng))
 
 
 def _w_jets(n, n_jets, rng) -> Truth:
@@ -282,7 +300,7 @@ def _top_pair(n, n_jets, rng) -> Truth:
     # the second W: a true hadronic tau (W -> tau nu) or one of its quarks faking one
     true_tau = rng.random(n) < 0.4
     tau_w, nu_w = _decay(w2, 0.0, 0.0, rng)
-    x_had = _hadron_share(n, rng)
+    x_had = _hadron_share(n, rng)[0]
     fake, fake_rate = _fake_tau(q1, rng)
     tau = np.where(true_tau[:, None], x_had[:, None] * tau_w, fake)
     nu = nu + np.where(
@@ -307,11 +325,24 @@ def _smear(p: np.ndarray, resolution: np.ndarray, rng, tails: bool = False) -> n
     return p * scale[..., None]
 
 
-def _detector(truth: Truth, rng) -> tuple[np.ndarray, np.ndarray]:
-    """The 17 PRI_ columns (NaN where undefined) and which events pass the selection."""
+def _select(truth: Truth, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Measured lepton and tau, and which events pass the challenge's selection on them."""
     n = len(truth.lepton)
     lepton = _smear(truth.lepton, np.full(n, LEP_RESOLUTION), rng)
     tau = _smear(truth.tau, np.full(n, TAU_RESOLUTION), rng)
+    passed = (
+        (_pt(lepton) > LEP_PT_MIN)
+        & (np.abs(_eta(lepton)) < LEP_ETA_MAX)
+        & (_pt(tau) > TAU_PT_MIN)
+        & (np.abs(_eta(tau)) < TAU_ETA_MAX)
+        & (truth.factor > 0)
+    )
+    return lepton, tau, passed
+
+
+def _detector(truth: Truth, lepton: np.ndarray, tau: np.ndarray, rng) -> np.ndarray:
+    """The 17 PRI_ columns (NaN where undefined) of events with measured `lepton` and `tau`."""
+    n = len(truth.lepton)
     jet_pt_true = _pt(truth.jets)
     resolution = np.hypot(JET_STOCHASTIC / np.sqrt(np.maximum(jet_pt_true, 1.0)), JET_CONSTANT)
     jets = _smear(truth.jets, resolution, rng, tails=True)
@@ -361,13 +392,7 @@ def _detector(truth: Truth, rng) -> tuple[np.ndarray, np.ndarray]:
         has = n_jets > rank
         for quantity, values in (("pt", jet_pt), ("eta", _eta(jets)), ("phi", _phi(jets))):
             pri[has, _PRI[f"PRI_jet_{which}_{quantity}"]] = values[has, rank]
-    passed = (
-        (columns["PRI_lep_pt"] > LEP_PT_MIN)
-        & (np.abs(columns["PRI_lep_eta"]) < LEP_ETA_MAX)
-        & (columns["PRI_tau_pt"] > TAU_PT_MIN)
-        & (np.abs(columns["PRI_tau_eta"]) < TAU_ETA_MAX)
-    )
-    return pri, passed
+    return pri
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,23 +427,27 @@ PROCESSES: tuple[Process, ...] = (
     Process("ttbar", 0, _top_pair, 7.0e4, (1.0,), 0.08, (1.0,)),
 )
 
-#: Events generated per batch, relative to those still wanted (selection efficiency ~10-30%).
-_OVERSAMPLE = 6
+#: Selection efficiency assumed for a slice's first batch (later ones use the measured one),
+#: and the largest batch (bounds memory).
+_FIRST_EFFICIENCY, _MAX_BATCH = 0.15, 2_000_000
 
 
 def _slice(process: Process, n_jets: int, wanted: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """`wanted` selected events of one slice and their weights sigma * L * factor / N_gen."""
     pri_parts, factor_parts, n_generated, have = [], [], 0, 0
+    efficiency = _FIRST_EFFICIENCY
     while have < wanted:
-        batch = max(_OVERSAMPLE * (wanted - have), 256)
+        batch = min(int(1.2 * (wanted - have) / efficiency) + 256, _MAX_BATCH)
         truth = process.make(batch, n_jets, rng)
-        pri, passed = _detector(truth, rng)
+        lepton, tau, passed = _select(truth, rng)
         index = np.flatnonzero(passed)[: wanted - have]
         # events generated up to the last one kept (all of the batch if it fell short)
         n_generated += batch if have + len(index) < wanted else int(index[-1]) + 1
-        pri_parts.append(pri[index])
-        factor_parts.append(truth.factor[index])
         have += len(index)
+        efficiency = max(have / n_generated, 1e-3)
+        kept = Truth(*(getattr(truth, f.name)[index] for f in fields(Truth)))
+        pri_parts.append(_detector(kept, lepton[index], tau[index], rng))
+        factor_parts.append(kept.factor)
     sigma = process.cross_section * process.jet_fractions[n_jets]
     weight = sigma * LUMINOSITY * np.concatenate(factor_parts) / n_generated
     return np.concatenate(pri_parts), weight
