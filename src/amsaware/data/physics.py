@@ -123,31 +123,16 @@ def _boost(energy: np.ndarray, momentum: np.ndarray, beta: np.ndarray) -> np.nda
 
 _SHARE_GRID = np.linspace(0, 1, 513)
 _LEPTON_CDF = (5 * _SHARE_GRID - 3 * _SHARE_GRID**3 + _SHARE_GRID**4) / 3
-_HADRON_POWER = 1.6
 
 
-def _lepton_share(n: int, rng, low: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Visible momentum share x of tau -> l nu nu, f(x) = (5 - 9x^2 + 4x^3) / 3 (massless V-A).
-
-    Drawn above `low` only, returning also P(x >= low), the weight that keeps this importance
-    sampling unbiased: shares that cannot pass the selection are never drawn.
-    """
-    floor = np.interp(np.clip(low, 0.0, 1.0), _SHARE_GRID, _LEPTON_CDF)
-    u = floor + (1 - floor) * rng.random(n)
-    return np.interp(u, _LEPTON_CDF, _SHARE_GRID), np.where(np.asarray(low) < 1, 1 - floor, 0.0)
+def _lepton_share(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Visible momentum share of tau -> l nu nu: f(x) = (5 - 9x^2 + 4x^3) / 3 (massless V-A)."""
+    return np.interp(rng.random(n), _LEPTON_CDF, _SHARE_GRID)
 
 
-def _hadron_share(n: int, rng, low: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Visible share of tau -> hadrons nu, f(x) ~ x^0.6 (a pi/rho/a1 mixture, harder than the
-    leptonic one), drawn above `low` like `_lepton_share`."""
-    floor = np.clip(low, 0.0, 1.0) ** _HADRON_POWER
-    u = floor + (1 - floor) * rng.random(n)
-    return u ** (1 / _HADRON_POWER), np.where(np.asarray(low) < 1, 1 - floor, 0.0)
-
-
-def _lowest_share(parent: np.ndarray, threshold: float, resolution: float) -> np.ndarray:
-    """The smallest visible share whose pT can still pass `threshold` after smearing (4 sigma)."""
-    return threshold / (1 + 4 * resolution) / np.maximum(_pt(parent), 1e-9)
+def _hadron_share(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Visible share of tau -> hadrons nu: a pi/rho/a1 mixture, harder than the leptonic one."""
+    return rng.beta(1.6, 1.0, n)
 
 
 def _truncated_normal(n, loc, scale, limit, rng) -> np.ndarray:
@@ -223,11 +208,10 @@ def _tau_pair(boson: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """boson -> tau tau, one tau -> lepton, the other -> hadrons (collinear decays)."""
     n = len(boson)
     tau1, tau2 = _decay(boson, 0.0, 0.0, rng)
-    x_lep, p_lep = _lepton_share(n, rng, _lowest_share(tau1, LEP_PT_MIN, LEP_RESOLUTION))
-    x_had, p_had = _hadron_share(n, rng, _lowest_share(tau2, TAU_PT_MIN, TAU_RESOLUTION))
+    x_lep, x_had = _lepton_share(n, rng), _hadron_share(n, rng)
     lepton, tau = x_lep[:, None] * tau1, x_had[:, None] * tau2
     neutrinos = (1 - x_lep)[:, None] * tau1[:, 1:3] + (1 - x_had)[:, None] * tau2[:, 1:3]
-    return lepton, tau, neutrinos, p_lep * p_had
+    return lepton, tau, neutrinos
 
 
 def _w_to_lepton(w: np.ndarray, rng, tau_share: float = 0.15):
@@ -235,7 +219,7 @@ def _w_to_lepton(w: np.ndarray, rng, tau_share: float = 0.15):
     n = len(w)
     lepton, nu = _decay(w, 0.0, 0.0, rng)
     via_tau = rng.random(n) < tau_share
-    x = np.where(via_tau, _lepton_share(n, rng)[0], 1.0)
+    x = np.where(via_tau, _lepton_share(n, rng), 1.0)
     return x[:, None] * lepton, nu[:, 1:3] + (1 - x)[:, None] * lepton[:, 1:3]
 
 
@@ -253,22 +237,22 @@ def _pileup(n: int, rng) -> np.ndarray:
 def _higgs_ggf(n, n_jets, rng) -> Truth:
     jets = _jets(n, n_jets, rng, 20.0, 1.0, 1.6)
     boson, radiation = _boson(n, jets, M_H, 0.0, 16.0, 1.3, rng)
-    lepton, tau, nu, factor = _tau_pair(boson, rng)
-    return Truth(lepton, tau, nu, jets, radiation, factor)
+    lepton, tau, nu = _tau_pair(boson, rng)
+    return Truth(lepton, tau, nu, jets, radiation, np.ones(n))
 
 
 def _higgs_vbf(n, n_jets, rng) -> Truth:
     jets = _vbf_jets(n, n_jets, rng)
     boson, radiation = _boson(n, jets, M_H, 0.0, 14.0, 1.0, rng)
-    lepton, tau, nu, factor = _tau_pair(boson, rng)
-    return Truth(lepton, tau, nu, jets, radiation, factor)
+    lepton, tau, nu = _tau_pair(boson, rng)
+    return Truth(lepton, tau, nu, jets, radiation, np.ones(n))
 
 
 def _z_tautau(n, n_jets, rng) -> Truth:
     jets = _jets(n, n_jets, rng, 14.0, 1.1, 2.2)
     boson, radiation = _boson(n, jets, M_Z, GAMMA_Z, 13.0, 2.0, rng)
-    lepton, tau, nu, factor = _tau_pair(boson, rng)
-    return Truth(lepton, tau, nu, jets, radiation, factor * _pileup(n, rng))
+    lepton, tau, nu = _tau_pair(boson, rng)
+    return Truth(lepton, tau, nu, jets, radiation, _pileup(n, rng))
 
 
 def _w_jets(n, n_jets, rng) -> Truth:
@@ -300,7 +284,7 @@ def _top_pair(n, n_jets, rng) -> Truth:
     # the second W: a true hadronic tau (W -> tau nu) or one of its quarks faking one
     true_tau = rng.random(n) < 0.4
     tau_w, nu_w = _decay(w2, 0.0, 0.0, rng)
-    x_had = _hadron_share(n, rng)[0]
+    x_had = _hadron_share(n, rng)
     fake, fake_rate = _fake_tau(q1, rng)
     tau = np.where(true_tau[:, None], x_had[:, None] * tau_w, fake)
     nu = nu + np.where(
@@ -335,7 +319,6 @@ def _select(truth: Truth, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         & (np.abs(_eta(lepton)) < LEP_ETA_MAX)
         & (_pt(tau) > TAU_PT_MIN)
         & (np.abs(_eta(tau)) < TAU_ETA_MAX)
-        & (truth.factor > 0)
     )
     return lepton, tau, passed
 
@@ -420,11 +403,11 @@ class Process:
 
 
 PROCESSES: tuple[Process, ...] = (
-    Process("ggH", 1, _higgs_ggf, 560.0, (0.62, 0.27, 0.08, 0.03), 0.28, (0.4, 0.3, 0.2, 0.1)),
-    Process("VBF", 1, _higgs_vbf, 46.0, (0.0, 0.0, 0.8, 0.2), 0.06, (0.0, 0.0, 0.7, 0.3)),
+    Process("ggH", 1, _higgs_ggf, 560.0, (0.62, 0.27, 0.08, 0.03), 0.28, (0.38, 0.38, 0.18, 0.06)),
+    Process("VBF", 1, _higgs_vbf, 46.0, (0.0, 0.0, 0.8, 0.2), 0.06, (0.0, 0.0, 0.8, 0.2)),
     Process("Ztautau", 0, _z_tautau, 5.0e5, (0.72, 0.2, 0.06, 0.02), 0.20, (0.5, 0.3, 0.12, 0.08)),
-    Process("Wjets", 0, _w_jets, 2.4e7, (0.72, 0.2, 0.06, 0.02), 0.38, (0.45, 0.3, 0.15, 0.1)),
-    Process("ttbar", 0, _top_pair, 7.0e4, (1.0,), 0.08, (1.0,)),
+    Process("Wjets", 0, _w_jets, 2.4e7, (0.72, 0.2, 0.06, 0.02), 0.41, (0.5, 0.3, 0.12, 0.08)),
+    Process("ttbar", 0, _top_pair, 7.0e4, (1.0,), 0.05, (1.0,)),
 )
 
 #: Selection efficiency assumed for a slice's first batch (later ones use the measured one),
