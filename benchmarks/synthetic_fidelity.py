@@ -23,7 +23,9 @@ sample flatters it; the physics generator only had a handful of its constants tu
 from __future__ import annotations
 
 import argparse
+import logging
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -115,7 +117,7 @@ def _oof(scores: np.ndarray, table: EventTable) -> dict[str, float]:
     metrics = evaluate(
         torch.from_numpy(np.asarray(scores, dtype=np.float64)),
         torch.from_numpy(table.label.astype(np.int64)),
-        torch.from_numpy(table.weight),
+        torch.from_numpy(np.array(table.weight, dtype=np.float64)),
         "oof/",
     )
     return {name: metrics[f"oof/{name}"] for name in ("auroc", "ams_max", "ams@15%")}
@@ -213,6 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=10, help="BCE MLP epochs per fold")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    # one Trainer per fold: keep Lightning's per-trainer banners out of the table
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     result = run(args.real, args.generator, args.n_synthetic, args.seed, args.epochs)
     print(format_table(result))
     output = args.output or Path(f"synthetic_fidelity_{args.generator}.json")

@@ -31,6 +31,10 @@ COLLINEAR_MAX_PULL = 5.0
 #: Prior of `missing_mass` on the neutrino/visible momentum shares: mean, and width in units
 #: where the MET chi^2 has unit variance (chosen on the shared sample, see `missing_mass`).
 PRIOR_SHARE, PRIOR_WIDTH = 0.5, 0.2
+#: Calibration of `missing_mass`: on the shared sample the fit is 4-5% below the stored MMC in
+#: the quantiles of each class (the MMC is calibrated so that signal peaks near m_H); scaled,
+#: the medians agree within 1.5% (signal 120.5 vs 121.8 GeV, background 102.3 vs 102.1).
+MASS_SCALE = 1.04
 
 
 def _pt_vector(pt: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,9 +105,10 @@ def missing_mass(primary: np.ndarray) -> np.ndarray:
       being `MET_RESOLUTION * sqrt(PRI_met_sumet)`.
     - Value: the same fit with a Gaussian prior on the shares (mean `PRIOR_SHARE`, width
       `PRIOR_WIDTH` relative to that resolution), a maximum-a-posteriori estimate in the
-      spirit of the MMC's likelihood. Without the prior the collinear mass diverges where the
-      two legs are back to back; with it, 74% of the shared sample's events are within 10% of
-      the stored MMC (32% for the plain collinear mass).
+      spirit of the MMC's likelihood, times the calibration `MASS_SCALE`. Without the prior
+      the collinear mass diverges where the two legs are back to back; with it, 70% of the
+      shared sample's events are within 10% of the stored MMC (32% for the plain collinear
+      mass).
     """
     p = {name: primary[:, k].astype(np.float64) for name, k in _PRI.items()}
     lep = _pt_vector(p["PRI_lep_pt"], p["PRI_lep_phi"])
@@ -117,7 +122,7 @@ def missing_mass(primary: np.ndarray) -> np.ndarray:
         _four_vector(p["PRI_lep_pt"], p["PRI_lep_eta"], p["PRI_lep_phi"])
         + _four_vector(p["PRI_tau_pt"], p["PRI_tau_eta"], p["PRI_tau_phi"])
     )
-    mass = m_vis * np.sqrt((1 + a_lep) * (1 + a_tau))
+    mass = MASS_SCALE * m_vis * np.sqrt((1 + a_lep) * (1 + a_tau))
     return np.where(residual <= COLLINEAR_MAX_PULL * sigma, mass, np.nan)
 
 

@@ -236,21 +236,21 @@ def _pileup(n: int, rng) -> np.ndarray:
 
 def _higgs_ggf(n, n_jets, rng) -> Truth:
     jets = _jets(n, n_jets, rng, 20.0, 1.0, 1.6)
-    boson, radiation = _boson(n, jets, M_H, 0.0, 16.0, 1.3, rng)
+    boson, radiation = _boson(n, jets, M_H, 0.0, 22.0, 1.3, rng)
     lepton, tau, nu = _tau_pair(boson, rng)
     return Truth(lepton, tau, nu, jets, radiation, np.ones(n))
 
 
 def _higgs_vbf(n, n_jets, rng) -> Truth:
     jets = _vbf_jets(n, n_jets, rng)
-    boson, radiation = _boson(n, jets, M_H, 0.0, 14.0, 1.0, rng)
+    boson, radiation = _boson(n, jets, M_H, 0.0, 20.0, 1.0, rng)
     lepton, tau, nu = _tau_pair(boson, rng)
     return Truth(lepton, tau, nu, jets, radiation, np.ones(n))
 
 
 def _z_tautau(n, n_jets, rng) -> Truth:
     jets = _jets(n, n_jets, rng, 14.0, 1.1, 2.2)
-    boson, radiation = _boson(n, jets, M_Z, GAMMA_Z, 13.0, 2.0, rng)
+    boson, radiation = _boson(n, jets, M_Z, GAMMA_Z, 18.0, 2.0, rng)
     lepton, tau, nu = _tau_pair(boson, rng)
     return Truth(lepton, tau, nu, jets, radiation, _pileup(n, rng))
 
@@ -261,7 +261,7 @@ def _w_jets(n, n_jets, rng) -> Truth:
     fake_eta = _truncated_normal(n, 0.0, 1.8, TAU_ETA_MAX, rng)[:, None]
     fake = _from_rapidity(fake_pt, fake_eta, rng.uniform(-np.pi, np.pi, (n, 1)), 0.0, pseudo=True)
     jets = _jets(n, n_jets, rng, 14.0, 1.1, 2.2)
-    w, radiation = _boson(n, np.concatenate([jets, fake], axis=1), M_W, GAMMA_W, 10.0, 2.0, rng)
+    w, radiation = _boson(n, np.concatenate([jets, fake], axis=1), M_W, GAMMA_W, 14.0, 2.0, rng)
     lepton, nu = _w_to_lepton(w, rng)
     tau, fake_rate = _fake_tau(fake[:, 0], rng)
     # the jet's energy the tau candidate does not carry stays in the soft term

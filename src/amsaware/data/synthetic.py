@@ -12,6 +12,10 @@ The default, "copula", is a Gaussian copula fitted to aggregate statistics of th
 real events (see `amsaware.data.copula`); refit it with
 
     python -m amsaware.data.synthetic fit PATH_TO_CERN_FILE
+
+The alternative, "physics" (`data.generator=physics`), simulates H -> tau tau and its
+backgrounds as four-vectors and computes the DER_ features from the PRI_ ones, so the
+challenge's identities hold (see `amsaware.data.physics`).
 """
 
 from __future__ import annotations
