@@ -51,10 +51,10 @@ LEP_RESOLUTION, TAU_RESOLUTION, JET_STOCHASTIC, JET_CONSTANT = 0.02, 0.08, 0.8, 
 #: Soft-term noise per component [GeV]: MET_NOISE * sqrt(soft sum E_T).
 MET_NOISE = 0.2
 #: Soft term: response to soft radiation, and the mean sum E_T of underlying event + pile-up.
-SOFT_RESPONSE, SOFT_SUMET = 0.15, 60.0
+SOFT_RESPONSE, SOFT_SUMET = 0.15, 70.0
 #: Jets above JET_MET_MIN [GeV] enter the missing energy; one such jet below JET_PT_MIN (not
 #: counted) appears in this share of events.
-JET_MET_MIN, SOFT_JET_PROBABILITY = 12.0, 0.5
+JET_MET_MIN, SOFT_JET_PROBABILITY, SOFT_JETS = 15.0, 0.25, 2
 #: Probability that a jet is reconstructed as a hadronic tau, at low pT (falls as exp(-pT/60)).
 FAKE_RATE = 0.016
 #: Largest number of jets an event carries (PRI_jet_num stores min(jets, 3)).
@@ -146,19 +146,20 @@ def _truncated_normal(n, loc, scale, limit, rng) -> np.ndarray:
 
 
 def _jets(n: int, n_jets: int, rng, median: float, width: float, eta_scale: float):
-    """`n_jets` jets above threshold and (with `SOFT_JET_PROBABILITY`) one 20-30 GeV jet.
+    """`n_jets` jets above threshold and up to `SOFT_JETS` jets below it.
 
-    Shape (n, n_jets + 1, 4); pT - 30 GeV is log-normal, pseudorapidity central. The soft jet
-    is not counted in PRI_jet_num but enters the missing energy, which is what makes DER_pt_tot
-    of the real data bimodal (near 0, or near the soft jet's pT).
+    Shape (n, n_jets + SOFT_JETS, 4); pT - 30 GeV is log-normal, pseudorapidity central.
+    Soft jets (each present with `SOFT_JET_PROBABILITY`) are not counted in PRI_jet_num but
+    enter the missing energy, which is what makes DER_pt_tot of the real data bimodal (near 0,
+    or near a soft jet's pT).
     """
     pt = JET_PT_MIN + median * np.exp(width * rng.standard_normal((n, n_jets)))
-    soft_pt = JET_MET_MIN + (JET_PT_MIN - JET_MET_MIN) * rng.beta(1.5, 1.0, n)
-    soft = (rng.random(n) < SOFT_JET_PROBABILITY) * soft_pt
-    pt = np.concatenate([pt, soft[:, None]], axis=1)
-    eta = _truncated_normal(n * (n_jets + 1), 0.0, eta_scale, JET_ETA_MAX, rng)
-    phi = rng.uniform(-np.pi, np.pi, (n, n_jets + 1))
-    return _from_rapidity(pt, eta.reshape(n, n_jets + 1), phi, 0.0, pseudo=True)
+    soft_pt = JET_MET_MIN + (JET_PT_MIN - JET_MET_MIN) * rng.beta(2.0, 1.0, (n, SOFT_JETS))
+    soft = (rng.random((n, SOFT_JETS)) < SOFT_JET_PROBABILITY) * soft_pt
+    pt = np.concatenate([pt, soft], axis=1)
+    k = n_jets + SOFT_JETS
+    eta = _truncated_normal(n * k, 0.0, eta_scale, JET_ETA_MAX, rng).reshape(n, k)
+    return _from_rapidity(pt, eta, rng.uniform(-np.pi, np.pi, (n, k)), 0.0, pseudo=True)
 
 
 def _vbf_jets(n: int, n_jets: int, rng) -> np.ndarray:
@@ -249,7 +250,7 @@ def _higgs_vbf(n, n_jets, rng) -> Truth:
 
 
 def _z_tautau(n, n_jets, rng) -> Truth:
-    jets = _jets(n, n_jets, rng, 14.0, 1.1, 2.2)
+    jets = _jets(n, n_jets, rng, 14.0, 1.25, 2.5)
     boson, radiation = _boson(n, jets, M_Z, GAMMA_Z, 18.0, 2.0, rng)
     lepton, tau, nu = _tau_pair(boson, rng)
     return Truth(lepton, tau, nu, jets, radiation, _pileup(n, rng))
@@ -260,8 +261,8 @@ def _w_jets(n, n_jets, rng) -> Truth:
     fake_pt = 18.0 + 10.0 * np.exp(0.9 * rng.standard_normal((n, 1)))
     fake_eta = _truncated_normal(n, 0.0, 1.8, TAU_ETA_MAX, rng)[:, None]
     fake = _from_rapidity(fake_pt, fake_eta, rng.uniform(-np.pi, np.pi, (n, 1)), 0.0, pseudo=True)
-    jets = _jets(n, n_jets, rng, 14.0, 1.1, 2.2)
-    w, radiation = _boson(n, np.concatenate([jets, fake], axis=1), M_W, GAMMA_W, 14.0, 2.0, rng)
+    jets = _jets(n, n_jets, rng, 14.0, 1.25, 2.5)
+    w, radiation = _boson(n, np.concatenate([jets, fake], axis=1), M_W, GAMMA_W, 20.0, 2.0, rng)
     lepton, nu = _w_to_lepton(w, rng)
     tau, fake_rate = _fake_tau(fake[:, 0], rng)
     # the jet's energy the tau candidate does not carry stays in the soft term
@@ -403,10 +404,10 @@ class Process:
 
 
 PROCESSES: tuple[Process, ...] = (
-    Process("ggH", 1, _higgs_ggf, 560.0, (0.62, 0.27, 0.08, 0.03), 0.28, (0.38, 0.38, 0.18, 0.06)),
-    Process("VBF", 1, _higgs_vbf, 46.0, (0.0, 0.0, 0.8, 0.2), 0.06, (0.0, 0.0, 0.8, 0.2)),
-    Process("Ztautau", 0, _z_tautau, 5.0e5, (0.72, 0.2, 0.06, 0.02), 0.20, (0.5, 0.3, 0.12, 0.08)),
-    Process("Wjets", 0, _w_jets, 2.4e7, (0.72, 0.2, 0.06, 0.02), 0.41, (0.5, 0.3, 0.12, 0.08)),
+    Process("ggH", 1, _higgs_ggf, 560.0, (0.62, 0.27, 0.08, 0.03), 0.27, (0.42, 0.38, 0.15, 0.05)),
+    Process("VBF", 1, _higgs_vbf, 46.0, (0.0, 0.0, 0.8, 0.2), 0.07, (0.0, 0.0, 0.8, 0.2)),
+    Process("Ztautau", 0, _z_tautau, 5.0e5, (0.72, 0.2, 0.06, 0.02), 0.20, (0.54, 0.29, 0.1, 0.07)),
+    Process("Wjets", 0, _w_jets, 2.4e7, (0.72, 0.2, 0.06, 0.02), 0.41, (0.54, 0.29, 0.1, 0.07)),
     Process("ttbar", 0, _top_pair, 7.0e4, (1.0,), 0.05, (1.0,)),
 )
 
