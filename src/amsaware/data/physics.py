@@ -47,7 +47,7 @@ LUMINOSITY = 20.3
 LEP_PT_MIN, TAU_PT_MIN, JET_PT_MIN = 26.0, 20.0, 30.0
 LEP_ETA_MAX, TAU_ETA_MAX, JET_ETA_MAX = 2.5, 2.5, 4.5
 #: Relative pT resolutions, and the jets' stochastic term [sqrt(GeV)].
-LEP_RESOLUTION, TAU_RESOLUTION, JET_STOCHASTIC, JET_CONSTANT = 0.02, 0.08, 0.8, 0.05
+LEP_RESOLUTION, TAU_RESOLUTION, JET_STOCHASTIC, JET_CONSTANT = 0.02, 0.12, 0.8, 0.05
 #: Soft-term noise per component [GeV]: MET_NOISE * sqrt(soft sum E_T).
 MET_NOISE = 0.2
 #: Soft term: response to soft radiation, and the mean sum E_T of underlying event + pile-up.
