@@ -199,15 +199,18 @@ def format_table(result: dict) -> str:
             f"{s['ams_max']:11.3f}"
         )
     t = result["targets"]
+    verdict = {True: "met", False: "NOT met"}
     lines.append(
-        f"\ntargets: discriminator < 0.75 per class: {'met' if t['discriminator_met'] else 'NOT met'};"
-        f" BCE AUC gap {t['bce_auc_gap']:.4f} (<= 0.03: {'met' if t['bce_auc_met'] else 'NOT met'})"
+        f"\ntargets: discriminator < 0.75 per class: {verdict[t['discriminator_met']]};"
+        f" BCE AUC gap {t['bce_auc_gap']:.4f} (<= 0.03: {verdict[t['bce_auc_met']]})"
     )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--real", type=Path, required=True, help="labelled CERN-format CSV")
     parser.add_argument("--generator", default="physics", choices=sorted(GENERATORS))
     parser.add_argument("--n-synthetic", type=int, default=None)

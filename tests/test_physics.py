@@ -8,6 +8,7 @@ is tested for both generators in tests/test_synthetic.py.
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 from scipy.stats import ks_2samp
@@ -88,7 +89,10 @@ def test_each_process_shows_its_resonance(events):
     assert np.median(mt[process == names.index("Ztautau")]) < 35
     # VBF: forward jets in opposite hemispheres
     vbf = (process == names.index("VBF")) & (primary[:, PRI["PRI_jet_num"]] >= 2)
-    eta1, eta2 = primary[vbf, PRI["PRI_jet_leading_eta"]], primary[vbf, PRI["PRI_jet_subleading_eta"]]
+    eta1, eta2 = (
+        primary[vbf, PRI["PRI_jet_leading_eta"]],
+        primary[vbf, PRI["PRI_jet_subleading_eta"]],
+    )
     assert np.mean(eta1 * eta2 < 0) > 0.6 and np.median(np.abs(eta1 - eta2)) > 3
     # labels follow the processes
     for k, proc in enumerate(physics.PROCESSES):

@@ -162,7 +162,11 @@ def test_make_dataset_without_test_events():
         (lambda: generate(10, seed=0, first_event_id=-5), ValueError, "first_event_id"),
         (lambda: make_dataset(n_train=0), ValueError, "n_train must be >= 1"),
         (lambda: make_dataset(n_train=10, n_test=-1), ValueError, "n_test must be >= 0"),
-        (lambda: generate(10, seed=0, generator="gan"), ValueError, r"known: \['copula', 'physics'"),
+        (
+            lambda: generate(10, seed=0, generator="gan"),
+            ValueError,
+            r"known: \['copula', 'physics'",
+        ),
         (lambda: generate(1, seed=0), ValueError, "no (signal|background) events"),
         (lambda: make_dataset(1_000, n_test=3), ValueError, "in KaggleSet 'b'"),
     ],

@@ -147,9 +147,7 @@ def derived_features(primary: np.ndarray) -> np.ndarray:
 
     lep = _four_vector(p["PRI_lep_pt"], p["PRI_lep_eta"], p["PRI_lep_phi"])
     tau = _four_vector(p["PRI_tau_pt"], p["PRI_tau_eta"], p["PRI_tau_phi"])
-    j1 = _four_vector(
-        p["PRI_jet_leading_pt"], p["PRI_jet_leading_eta"], p["PRI_jet_leading_phi"]
-    )
+    j1 = _four_vector(p["PRI_jet_leading_pt"], p["PRI_jet_leading_eta"], p["PRI_jet_leading_phi"])
     j2 = _four_vector(
         p["PRI_jet_subleading_pt"], p["PRI_jet_subleading_eta"], p["PRI_jet_subleading_phi"]
     )
