@@ -164,7 +164,8 @@ def real():
 
 
 def test_marginals_are_within_loose_ks_bounds_of_real(real, table):
-    # measured on 2026-11-23: largest KS 0.15 (DER_deltar_tau_lep, background), median ~0.05
+    # measured by benchmarks/synthetic_fidelity.py (12k vs 12k): largest KS 0.112
+    # (DER_deltar_tau_lep, background), median 0.032 (signal) and 0.040 (background)
     distances = []
     for k, name in enumerate(FEATURES):
         for cls in (0, 1):
@@ -178,8 +179,8 @@ def test_marginals_are_within_loose_ks_bounds_of_real(real, table):
 
 @pytest.mark.slow
 def test_a_discriminator_finds_it_harder_to_tell_from_real_than_the_copula(real, table):
-    # measured with benchmarks/synthetic_fidelity.py: physics ~0.82 (signal) / ~0.78
-    # (background); copula ~0.93 overall
+    # measured with benchmarks/synthetic_fidelity.py: physics 0.789 (signal) / 0.752
+    # (background); the copula 0.903 / 0.926
     for cls in (0, 1):
         a = real.features[real.label == cls]
         b = table.features[table.label == cls][: len(a)]
@@ -187,7 +188,7 @@ def test_a_discriminator_finds_it_harder_to_tell_from_real_than_the_copula(real,
         origin = np.repeat([0, 1], [len(a), len(b)])
         model = HistGradientBoostingClassifier(random_state=0)
         score = cross_val_predict(model, x, origin, cv=3, method="predict_proba")[:, 1]
-        assert roc_auc_score(origin, score) < 0.86
+        assert roc_auc_score(origin, score) < 0.83
 
 
 def test_train_runs_end_to_end_on_physics_events(tmp_path):
