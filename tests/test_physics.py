@@ -45,10 +45,15 @@ def column(x: np.ndarray, name: str) -> np.ndarray:
 
 def test_derived_features_are_those_of_the_primary_ones(table):
     # the generator derives from the 3-decimal PRI_ values in float64; from their float32
-    # copies the last decimal can differ by one unit (0.14% of values), as for the real files
+    # copies the last decimal can differ by one unit (0.14% of values), as for the real files;
+    # an event on the missing-mass fit's failure threshold can flip between defined and NaN
     x = table.features.astype(np.float64)
-    expected = derived_features(x[:, len(DER_FEATURES) :])
-    np.testing.assert_allclose(x[:, : len(DER_FEATURES)], expected, rtol=1e-6, atol=1.5e-3)
+    stored, expected = x[:, : len(DER_FEATURES)], derived_features(x[:, len(DER_FEATURES) :])
+    mmc = DER_FEATURES.index("DER_mass_MMC")
+    flipped = np.isnan(stored[:, mmc]) != np.isnan(expected[:, mmc])
+    assert flipped.mean() < 1e-3
+    stored, expected = stored[~flipped], expected[~flipped]
+    np.testing.assert_allclose(stored, expected, rtol=1e-6, atol=1.5e-3)
 
 
 def test_challenge_identities_and_selection_hold(table):
