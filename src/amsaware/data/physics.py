@@ -55,13 +55,11 @@ LEP_RESOLUTION, TAU_RESOLUTION, JET_STOCHASTIC, JET_CONSTANT = 0.02, 0.12, 0.8, 
 MET_NOISE = 0.2
 #: Soft term: response to soft radiation, and the mean sum E_T of underlying event + pile-up.
 SOFT_RESPONSE, SOFT_SUMET = 0.08, 78.0
-#: Jets above JET_MET_MIN [GeV] enter the missing energy; one such jet below JET_PT_MIN (not
-#: counted) appears in this share of events.
+#: Jets above JET_MET_MIN [GeV] enter the missing energy; each event may carry up to SOFT_JETS
+#: jets between JET_MET_MIN and JET_PT_MIN (not counted), each with SOFT_JET_PROBABILITY.
 JET_MET_MIN, SOFT_JET_PROBABILITY, SOFT_JETS = 15.0, 0.33, 2
 #: Probability that a jet is reconstructed as a hadronic tau, at low pT (falls as exp(-pT/60)).
 FAKE_RATE = 0.016
-#: Largest number of jets an event carries (PRI_jet_num stores min(jets, 3)).
-MAX_JETS = 4
 
 _PRI = {name: k for k, name in enumerate(PRI_FEATURES)}
 
