@@ -12,6 +12,10 @@ The default, "copula", is a Gaussian copula fitted to aggregate statistics of th
 real events (see `amsaware.data.copula`); refit it with
 
     python -m amsaware.data.synthetic fit PATH_TO_CERN_FILE
+
+The alternative, "physics" (`data.generator=physics`), simulates H -> tau tau and its
+backgrounds as four-vectors and computes the DER_ features from the PRI_ ones, so the
+challenge's identities hold (see `amsaware.data.physics`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amsaware.data import copula
+from amsaware.data import copula, physics
 from amsaware.data.schema import B_TOT, FEATURES, S_TOT, Dataset, EventTable
 
 Generator = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -51,7 +55,7 @@ def _copula(n_events: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     return _packaged_copula().sample(n_events, rng)
 
 
-GENERATORS: dict[str, Generator] = {"copula": _copula}
+GENERATORS: dict[str, Generator] = {"copula": _copula, "physics": physics.sample}
 
 
 def generate(
