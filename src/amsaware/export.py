@@ -9,6 +9,8 @@ a C++ analysis) then needs no Python and no separate preprocessing step.
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -58,6 +60,19 @@ class RawFeatureScorer(nn.Module):
         return torch.stack(scores).mean(dim=0)
 
 
+def _check_exporter() -> None:
+    """torch's dynamo exporter (torch >= 2.5) and onnxscript, or an error saying what to install."""
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        raise RuntimeError(
+            f"ONNX export needs torch >= 2.5 (its dynamo exporter); this is {torch.__version__}"
+        )
+    if importlib.util.find_spec("onnxscript") is None:
+        raise RuntimeError(
+            "ONNX export needs onnxscript (torch's exporter) and onnx: "
+            "pip install 'amsaware[export]'"
+        )
+
+
 def _quiet_exporter() -> None:
     """Keep the exporter's per-pass INFO lines (and torchvision notices) out of the log."""
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):
@@ -77,6 +92,7 @@ def export_onnx(
     opset: int = 20,
 ) -> Path:
     """Write the run's scorer as an ONNX graph with a dynamic batch dimension (atomically)."""
+    _check_exporter()
     scorer = load_scorer(run_dir, ensemble)
     module = RawFeatureScorer(scorer).eval()
     output = default_output(run_dir, scorer.name) if output_path is None else Path(output_path)
