@@ -17,10 +17,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from amsaware.data.preprocessing import FittedPreprocessing
+
 METRICS = "metrics.json"
 OOF_PREDICTIONS = "oof_predictions.csv"
 TEST_PREDICTIONS = "test_predictions.csv"
 SUBMISSION = "submission.csv"
+#: With ensemble=both, the fold ensemble's files beside the final model's.
+TEST_PREDICTIONS_FOLDS = "test_predictions_folds.csv"
+SUBMISSION_FOLDS = "submission_folds.csv"
+#: Beside each stage's checkpoint: checkpoints/<fold0|...|final>/preprocessing.json.
+PREPROCESSING = "preprocessing.json"
 
 
 @contextmanager
@@ -65,8 +72,10 @@ def write_oof_predictions(
     return path
 
 
-def write_test_predictions(run_dir: Path, event_id: np.ndarray, score: np.ndarray) -> Path:
-    path = Path(run_dir) / TEST_PREDICTIONS
+def write_test_predictions(
+    run_dir: Path, event_id: np.ndarray, score: np.ndarray, name: str = TEST_PREDICTIONS
+) -> Path:
+    path = Path(run_dir) / name
     _write_frame(pd.DataFrame({"EventId": event_id, "score": score}), path)
     return path
 
@@ -86,11 +95,30 @@ def submission_frame(event_id: np.ndarray, score: np.ndarray, selected: np.ndarr
 
 
 def write_submission(
-    run_dir: Path, event_id: np.ndarray, score: np.ndarray, selected: np.ndarray
+    run_dir: Path,
+    event_id: np.ndarray,
+    score: np.ndarray,
+    selected: np.ndarray,
+    name: str = SUBMISSION,
 ) -> Path:
-    path = Path(run_dir) / SUBMISSION
+    path = Path(run_dir) / name
     _write_frame(submission_frame(event_id, score, selected), path)
     return path
+
+
+def write_preprocessing(preprocessing: FittedPreprocessing, path: Path) -> Path:
+    """A stage's fitted imputation and scaling statistics as JSON (no pickle)."""
+    write_json(preprocessing.to_dict(), Path(path))
+    return Path(path)
+
+
+def read_preprocessing(path: Path) -> FittedPreprocessing:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    return FittedPreprocessing.from_dict(data, source=str(path))
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:

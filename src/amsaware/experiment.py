@@ -127,6 +127,8 @@ class CrossValidation:
     fold_metrics: list[dict[str, float]]
     fold: np.ndarray
     scores: np.ndarray
+    #: With `test`: the fold models' mean probability per test event (the fold ensemble).
+    test_scores: np.ndarray | None = None
 
 
 def cross_validate(
@@ -136,8 +138,10 @@ def cross_validate(
     seed: int,
     make_module: ModuleFactory,
     make_trainer: TrainerFactory,
+    test: EventTable | None = None,
 ) -> CrossValidation:
-    """Train one model per stratified fold and score its held-out events."""
+    """Train one model per stratified fold and score its held-out events (and `test`'s)."""
+    test_sum = None if test is None else np.zeros(len(test), dtype=np.float64)
     fold_of = np.full(len(table), -1, dtype=np.int64)
     scores = np.full(len(table), np.nan, dtype=np.float64)
     fold_metrics = []
@@ -165,7 +169,10 @@ def cross_validate(
         fold_metrics.append({"fold": k, **evaluate(p_val, y_val, w_val, "val/")})
         fold_of[val_index] = k
         scores[val_index] = p_val.numpy()
-    return CrossValidation(fold_metrics, fold_of, scores)
+        if test_sum is not None:
+            test_sum += predict_proba(module.net, datamodule.preprocess(test)).numpy()
+    test_scores = None if test_sum is None else test_sum / n_folds
+    return CrossValidation(fold_metrics, fold_of, scores, test_scores)
 
 
 def summarise_cv(cv: CrossValidation, table: EventTable) -> dict[str, Any]:
@@ -186,8 +193,10 @@ def summarise_cv(cv: CrossValidation, table: EventTable) -> dict[str, Any]:
     }
 
 
-def test_metrics(test: EventTable, scores: np.ndarray, selected: np.ndarray) -> dict[str, float]:
-    """`test/...` metrics, `test/ams` at the chosen cut and the leaderboard splits' AMS.
+def test_metrics(
+    test: EventTable, scores: np.ndarray, selected: np.ndarray, prefix: str = "test/"
+) -> dict[str, float]:
+    """`test/...` (or `prefix`) metrics, `ams` at the chosen cut and the leaderboard splits'.
 
     Public and private AMS follow the challenge: one global selection, scored on the 'b' and
     'v' events separately with weights rescaled within each split.
@@ -196,13 +205,14 @@ def test_metrics(test: EventTable, scores: np.ndarray, selected: np.ndarray) -> 
     y = torch.from_numpy(test.label.astype(np.int64))
     w = torch.from_numpy(test.weight)
     chosen = torch.from_numpy(selected)
-    result = evaluate(p, y, w, "test/")
-    result["test/ams"] = float(ams_of_selection(chosen, y, w))
+    result = evaluate(p, y, w, prefix)
+    result[f"{prefix}ams"] = float(ams_of_selection(chosen, y, w))
     if test.kaggle_set is not None:
         for name, letter in (("public", "b"), ("private", "v")):
             rows = torch.from_numpy(test.kaggle_set == letter)
             if rows.any():
-                result[f"test/ams_{name}"] = float(ams_of_selection(chosen[rows], y[rows], w[rows]))
+                ams = ams_of_selection(chosen[rows], y[rows], w[rows])
+                result[f"{prefix}ams_{name}"] = float(ams)
     return result
 
 
@@ -235,6 +245,52 @@ def final_fit(
     )
 
 
+ENSEMBLES = ("final", "folds", "both")
+
+
+def check_ensemble(ensemble: str) -> str:
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+    return ensemble
+
+
+def score_with_folds(test: EventTable, cut: Cut, scores: np.ndarray) -> FinalFit:
+    """The fold ensemble's test selection (top `cut.fraction`) and `test_folds/...` metrics."""
+    selected = select_top_fraction(torch.from_numpy(scores), cut.fraction).numpy()
+    labelled = test.labelled
+    metrics = test_metrics(test, scores, selected, "test_folds/") if labelled else None
+    return FinalFit(scores, selected, metrics)
+
+
+def write_test_results(
+    run_dir: Path, test: EventTable, results: dict[str, FinalFit]
+) -> dict[str, Any]:
+    """Test predictions and submissions of each scorer ('final' and/or 'folds'), and metrics.
+
+    The contract's files hold the first scorer's; with both, the fold ensemble's go to
+    `*_folds.csv`. Metrics are `test/...` for the final model and `test_folds/...` for the
+    ensemble, and `cut.threshold_<scorer>` is the lowest selected test score: the run's cut as
+    a threshold on that scorer's scale, which predict.py applies to new events.
+    """
+    metrics: dict[str, Any] = {"thresholds": {}}
+    for k, (scorer, result) in enumerate(results.items()):
+        names = (
+            (artifacts.TEST_PREDICTIONS, artifacts.SUBMISSION)
+            if k == 0
+            else (artifacts.TEST_PREDICTIONS_FOLDS, artifacts.SUBMISSION_FOLDS)
+        )
+        artifacts.write_test_predictions(run_dir, test.event_id, result.scores, names[0])
+        artifacts.write_submission(run_dir, test.event_id, result.scores, result.selected, names[1])
+        if result.selected.any():
+            low = float(result.scores[result.selected].min())
+            metrics["thresholds"][f"threshold_{scorer}"] = low
+        if result.metrics is not None:
+            section = "test" if scorer == "final" else "test_folds"
+            metrics[section] = result.metrics
+            log.info("%s: %s", section, _format(result.metrics))
+    return metrics
+
+
 def lookup_metric(metrics: dict[str, Any], name: str) -> float:
     """A metric of metrics.json by its DESIGN.md name: `oof/`, `val/` (fold mean) or `test/`,
     or `cut/ams`, `cut/ams_smoothed`, `cut/fraction` of the chosen cut.
@@ -246,6 +302,7 @@ def lookup_metric(metrics: dict[str, Any], name: str) -> float:
         "oof": metrics["cv"]["oof"],
         "val": metrics["cv"]["mean"],
         "test": metrics.get("test", {}),
+        "test_folds": metrics.get("test_folds", {}),
         "cut": {f"cut/{key}": value for key, value in metrics.get("cut", {}).items()},
     }
     section = sections.get(name.split("/", 1)[0], {})
@@ -337,7 +394,7 @@ def _log_hparams(cfg: DictConfig, metrics: dict[str, Any]) -> None:
     from hydra.utils import instantiate
 
     final = dict(metrics["cv"]["oof"]) | {"cut/fraction": metrics["cut"]["fraction"]}
-    final |= metrics.get("test", {})
+    final |= metrics.get("test", {}) | metrics.get("test_folds", {})
     final = {name: value for name, value in final.items() if math.isfinite(value)}
     logger = instantiate(cfg.logger, version="summary")
     if isinstance(logger, TensorBoardLogger):
@@ -373,6 +430,7 @@ def run_experiment(cfg: DictConfig) -> float:
 
 def _run(cfg: DictConfig) -> float:
     check_cut_options(**cfg.cut)
+    ensemble = check_ensemble(cfg.get("ensemble", "final"))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     started = time.perf_counter()
@@ -382,8 +440,9 @@ def _run(cfg: DictConfig) -> float:
     make_module, make_trainer = _factories(cfg, run_dir, len(dataset.train.feature_names))
     batch_size = int(cfg.data.batch_size)
 
+    fold_test = dataset.test if cfg.final_fit and ensemble != "final" else None
     cv = cross_validate(
-        dataset.train, cfg.cv.folds, batch_size, cfg.seed, make_module, make_trainer
+        dataset.train, cfg.cv.folds, batch_size, cfg.seed, make_module, make_trainer, fold_test
     )
     train = dataset.train
     artifacts.write_oof_predictions(
@@ -395,21 +454,24 @@ def _run(cfg: DictConfig) -> float:
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
 
     if cfg.final_fit:
-        result = final_fit(dataset, cut, batch_size, cfg.seed, make_module, make_trainer)
-        if result is None:
+        results = {}
+        if ensemble != "folds":
+            results["final"] = final_fit(
+                dataset, cut, batch_size, cfg.seed, make_module, make_trainer
+            )
+        if dataset.test is None:
             log.warning("%s has no test events to score: no submission written", train.source)
         else:
-            artifacts.write_test_predictions(run_dir, dataset.test.event_id, result.scores)
-            artifacts.write_submission(
-                run_dir, dataset.test.event_id, result.scores, result.selected
-            )
-            if result.metrics is not None:
-                metrics["test"] = result.metrics
-                log.info("test: %s", _format(result.metrics))
+            if cv.test_scores is not None:
+                results["folds"] = score_with_folds(dataset.test, cut, cv.test_scores)
+            written = write_test_results(run_dir, dataset.test, results)
+            metrics["cut"] |= written.pop("thresholds")
+            metrics |= written
     metrics["run"] = {
         "seconds": round(time.perf_counter() - started, 1),
         "n_train": len(train),
         "n_test": 0 if dataset.test is None else len(dataset.test),
+        "ensemble": ensemble,
     }
     artifacts.write_json(metrics, run_dir / artifacts.METRICS)
     if cfg.get("logger"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 from torch import Tensor
 
-from amsaware.data.preprocessing import fit_preprocessing, transform
+from amsaware.data.preprocessing import FittedPreprocessing, fit_preprocessing, transform
 from amsaware.data.schema import EventTable
 
 Batch = tuple[Tensor, Tensor, Tensor]
@@ -109,6 +110,11 @@ class HiggsDataModule(L.LightningDataModule):
         )
         self._train_batches = ShuffledBatches(self.train_tensors, batch_size, seed)
 
+    @property
+    def fitted_preprocessing(self) -> FittedPreprocessing:
+        """The fitted statistics, for saving with the stage's checkpoint."""
+        return FittedPreprocessing.from_pipeline(self.preprocessing, self.train_table.feature_names)
+
     def preprocess(self, table: EventTable) -> Tensor:
         """Features of any table through this module's fitted preprocessing."""
         return torch.from_numpy(transform(self.preprocessing, table.features))
@@ -120,3 +126,26 @@ class HiggsDataModule(L.LightningDataModule):
         if self.val_tensors is None:
             return []
         return SequentialBatches(self.val_tensors, self.eval_batch_size)
+
+
+class SavePreprocessing(L.Callback):
+    """Writes the stage's fitted preprocessing to `dirpath/preprocessing.json` as training starts.
+
+    Configured beside ModelCheckpoint with the same per-stage `dirpath`, so each checkpoint
+    folder holds everything `amsaware.inference` needs to score new events without a refit.
+    """
+
+    def __init__(self, dirpath: str | Path | None = None) -> None:
+        self.dirpath = dirpath
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if self.dirpath is None or not trainer.is_global_zero:
+            return
+        if not isinstance(datamodule, HiggsDataModule):
+            raise TypeError(
+                f"SavePreprocessing needs a HiggsDataModule, got {type(datamodule).__name__}"
+            )
+        from amsaware.artifacts import PREPROCESSING, write_preprocessing
+
+        write_preprocessing(datamodule.fitted_preprocessing, Path(self.dirpath) / PREPROCESSING)

@@ -29,6 +29,7 @@ __all__ = [
     "DataFormatError",
     "check_trainable",
     "read_cern",
+    "read_events",
     "read_kaggle_test",
     "read_kaggle_train",
 ]
@@ -116,6 +117,28 @@ def read_cern(path: str | Path, weight_column: str = "KaggleWeight") -> EventTab
         raise ValueError(f"weight_column must be one of {WEIGHT_COLUMNS}, got {weight_column!r}")
     df = _read_frame(path, CERN)
     return _to_table(df, path, weight_column=weight_column)
+
+
+def read_events(path: str | Path) -> EventTable:
+    """Read a file of any of the three formats, recognised by its header's columns.
+
+    For scoring new events: labels, weights and KaggleSet are kept where the file has them
+    (the CERN file's weight is KaggleWeight, as `data=opendata` trains with).
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "file not found" if not path.exists() else "not a file"
+        raise DataFormatError(f"{path}: {what} (expected a CSV file of events).")
+    compression = "gzip" if _is_gzip(path) else None
+    header = set(_read_header(path, compression, KAGGLE_TEST))
+    for fmt, read in ((KAGGLE_TEST, read_kaggle_test), (KAGGLE_TRAIN, read_kaggle_train)):
+        if header == set(fmt.columns):
+            return read(path)
+    if header == set(CERN.columns):
+        return read_cern(path)
+    closest = min(_FORMATS, key=lambda fmt: len(header.symmetric_difference(fmt.columns)))
+    _check_columns(path, sorted(header), closest)  # raises, naming what is missing or extra
+    raise AssertionError("unreachable: the header matched no format yet lacks nothing")
 
 
 def check_trainable(table: EventTable, n_folds: int) -> None:

@@ -1,0 +1,18 @@
+"""Export a finished run: `python export.py run=RUN_DIR format=onnx [ensemble=folds]`.
+
+Composes the Hydra config and hands it to the library; see conf/export.yaml for every key.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from amsaware.export import export
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    export(cfg.run, cfg.format, cfg.output, cfg.ensemble)
+
+
+if __name__ == "__main__":
+    main()

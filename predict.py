@@ -1,0 +1,18 @@
+"""Score new events with a finished run: `python predict.py run=RUN_DIR input=FILE [output=...]`.
+
+Composes the Hydra config and hands it to the library; see conf/predict.yaml for every key.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from amsaware.inference import predict_file
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict_file(cfg.run, cfg.input, cfg.output, cfg.ensemble, cfg.cut)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Export a finished run as one ONNX graph: raw features in, signal probability out.
+
+The graph takes the challenge's raw features (float32, NaN or -999 where undefined), applies
+each model's fitted imputation and scaling, runs the network(s) and returns the probability
+(float64, like `predict_proba`, so that saturated scores keep their ranks); for the fold
+ensemble, the mean over the fold models. Anything that runs ONNX (onnxruntime, ROOT's SOFIE,
+a C++ analysis) then needs no Python and no separate preprocessing step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from amsaware import artifacts
+from amsaware.data.schema import MISSING
+from amsaware.inference import Scorer, load_scorer
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx",)
+INPUT_NAME = "features"
+OUTPUT_NAME = "score"
+
+
+class RawFeatureScorer(nn.Module):
+    """Preprocessing folded in front of the network(s) of a scorer, as torch operations.
+
+    The arithmetic is that of `FittedPreprocessing.transform` (float32 statistics, fill then
+    subtract then divide), so the inputs the networks see are bit-identical.
+    """
+
+    def __init__(self, scorer: Scorer) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(model.net for model in scorer.models)
+        stats = [model.preprocessing for model in scorer.models]
+
+        def stack(name: str) -> Tensor:
+            return torch.stack(
+                [torch.as_tensor(getattr(s, name), dtype=torch.float32) for s in stats]
+            )
+
+        self.register_buffer("fill", stack("fill"))
+        self.register_buffer("mean", stack("mean"))
+        self.register_buffer("scale", stack("scale"))
+
+    def forward(self, features: Tensor) -> Tensor:
+        missing = torch.isnan(features) | (features == MISSING)
+        scores = []
+        for k, net in enumerate(self.nets):
+            x = torch.where(missing, self.fill[k], features)
+            x = (x - self.mean[k]) / self.scale[k]
+            scores.append(torch.sigmoid(net(x).double()))
+        return torch.stack(scores).mean(dim=0)
+
+
+def _check_exporter() -> None:
+    """torch's dynamo exporter (torch >= 2.5) and onnxscript, or an error saying what to install."""
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        raise RuntimeError(
+            f"ONNX export needs torch >= 2.5 (its dynamo exporter); this is {torch.__version__}"
+        )
+    if importlib.util.find_spec("onnxscript") is None:
+        raise RuntimeError(
+            "ONNX export needs onnxscript (torch's exporter) and onnx: "
+            "pip install 'amsaware[export]'"
+        )
+
+
+def _quiet_exporter() -> None:
+    """Keep the exporter's per-pass INFO lines (and torchvision notices) out of the log."""
+    for name in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+def default_output(run_dir: str | Path, scorer: str) -> Path:
+    """`<run>/model.onnx` for the final model, `<run>/model_folds.onnx` for the fold ensemble."""
+    return Path(run_dir) / ("model.onnx" if scorer == "final" else f"model_{scorer}.onnx")
+
+
+def export_onnx(
+    run_dir: str | Path,
+    output_path: str | Path | None = None,
+    ensemble: str | None = None,
+    opset: int = 20,
+) -> Path:
+    """Write the run's scorer as an ONNX graph with a dynamic batch dimension (atomically)."""
+    _check_exporter()
+    scorer = load_scorer(run_dir, ensemble)
+    module = RawFeatureScorer(scorer).eval()
+    output = default_output(run_dir, scorer.name) if output_path is None else Path(output_path)
+    example = torch.zeros(2, len(scorer.feature_names))
+    batch = torch.export.Dim("events")
+    _quiet_exporter()
+    with artifacts.atomic_path(output) as tmp, warnings.catch_warnings():
+        # torch's dynamo exporter (its default; needs onnxscript). Lightning's pytree use
+        # warns inside torch.export with torch 2.13; harmless.
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    log.info(
+        "%s: ONNX graph of the %s model(s) of %s; input %r float32 (n, %d) with NaN or %g for "
+        "undefined values, output %r float64 (n,)",
+        output,
+        scorer.name,
+        run_dir,
+        INPUT_NAME,
+        len(scorer.feature_names),
+        MISSING,
+        OUTPUT_NAME,
+    )
+    return output
+
+
+def export(
+    run_dir: str | Path,
+    format: str = "onnx",
+    output_path: str | Path | None = None,
+    ensemble: str | None = None,
+) -> Path:
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    return export_onnx(run_dir, output_path, ensemble)
