@@ -160,11 +160,13 @@ def training_history(run_dir: Path, tags: Sequence[str] = HISTORY_TAGS) -> dict[
         events = EventAccumulator(str(stage_dir), size_guidance={"scalars": 0})
         events.Reload()
         available = set(events.Tags()["scalars"])
-        history[stage_dir.name] = {
+        series = {
             tag: [e.value for e in sorted(events.Scalars(tag), key=lambda e: e.step)]
             for tag in tags
             if tag in available
         }
+        if series:  # the `oof` stage holds figures only
+            history[stage_dir.name] = series
     return history
 
 

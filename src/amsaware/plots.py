@@ -250,6 +250,16 @@ def score_distributions(
     return figure
 
 
+def log_to_logger(logger: Any, *args: Any, **kwargs: Any) -> bool:
+    """`log_to_tensorboard` through a Lightning logger; False (nothing logged) unless it is one
+    with a TensorBoard writer (`logger=null`, or a CSV logger, log nothing)."""
+    writer = getattr(logger, "experiment", None) if logger is not None else None
+    if not (hasattr(writer, "add_figure") and hasattr(writer, "add_pr_curve")):
+        return False
+    log_to_tensorboard(writer, *args, **kwargs)
+    return True
+
+
 def log_to_tensorboard(
     writer: Any,
     prefix: str,
