@@ -86,13 +86,19 @@ def cumulative_by_score(scores: Tensor, target: Tensor, weight: Tensor) -> Cumul
     """
     order = torch.argsort(scores, descending=True, stable=True)
     sorted_scores = scores[order]
-    w = weight[..., order].to(torch.float64)
+    w = weight.to(torch.float64).index_select(-1, order)
     signal = target[order].bool()
     tp = torch.cumsum(torch.where(signal, w, 0.0), -1)
-    fp = torch.cumsum(torch.where(signal, 0.0, w), -1)
+    fp = torch.cumsum(w, -1).sub_(tp)  # one pass fewer than a second masked sum
     # A cut cannot split events with equal scores: keep the last position of each run of ties.
-    keep = torch.nonzero(_last_of_ties(sorted_scores)).squeeze(1)
-    return Cumulative(sorted_scores[keep], keep + 1, tp[..., keep], fp[..., keep])
+    last = _last_of_ties(sorted_scores)
+    if bool(last.all()):  # no ties: every position is a cut (and no copy is needed)
+        keep = torch.arange(len(scores), device=scores.device)
+        return Cumulative(sorted_scores, keep + 1, tp, fp)
+    keep = torch.nonzero(last).squeeze(1)
+    return Cumulative(
+        sorted_scores[keep], keep + 1, tp.index_select(-1, keep), fp.index_select(-1, keep)
+    )
 
 
 @dataclass(frozen=True)
