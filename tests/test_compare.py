@@ -110,6 +110,8 @@ def test_missing_run_folder_is_named(tiny_runs, tmp_path):
     done = run_compare(f"runs=[{tiny_runs[0]},{missing}]", f"hydra.run.dir={tmp_path / 'o'}")
     assert done.returncode != 0
     assert f"run folder {missing} does not exist" in done.stderr
+    done = run_compare(f"runs={tiny_runs[0]}", f"hydra.run.dir={tmp_path / 'o'}")
+    assert done.returncode != 0 and "runs must be a list of run folders" in done.stderr
 
 
 def test_missing_files_are_named(tiny_runs, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from omegaconf import DictConfig
 
 from amsaware import artifacts, plots
 from amsaware.stats import (
@@ -276,6 +277,13 @@ def to_markdown(comparison: Comparison) -> str:
             f"[{d.ci_low:+.4f}, {d.ci_high:+.4f}] | {d.p_value:.3f} | "
             f"{100 * d.fraction_better:.1f}% | {d.verdict} |"
         )
+    lines += [
+        "",
+        "ams@cut selects `score >= threshold` of the run's chosen cut (the top fraction in the "
+        "first table). ams_max is the maximum of a noisy curve: on a resample it is biased up and "
+        "its interval is wide, so prefer ams@cut. Intervals are not corrected for the number of "
+        "comparisons.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -313,9 +321,11 @@ def write_report(comparison: Comparison, out_dir: Path) -> list[Path]:
     return [out_dir / COMPARISON_JSON, out_dir / COMPARISON_MD, *write_figures(comparison, out_dir)]
 
 
-def run_comparison(cfg: Any) -> Comparison:
+def run_comparison(cfg: DictConfig) -> Comparison:
     """compare.py's body: compare `cfg.runs`, print the table, write the report."""
-    runs = list(cfg.runs or [])
+    if not isinstance(cfg.runs, Sequence) or isinstance(cfg.runs, str):
+        raise RunFolderError(f"runs must be a list of run folders, runs='[A,B]'; got {cfg.runs!r}")
+    runs = list(cfg.runs)
     options = cfg.compare
     comparison = compare(
         runs, options.n_bootstrap, options.seed, options.confidence, options.device

@@ -195,12 +195,12 @@ def ams_curves(
 ) -> Figure:
     """AMS versus the selected fraction of events (weights at full-data scale), cuts marked."""
     colours = _colours(list(scores))
-    target = torch.from_numpy(np.asarray(label, dtype=np.int64))
-    w = torch.from_numpy(np.asarray(weight, dtype=np.float64))
+    target = torch.tensor(np.asarray(label, dtype=np.int64))
+    w = torch.tensor(np.asarray(weight, dtype=np.float64))
     with style():
         figure, (ax,) = _figure()
         for name, s in scores.items():
-            curve = ams_curve(torch.from_numpy(np.asarray(s, dtype=np.float64)), target, w)
+            curve = ams_curve(torch.tensor(np.asarray(s, dtype=np.float64)), target, w)
             fraction, value = curve.fraction.numpy(), curve.ams.numpy()
             ax.plot(fraction, value, color=colours[name], lw=1.5, label=name)
             if cut_fractions and name in cut_fractions:
@@ -228,8 +228,8 @@ def score_distributions(
     scores: Scores, label: np.ndarray, weight: np.ndarray, bins: int = 50
 ) -> Figure:
     """Weighted score histograms of signal and background (full-data yields), one panel a run."""
-    target = torch.from_numpy(np.asarray(label, dtype=np.int64))
-    yields = rescaled_weights(target, torch.from_numpy(np.asarray(weight, np.float64))).numpy()
+    target = torch.tensor(np.asarray(label, dtype=np.int64))
+    yields = rescaled_weights(target, torch.tensor(np.asarray(weight, np.float64))).numpy()
     signal = np.asarray(label).astype(bool)
     edges = np.linspace(0.0, 1.0, bins + 1)
     with style():
