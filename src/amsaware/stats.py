@@ -5,8 +5,7 @@ measured resample by resample and the noise common to both (which events happen 
 cancels. A resample is represented by how many times each event was drawn: weighting an event
 by its count gives exactly the metrics of the resampled events, so the resamples go through
 `amsaware.metrics` as batches of weight vectors (one sort per run and batch, no loop over
-resamples) and
-there is no second AMS or AUC implementation here.
+resamples) and there is no second AMS or AUC implementation here.
 
 Hand-written because no maintained library does this paired, weighted, many-statistic bootstrap
 (`scipy.stats.bootstrap` resamples each statistic on its own and recomputes ranks every time).
