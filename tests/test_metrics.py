@@ -13,6 +13,7 @@ from amsaware.metrics import (
     ams,
     ams_at_fraction,
     ams_curve,
+    ams_of_selection,
     classification_metrics,
     evaluate,
     rescaled_weights,
@@ -149,3 +150,23 @@ def test_ties_at_the_cut_are_not_broken_by_position():
     assert int(selected.sum()) == 2_000
     assert 0.1 < float(selected[:5_000].double().mean()) < 0.3
     assert torch.equal(selected, select_top_fraction(scores, 0.2))  # seeded
+
+
+def test_batches_of_weight_vectors_give_each_rows_value():
+    """Rows of weights (bootstrap counts x weights) give what each row alone gives."""
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.rand(500, generator=gen, dtype=torch.float64).round(decimals=2)  # ties
+    target = (torch.rand(500, generator=gen) < 0.4).long()
+    weights = torch.rand(3, 500, generator=gen, dtype=torch.float64)
+    weights[1, :50] = 0.0
+    batch_curve = ams_curve(scores, target, weights)
+    batch_auc = weighted_roc_auc(scores, target, weights)
+    selected = scores >= 0.7
+    batch_selection = ams_of_selection(selected, target, weights)
+    for row in range(3):
+        curve = ams_curve(scores, target, weights[row])
+        torch.testing.assert_close(batch_curve.ams[row], curve.ams)
+        torch.testing.assert_close(batch_auc[row], weighted_roc_auc(scores, target, weights[row]))
+        torch.testing.assert_close(
+            batch_selection[row], ams_of_selection(selected, target, weights[row])
+        )

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from amsaware import artifacts
+from amsaware import artifacts, plots
 from amsaware.data.datamodule import HiggsDataModule, stratified_folds
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import Dataset, EventTable
@@ -167,6 +167,7 @@ def cross_validate(
                 "optimizer.lr or check the loss settings)"
             )
         fold_metrics.append({"fold": k, **evaluate(p_val, y_val, w_val, "val/")})
+        plots.log_to_logger(module.logger, "val/", p_val.numpy(), y_val.numpy(), w_val.numpy())
         fold_of[val_index] = k
         scores[val_index] = p_val.numpy()
         if test_sum is not None:
@@ -405,6 +406,15 @@ def _log_hparams(cfg: DictConfig, metrics: dict[str, Any]) -> None:
     logger.finalize("success")
 
 
+def _log_oof_figures(cfg: DictConfig, scores: np.ndarray, train: EventTable, cut: Cut) -> None:
+    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as TensorBoard run `oof`."""
+    from hydra.utils import instantiate
+
+    if cfg.get("logger"):
+        logger = instantiate(cfg.logger, version="oof")
+        plots.log_to_logger(logger, "oof/", scores, train.label, train.weight, 0, cut.fraction)
+
+
 def load_dataset(cfg: DictConfig) -> Dataset:
     """Instantiate the data source (`data._target_`); `data.batch_size` belongs to training."""
     from hydra.utils import instantiate
@@ -452,6 +462,7 @@ def _run(cfg: DictConfig) -> float:
     metrics: dict[str, Any] = {"cv": summarise_cv(cv, train), "cut": asdict(cut)}
     log.info("out-of-fold: %s", _format(metrics["cv"]["oof"]))
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
+    _log_oof_figures(cfg, cv.scores, train, cut)
 
     if cfg.final_fit:
         results = {}

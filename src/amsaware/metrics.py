@@ -44,12 +44,14 @@ def rescaled_weights(
 
     This puts any subset (a fold, a bootstrap sample, a leaderboard split) on the scale of the
     full data set, as the challenge's KaggleWeight does. A class absent from the subset has no
-    events to rescale and contributes nothing.
+    events to rescale and contributes nothing. `weight` may carry leading batch dimensions
+    (`(..., n)`, one weight vector per row, e.g. bootstrap resamples as event counts x weights);
+    each row is rescaled on its own.
     """
     weight = weight.to(torch.float64)
     signal = target.bool()
-    w_sig = weight[signal].sum()
-    w_bkg = weight[~signal].sum()
+    w_sig = torch.where(signal, weight, 0.0).sum(-1, keepdim=True)
+    w_bkg = torch.where(signal, 0.0, weight).sum(-1, keepdim=True)
     scale = torch.where(signal, s_tot / w_sig, b_tot / w_bkg)
     return weight * scale
 
@@ -59,6 +61,44 @@ def _last_of_ties(sorted_scores: Tensor) -> Tensor:
     last = torch.ones(len(sorted_scores), dtype=torch.bool, device=sorted_scores.device)
     last[:-1] = sorted_scores[1:] != sorted_scores[:-1]
     return last
+
+
+@dataclass(frozen=True)
+class Cumulative:
+    """Weights of signal (`tp`) and background (`fp`) events scoring >= each distinct score.
+
+    One point per distinct score, from the tightest cut to the loosest: selecting
+    `score >= thresholds[i]` keeps the `n_selected[i]` highest-scored events. `tp` and `fp` get
+    the leading dimensions of the weights (one row per weight vector).
+    """
+
+    thresholds: Tensor
+    n_selected: Tensor
+    tp: Tensor
+    fp: Tensor
+
+
+def cumulative_by_score(scores: Tensor, target: Tensor, weight: Tensor) -> Cumulative:
+    """The common core of the AMS curve and the ROC curve: one sort, two cumulative sums.
+
+    `weight` may be `(..., n)`: every row is accumulated in the order of the one `scores`
+    vector, so a batch of weight vectors (say bootstrap counts x event weights) costs one sort.
+    """
+    order = torch.argsort(scores, descending=True, stable=True)
+    sorted_scores = scores[order]
+    w = weight.to(torch.float64).index_select(-1, order)
+    signal = target[order].bool()
+    tp = torch.cumsum(torch.where(signal, w, 0.0), -1)
+    fp = torch.cumsum(w, -1).sub_(tp)  # one pass fewer than a second masked sum
+    # A cut cannot split events with equal scores: keep the last position of each run of ties.
+    last = _last_of_ties(sorted_scores)
+    if bool(last.all()):  # no ties: every position is a cut (and no copy is needed)
+        keep = torch.arange(len(scores), device=scores.device)
+        return Cumulative(sorted_scores, keep + 1, tp, fp)
+    keep = torch.nonzero(last).squeeze(1)
+    return Cumulative(
+        sorted_scores[keep], keep + 1, tp.index_select(-1, keep), fp.index_select(-1, keep)
+    )
 
 
 @dataclass(frozen=True)
@@ -81,6 +121,12 @@ class AMSCurve:
         return self.n_selected.to(torch.float64) / self.n_events
 
 
+def _to_total(cumulative: Tensor, total: float) -> Tensor:
+    """Rescale cumulative weights so the loosest cut holds `total` (0 for an absent class)."""
+    last = cumulative[..., -1:]
+    return torch.where(last > 0, cumulative * (total / last), 0.0)
+
+
 def ams_curve(
     scores: Tensor,
     target: Tensor,
@@ -89,23 +135,33 @@ def ams_curve(
     b_tot: float = B_TOT,
     b_reg: float = B_REG,
 ) -> AMSCurve:
-    """AMS at every possible cut, with weights rescaled to the full-data totals (float64)."""
-    w = rescaled_weights(target, weight, s_tot, b_tot)
-    order = torch.argsort(scores, descending=True, stable=True)
-    sorted_scores = scores[order]
-    w_sorted = w[order]
-    sig_sorted = target[order].bool()
-    s = torch.cumsum(torch.where(sig_sorted, w_sorted, 0.0), 0)
-    b = torch.cumsum(torch.where(sig_sorted, 0.0, w_sorted), 0)
-    # A cut cannot split events with equal scores: keep the last position of each run of ties.
-    keep = torch.nonzero(_last_of_ties(sorted_scores)).squeeze(1)
+    """AMS at every possible cut, with weights rescaled to the full-data totals (float64).
+
+    `weight` may be `(..., n)`: one curve per row of weights (`s`, `b`, `ams` get the leading
+    dimensions), all sharing the thresholds of `scores`.
+    """
+    return ams_curve_of(
+        cumulative_by_score(scores, target, weight), len(scores), s_tot, b_tot, b_reg
+    )
+
+
+def ams_curve_of(
+    cumulative: Cumulative,
+    n_events: int,
+    s_tot: float = S_TOT,
+    b_tot: float = B_TOT,
+    b_reg: float = B_REG,
+) -> AMSCurve:
+    """The AMS curve of cumulative weights already computed (reuses their sort)."""
+    s = _to_total(cumulative.tp, s_tot)
+    b = _to_total(cumulative.fp, b_tot)
     return AMSCurve(
-        thresholds=sorted_scores[keep],
-        n_selected=keep + 1,
-        s=s[keep],
-        b=b[keep],
-        ams=ams(s[keep], b[keep], b_reg),
-        n_events=len(scores),
+        thresholds=cumulative.thresholds,
+        n_selected=cumulative.n_selected,
+        s=s,
+        b=b,
+        ams=ams(s, b, b_reg),
+        n_events=n_events,
     )
 
 
@@ -140,10 +196,12 @@ def ams_of_selection(
     s_tot: float = S_TOT,
     b_tot: float = B_TOT,
 ) -> Tensor:
-    """AMS of an arbitrary selection mask, weights rescaled to the totals."""
+    """AMS of an arbitrary selection mask, weights rescaled to the totals (per row of `weight`)."""
     w = rescaled_weights(target, weight, s_tot, b_tot)
     signal = target.bool()
-    return ams(w[selected & signal].sum(), w[selected & ~signal].sum())
+    s = torch.where(selected & signal, w, 0.0).sum(-1)
+    b = torch.where(selected & ~signal, w, 0.0).sum(-1)
+    return ams(s, b)
 
 
 def select_top_fraction(scores: Tensor, fraction: float, seed: int = 0) -> Tensor:
@@ -222,19 +280,22 @@ class WeightedAMS(_EventMetric):
         }
 
 
+def roc_auc(cumulative: Cumulative) -> Tensor:
+    """Area under the ROC curve of cumulative weights (per row); tied scores form one trapezoid."""
+    tp, fp = cumulative.tp, cumulative.fp
+    zero = torch.zeros((*tp.shape[:-1], 1), dtype=torch.float64, device=tp.device)
+    tpr = torch.cat([zero, tp / tp[..., -1:]], -1)
+    fpr = torch.cat([zero, fp / fp[..., -1:]], -1)
+    return torch.trapezoid(tpr, fpr, dim=-1)
+
+
 def weighted_roc_auc(scores: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Area under the ROC curve with event weights; tied scores form one trapezoid."""
-    order = torch.argsort(scores, descending=True, stable=True)
-    sorted_scores = scores[order]
-    w = weight[order].to(torch.float64)
-    signal = target[order].bool()
-    tp = torch.cumsum(torch.where(signal, w, 0.0), 0)
-    fp = torch.cumsum(torch.where(signal, 0.0, w), 0)
-    last_of_tie = _last_of_ties(sorted_scores)
-    zero = torch.zeros(1, dtype=torch.float64, device=scores.device)
-    tpr = torch.cat([zero, tp[last_of_tie] / tp[-1]])
-    fpr = torch.cat([zero, fp[last_of_tie] / fp[-1]])
-    return torch.trapezoid(tpr, fpr)
+    """Area under the ROC curve with event weights; tied scores form one trapezoid.
+
+    `weight` may be `(..., n)`: one AUC per row of weights (with event counts as weights, the
+    AUC of a bootstrap resample).
+    """
+    return roc_auc(cumulative_by_score(scores, target, weight))
 
 
 class WeightedAUROC(_EventMetric):

@@ -1,0 +1,288 @@
+"""Figures of runs and comparisons (HEP style via mplhep): PNG files and TensorBoard images.
+
+Every function takes plain arrays keyed by run name and returns a matplotlib `Figure` built
+without pyplot, so it works the same in a training process, a Hydra job and a notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import mplhep
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+
+from amsaware.artifacts import atomic_path
+from amsaware.metrics import ams_curve, rescaled_weights
+
+Scores = Mapping[str, np.ndarray]
+#: Per run, per stage (fold0, fold1, ...): metric name -> one value per epoch.
+History = Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]
+
+STYLE = mplhep.style.ATLAS
+PANEL = (7.0, 5.5)  # inches per panel
+LINESTYLES = ("-", "--", ":", "-.")
+SIGNAL, BACKGROUND = "#d62728", "#1f77b4"
+
+
+@contextmanager
+def style() -> Iterator[None]:
+    """The HEP style, active while a figure is built and while it is rendered."""
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def _figure(n_panels: int = 1, n_columns: int | None = None) -> tuple[Figure, list[Any]]:
+    """A figure of `n_panels` axes, `n_columns` to a row (all in one row by default)."""
+    columns = min(n_panels, n_columns or n_panels)
+    rows = -(-n_panels // columns)
+    figure = Figure(figsize=(PANEL[0] * columns, PANEL[1] * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for extra in axes[n_panels:]:
+        extra.set_visible(False)
+    return figure, list(axes[:n_panels])
+
+
+def _colours(names: Sequence[str]) -> dict[str, str]:
+    cycle = [c["color"] for c in matplotlib.rcParams["axes.prop_cycle"]]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
+
+
+def save(figure: Figure, path: Path, dpi: int = 120) -> Path:
+    """Write `figure` as PNG atomically (temporary name, then rename)."""
+    with style(), atomic_path(Path(path)) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
+def training_history(history: History, loss_names: Mapping[str, str] | None = None) -> Figure:
+    """Per-epoch training loss (one panel per run: losses differ in units) and validation AMS.
+
+    `loss_names` labels each run's loss axis (e.g. the loss class); folds are line styles.
+    """
+    runs = list(history)
+    colours = _colours(runs)
+    with style():
+        figure, axes = _figure(len(runs) + 1)
+        for ax, run in zip(axes, runs, strict=False):
+            for i, (stage, series) in enumerate(sorted(history[run].items())):
+                values = series.get("train/loss", [])
+                epochs = np.arange(1, len(values) + 1)
+                ls = LINESTYLES[i % len(LINESTYLES)]
+                ax.plot(epochs, values, ls, color=colours[run], marker="o", label=stage)
+            loss = (loss_names or {}).get(run, "loss")
+            ax.set(xlabel="Epoch", ylabel=f"Training loss ({loss})", title=run)
+            ax.legend(title=run, fontsize="small")
+        ax = axes[-1]
+        for run in runs:
+            folds = [(s, v) for s, v in sorted(history[run].items()) if "val/ams_max" in v]
+            for i, (stage, series) in enumerate(folds):
+                values = series["val/ams_max"]
+                ax.plot(
+                    np.arange(1, len(values) + 1),
+                    values,
+                    LINESTYLES[i % len(LINESTYLES)],
+                    color=colours[run],
+                    marker="o",
+                    label=f"{run} {stage}",
+                )
+        ax.set(xlabel="Epoch", ylabel="Validation AMS (best cut)")
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + 0.35 * (high - low))  # room for the legend above the curves
+        ax.legend(fontsize="small", ncols=max(1, len(runs)), loc="upper left")
+    return figure
+
+
+def bootstrap_differences(
+    resampled: Mapping[str, Mapping[str, np.ndarray]],
+    differences: Sequence[Any],
+    statistics: Sequence[str],
+) -> Figure:
+    """Histogram of each run's paired difference to the reference per statistic, CI marked.
+
+    `resampled[run][statistic]` holds the per-resample values; `differences` the
+    `stats.Difference` rows (run, reference, statistic, ci_low, ci_high, confidence).
+    """
+    colours = _colours(list(resampled))
+    labels = {
+        "ams@cut": "AMS at the run's cut",
+        "ams_max": "AMS at the best cut",
+        "auroc": "ROC AUC",
+        "auroc_weighted": "ROC AUC (weighted)",
+    }
+    with style():
+        figure, axes = _figure(len(statistics), n_columns=2)
+        for ax, statistic in zip(axes, statistics, strict=True):
+            for d in (d for d in differences if d.statistic == statistic):
+                diff = resampled[d.run][statistic] - resampled[d.reference][statistic]
+                colour = colours[d.run]
+                ax.hist(diff, bins=40, histtype="step", color=colour, lw=2, label=f"{d.run}")
+                for edge in (d.ci_low, d.ci_high):
+                    ax.axvline(edge, color=colour, ls="--", lw=1.5)
+                ax.axvspan(d.ci_low, d.ci_high, color=colour, alpha=0.12)
+                ax.axvline(d.observed, color=colour, lw=2.5, label=f"{d.run}: {d.observed:+.4f}")
+            ax.axvline(0.0, color="black", lw=1)
+            ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+            reference = differences[0].reference if differences else ""
+            ax.set(
+                xlabel=f"Δ {labels.get(statistic, statistic)}",
+                ylabel="Resamples / bin",
+                title=f"run − {reference}",
+            )
+            ax.legend(
+                title=f"observed (solid), {differences[0].confidence:.0%} CI (dashed)"
+                if differences
+                else None,
+                fontsize="small",
+                title_fontsize="small",
+            )
+    return figure
+
+
+def roc_curves(scores: Scores, label: np.ndarray, weight: np.ndarray | None = None) -> Figure:
+    """ROC curves (signal vs background efficiency), the AUC in the legend.
+
+    With `weight`, efficiencies are of event weights (physics yields), as in `auroc_weighted`.
+    """
+    colours = _colours(list(scores))
+    with style():
+        figure, (ax,) = _figure()
+        for name, s in scores.items():
+            fpr, tpr, _ = roc_curve(label, s, sample_weight=weight)
+            auc = float(np.trapezoid(tpr, fpr))
+            ax.plot(fpr, tpr, color=colours[name], lw=2, label=f"{name} (AUC {auc:.4f})")
+        ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="random")
+        kind = "weighted " if weight is not None else ""
+        ax.set(
+            xlabel=f"Background efficiency ({kind}false positive rate)",
+            ylabel=f"Signal efficiency ({kind}true positive rate)",
+            xlim=(0, 1),
+            ylim=(0, 1.05),
+        )
+        ax.legend(loc="lower right")
+    return figure
+
+
+def precision_recall_curves(scores: Scores, label: np.ndarray) -> Figure:
+    """Precision-recall curves of events (unweighted), average precision in the legend."""
+    colours = _colours(list(scores))
+    with style():
+        figure, (ax,) = _figure()
+        for name, s in scores.items():
+            precision, recall, _ = precision_recall_curve(label, s)
+            ap = average_precision_score(label, s)
+            ax.plot(recall, precision, color=colours[name], lw=2, label=f"{name} (AP {ap:.4f})")
+        ax.axhline(np.mean(label), color="grey", ls=":", lw=1, label="signal fraction")
+        ax.set(xlabel="Recall (signal efficiency)", ylabel="Precision (unweighted purity)")
+        ax.set(xlim=(0, 1), ylim=(0, 1.05))
+        ax.legend(loc="lower left")
+    return figure
+
+
+def ams_curves(
+    scores: Scores,
+    label: np.ndarray,
+    weight: np.ndarray,
+    cut_fractions: Mapping[str, float] | None = None,
+) -> Figure:
+    """AMS versus the selected fraction of events (weights at full-data scale), cuts marked."""
+    colours = _colours(list(scores))
+    target = torch.tensor(np.asarray(label, dtype=np.int64))
+    w = torch.tensor(np.asarray(weight, dtype=np.float64))
+    with style():
+        figure, (ax,) = _figure()
+        for name, s in scores.items():
+            curve = ams_curve(torch.tensor(np.asarray(s, dtype=np.float64)), target, w)
+            fraction, value = curve.fraction.numpy(), curve.ams.numpy()
+            ax.plot(fraction, value, color=colours[name], lw=1.5, label=name)
+            if cut_fractions and name in cut_fractions:
+                cut = cut_fractions[name]
+                at = min(np.searchsorted(fraction, cut - 1e-12), len(fraction) - 1)
+                ax.plot(
+                    fraction[at],
+                    value[at],
+                    marker="v",
+                    ms=14,
+                    color=colours[name],
+                    mec="black",
+                    ls="none",
+                    label=f"{name} cut: top {100 * cut:.1f}%, AMS {value[at]:.3f}",
+                )
+        ax.set(xlabel="Selected fraction of events (top scores)", ylabel="AMS")
+        ax.set_xscale("log")
+        ax.set_xlim(left=1e-3, right=1.0)
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="upper left", fontsize="small")
+    return figure
+
+
+def score_distributions(
+    scores: Scores, label: np.ndarray, weight: np.ndarray, bins: int = 50
+) -> Figure:
+    """Weighted score histograms of signal and background (full-data yields), one panel a run."""
+    target = torch.tensor(np.asarray(label, dtype=np.int64))
+    yields = rescaled_weights(target, torch.tensor(np.asarray(weight, np.float64))).numpy()
+    signal = np.asarray(label).astype(bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    with style():
+        figure, axes = _figure(len(scores))
+        for ax, (name, s) in zip(axes, scores.items(), strict=True):
+            for mask, what, colour in (
+                (~signal, "background", BACKGROUND),
+                (signal, "signal", SIGNAL),
+            ):
+                counts, _ = np.histogram(s[mask], bins=edges, weights=yields[mask])
+                mplhep.histplot(counts, edges, ax=ax, color=colour, lw=2, label=what)
+            ax.set_yscale("log")
+            ax.set(
+                xlabel="Classifier score", ylabel="Expected events / bin (full data)", title=name
+            )
+            ax.set_xlim(0, 1)
+            ax.legend(title=name, loc="upper center")
+    return figure
+
+
+def log_to_logger(logger: Any, *args: Any, **kwargs: Any) -> bool:
+    """`log_to_tensorboard` through a Lightning logger; False (nothing logged) unless it is one
+    with a TensorBoard writer (`logger=null`, or a CSV logger, log nothing)."""
+    writer = getattr(logger, "experiment", None) if logger is not None else None
+    if not (hasattr(writer, "add_figure") and hasattr(writer, "add_pr_curve")):
+        return False
+    log_to_tensorboard(writer, *args, **kwargs)
+    return True
+
+
+def log_to_tensorboard(
+    writer: Any,
+    prefix: str,
+    scores: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    step: int = 0,
+    cut_fraction: float | None = None,
+) -> None:
+    """ROC, AMS-vs-fraction and score-distribution figures plus a PR curve, into TensorBoard.
+
+    `writer` is a `SummaryWriter` (a Lightning TensorBoardLogger's `experiment`).
+    """
+    name = prefix.rstrip("/") or "scores"
+    runs = {name: np.asarray(scores, dtype=np.float64)}
+    cuts = {name: cut_fraction} if cut_fraction is not None else None
+    figures = {
+        "roc": roc_curves(runs, label),
+        "ams_vs_fraction": ams_curves(runs, label, weight, cuts),
+        "score_distribution": score_distributions(runs, label, weight),
+    }
+    with style():
+        for tag, figure in figures.items():
+            writer.add_figure(f"{prefix}{tag}", figure, global_step=step)
+    writer.add_pr_curve(f"{prefix}pr_curve", np.asarray(label), runs[name], global_step=step)
+    writer.flush()
