@@ -378,8 +378,10 @@ def write_page(document: dict[str, Any], path: Path) -> None:
     """docs/results.md from the verdict's JSON: tables, the verdict sentence, the caveats."""
     from verdict_page import render
 
+    batch_sizes = path.parent / "ams_batch_size.json"
+    extra = json.loads(batch_sizes.read_text()) if batch_sizes.exists() else None
     with artifacts.atomic_path(path) as tmp:
-        Path(tmp).write_text(render(document))
+        Path(tmp).write_text(render(document, extra))
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ def verdict(document: dict[str, Any]) -> str:
     return " ".join(lines)
 
 
-def render(document: dict[str, Any]) -> str:
+def render(document: dict[str, Any], batch_sizes: dict[str, Any] | None = None) -> str:
     p, losses, vs = document["protocol"], document["losses"], document.get("vs_bce", {})
     out = [
         "# Does an AMS-aware loss beat BCE? (issue 4)",
@@ -151,8 +151,34 @@ def render(document: dict[str, Any]) -> str:
         out.append(
             f"| `{name}` | {e['search']['best_value']:.3f} | {network} | {options} | {trials} |"
         )
+    if batch_sizes:
+        out += _batch_size_section(batch_sizes)
     out.append("")
     return "\n".join(out)
+
+
+def _batch_size_section(doc: dict[str, Any]) -> list[str]:
+    """The table of benchmarks/ams_batch_size.py: batch-normalised soft AMS vs batch size."""
+    net = ", ".join(f"{k}={_fmt(v)}" for k, v in doc["network"].items())
+    out = [
+        "",
+        "## What batch size the batch-normalised soft AMS needs",
+        "",
+        "`benchmarks/ams_batch_size.py`: `SoftAMSLoss(normalisation='batch')`, the seed "
+        f"paper's AMS network ({net}, its lr), seed {doc['seed']}, the same number of "
+        "gradient steps at every batch size, 3-fold out-of-fold on the same sample.",
+        "",
+        "| batch | epochs | steps per fold | AMS at cut | cut (fraction) | oof/ams_max | "
+        "oof/auroc | CPU s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        out.append(
+            f"| {r['batch_size']} | {r['epochs']} | {r['steps']} | {r['ams_at_cut']:.3f} | "
+            f"{r['cut_fraction']:.3f} | {r['oof/ams_max']:.3f} | {r['oof/auroc']:.3f} | "
+            f"{r['cpu_seconds']:.0f} |"
+        )
+    return out
 
 
 def _sampler_note(p: dict[str, Any]) -> str:
