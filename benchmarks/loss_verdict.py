@@ -32,6 +32,7 @@ import numpy as np
 import optuna
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
+from torch.optim.lr_scheduler import MultiStepLR
 
 from amsaware import artifacts
 from amsaware.data.datamodule import stratified_folds
@@ -96,6 +97,8 @@ def _deltaz_space(trial: optuna.Trial) -> Params:
 def _bce_ams_space(trial: optuna.Trial) -> Params:
     return {
         "warmup_fraction": trial.suggest_float("warmup_fraction", 0.3, 0.9),
+        # lr * lr_factor once the AMS term starts (conf/loss/bce_ams.yaml: scheduler.gamma).
+        "lr_factor": trial.suggest_float("lr_factor", 0.01, 1.0, log=True),
         "alpha": trial.suggest_float("alpha", 0.0, 0.9),
         "ams": {
             "normalisation": trial.suggest_categorical("normalisation", ["raw", "batch"]),
@@ -104,9 +107,21 @@ def _bce_ams_space(trial: optuna.Trial) -> Params:
     }
 
 
+def _warmup_epochs(params: Params, epochs: int) -> int:
+    return max(1, min(epochs - 1, round(params["warmup_fraction"] * epochs)))
+
+
 def _bce_ams(params: Params, epochs: int) -> BCEThenAMSLoss:
-    warmup = max(1, min(epochs - 1, round(params["warmup_fraction"] * epochs)))
+    warmup = _warmup_epochs(params, epochs)
     return BCEThenAMSLoss(warmup_epochs=warmup, alpha=params["alpha"], ams=params["ams"])
+
+
+def _scheduler(loss: Params, epochs: int) -> Callable | None:
+    """The learning-rate drop at the end of BCE-then-AMS's warm-up (none for other losses)."""
+    if "lr_factor" not in loss:
+        return None
+    milestone = _warmup_epochs(loss, epochs)
+    return partial(MultiStepLR, milestones=[milestone], gamma=loss["lr_factor"])
 
 
 #: name -> (description, search space of the loss options, loss from options and epochs)
@@ -155,6 +170,7 @@ def oof_scores(
             net=MLP(n_features, net["n_layers"], net["hidden_size"], net["dropout"]),
             loss=make_loss(loss, epochs),
             optimizer=partial(torch.optim.Adam, lr=net["lr"]),
+            scheduler=_scheduler(loss, epochs),
         )
 
     def make_trainer(stage: str) -> L.Trainer:

@@ -115,7 +115,8 @@ def render(document: dict[str, Any], batch_sizes: dict[str, Any] | None = None) 
         "units, dropout 0.1-0.4, Adam lr 1e-4..1e-2 (log), batch {128, 256, 512, 1024}; plus "
         "each loss's own options (temperature 1-20 log and AMS vs AMS² for the soft AMS; "
         "-Z² vs 1/Z² and temperature for Asimov; eps/S_tot 0.1-10 for Delta-Z-bar; warm-up "
-        "share 0.3-0.9, mix alpha 0-0.9, raw or batch weights and temperature for BCE-then-AMS).",
+        "share 0.3-0.9, learning-rate factor after it 0.01-1 (log), mix alpha 0-0.9, raw or "
+        "batch weights and temperature for BCE-then-AMS).",
         f"- **Evaluation**: the best trial's settings, trained for {p['epochs']} epochs on "
         f"fresh seeds {p['eval_seeds']} (search used seed {p['search_seed']}).",
         f"- **Bootstrap**: {p['bootstrap']}. Each resample draws all events with replacement "

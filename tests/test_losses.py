@@ -356,3 +356,22 @@ def test_gradcheck_in_float64(loss):
     weight = torch.rand(12, generator=g, dtype=torch.float64) + 0.05
     # Delta-Z-bar is piecewise linear: generic random logits sit away from its kinks.
     assert torch.autograd.gradcheck(lambda z: loss(z, target, weight), (logits,))
+
+
+def test_a_configured_scheduler_drops_the_learning_rate_per_epoch():
+    x = torch.randn(32, 4)
+    loader = DataLoader(TensorDataset(x, (x[:, 0] > 0).long(), torch.ones(32)), batch_size=16)
+    drop = partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[2], gamma=0.1)
+    module = SignificanceClassifier(
+        MLP(4, 1, 8, 0.0), BCELoss(), partial(torch.optim.SGD, lr=0.5), scheduler=drop
+    )
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05)
