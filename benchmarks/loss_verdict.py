@@ -58,6 +58,8 @@ REPORTED = ["oof/ams_max", "ams_at_cut", "cut_fraction", "oof/ams@0.5", "oof/aur
 REPORTED += ["oof/auroc_weighted"]
 
 Params = dict[str, Any]
+#: bce_ams's best settings trained with alpha = 1 (pure BCE): isolates the AMS term's effect.
+CONTROL = "bce_ams_control"
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,9 +281,15 @@ def selection_ams_bootstrap(
 
 
 def paired_differences(
-    results: dict[str, Any], runs: dict[str, list[np.ndarray]], table: EventTable
+    results: dict[str, Any],
+    runs: dict[str, list[np.ndarray]],
+    table: EventTable,
+    pairs: list[tuple[str, str]],
 ) -> dict[str, dict[str, float]]:
-    """Bootstrap CI of (mean over seeds of AMS at cut) minus BCE's, on shared resamples."""
+    """Bootstrap CI of (mean over seeds of AMS at cut) of A minus B's, for each pair (A, B).
+
+    All pairs share the same resamples. Keys of the result: "A" when B is BCE, else "A-B".
+    """
     selections = {}
     for name, seeds in runs.items():
         for k, scores in enumerate(seeds):
@@ -294,12 +302,10 @@ def paired_differences(
         for name, seeds in runs.items()
     }
     out = {}
-    for name in runs:
-        if name == "bce":
-            continue
-        diff = mean[name] - mean["bce"]
-        point = results[name]["mean"]["ams_at_cut"] - results["bce"]["mean"]["ams_at_cut"]
-        out[name] = {
+    for name, reference in pairs:
+        diff = mean[name] - mean[reference]
+        point = results[name]["mean"]["ams_at_cut"] - results[reference]["mean"]["ams_at_cut"]
+        out[name if reference == "bce" else f"{name}-{reference}"] = {
             "difference": float(point),
             "ci_low": float(np.quantile(diff, 0.025)),
             "ci_high": float(np.quantile(diff, 0.975)),
@@ -326,7 +332,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cache.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = _load(args.json).get("losses", {}) if args.resume else {}
     runs: dict[str, list[np.ndarray]] = {}
-    names = ["hgb", *LOSSES] if args.only is None else args.only
+    names = ["hgb", *LOSSES, CONTROL] if args.only is None else args.only
     for name in names:
         npz = cache / f"{name}.npz"
         if name in results and npz.exists():
@@ -338,6 +344,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if name == "hgb":
             entry: dict[str, Any] = {"description": "HistGradientBoostingClassifier (defaults)"}
             seeds = [hgb_scores(table, s) for s in EVAL_SEEDS]
+        elif name == CONTROL:
+            if "bce_ams" not in results:
+                continue
+            # BCE-then-AMS's own settings with alpha = 1: the same network, lr and lr drop,
+            # pure BCE. What bce_ams gains over this is the AMS term's doing.
+            entry = {"description": "control: bce_ams's settings with alpha = 1 (pure BCE)"}
+            net = results["bce_ams"]["network"]
+            loss = {**results["bce_ams"]["loss"], "alpha": 1.0}
+            entry.update(network=net, loss=loss)
+            seeds = [oof_scores(table, "bce_ams", net, loss, args.epochs, s) for s in EVAL_SEEDS]
         else:
             entry = {"description": LOSSES[name][0]}
             entry["search"] = search(table, name, args.trials, args.search_epochs)
@@ -355,7 +371,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results[name] = entry
         log.info("%s: %s", name, {k: round(v, 3) for k, v in entry["mean"].items()})
         _save(args, results, None)
-    comparisons = paired_differences(results, runs, table) if "bce" in runs else {}
+    pairs = [(name, "bce") for name in runs if name != "bce"]
+    if CONTROL in runs:
+        pairs.append(("bce_ams", CONTROL))
+    comparisons = paired_differences(results, runs, table, pairs) if "bce" in runs else {}
     return _save(args, results, comparisons)
 
 

@@ -77,3 +77,5 @@ def test_verdict_names_a_winner_only_when_its_ci_excludes_zero():
     assert "No AMS-aware loss beats BCE" in says and "0.100 above BCE's 2.900" in says
     page = render(_document(ci_low=0.01))
     assert "| `deltaz` | 3.000 ± 0.100 |" in page and "+0.100 [+0.010, +0.300]" in page
+    assert "What to try next" not in page
+    assert "What to try next" in render(_document(ci_low=-0.01))
