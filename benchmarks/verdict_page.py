@@ -81,7 +81,8 @@ def render(document: dict[str, Any], batch_sizes: dict[str, Any] | None = None) 
         f"Data: `{document['data']}` (the shared real sample, 12,000 events in the CERN format, "
         "weights `KaggleWeight`, every AMS with weights rescaled to the full-data totals).",
         "",
-        "Re-run (about an hour of one CPU core; cached per loss in `logs/loss_verdict/`, "
+        f"Re-run ({_cpu_minutes(losses)} CPU minutes measured for this page, one torch thread, "
+        "plus process start-up; cached per loss in `logs/loss_verdict/`, "
         "`--resume` continues an interrupted run):",
         "",
         "    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/loss_verdict.py \\",
@@ -204,6 +205,10 @@ def _batch_size_section(doc: dict[str, Any]) -> list[str]:
             f"{r['cpu_seconds']:.0f} |"
         )
     return out
+
+
+def _cpu_minutes(losses: dict[str, Any]) -> str:
+    return f"{sum(e['cpu_seconds'] for e in losses.values()) / 60:.0f}"
 
 
 def _next_steps(document: dict[str, Any]) -> list[str]:
