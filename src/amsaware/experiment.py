@@ -344,6 +344,7 @@ def _factories(
             net=instantiate(cfg.model, n_features=n_features),
             loss=instantiate(cfg.loss),
             optimizer=instantiate(cfg.optimizer),
+            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         )
 
     def make_trainer(stage: str) -> L.Trainer:

@@ -7,6 +7,7 @@ Significance sums are accumulated in float64: event weights span six orders of m
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -45,16 +46,18 @@ def soft_counts(
     normalisation: Normalisation,
     s_tot: float = S_TOT,
     b_tot: float = B_TOT,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Differentiable selected signal and background, s = sum_sig w p and b = sum_bkg w p.
 
+    p = sigmoid(logits / temperature): a temperature above 1 keeps p away from 0 and 1 for
+    longer, so the gradient does not vanish once the logits grow (they reach the hundreds).
     `raw` uses the weights as given. `batch` rescales each class of the batch to the full-data
     totals (s = S_tot * sum_sig(w p) / sum_sig(w)), so s and b are on the scale the AMS metric
     uses; a class absent from the batch counts 0 instead of dividing by zero.
     """
-    if normalisation not in ("raw", "batch"):
-        raise ValueError(f"loss.normalisation must be 'raw' or 'batch', got {normalisation!r}")
-    p = torch.sigmoid(logits).to(torch.float64)
+    _check_normalisation(normalisation)
+    p = torch.sigmoid(logits.to(torch.float64) / temperature)
     w = weight.to(torch.float64)
     signal = target.to(torch.float64)
     background = 1.0 - signal
@@ -66,28 +69,294 @@ def soft_counts(
     return s, b
 
 
+def normalised_weights(
+    target: Tensor, weight: Tensor, s_tot: float = S_TOT, b_tot: float = B_TOT
+) -> Tensor:
+    """The batch's weights rescaled per class to sum to s_tot and b_tot (float64).
+
+    Unlike `metrics.rescaled_weights`, a class absent from the batch gets weight 0, not NaN.
+    """
+    w = weight.to(torch.float64)
+    signal = target.bool()
+    zero = torch.zeros((), dtype=torch.float64, device=w.device)
+    scale_s = _scale_to(s_tot, torch.where(signal, w, zero).sum())
+    scale_b = _scale_to(b_tot, torch.where(signal, zero, w).sum())
+    return w * torch.where(signal, scale_s, scale_b)
+
+
 def _scale_to(total: float, batch_sum: Tensor) -> Tensor:
     """total / batch_sum, or 0 for a class absent from the batch (its sum is then 0 too)."""
-    return torch.where(batch_sum > 0, total / batch_sum, torch.zeros_like(batch_sum))
+    safe = torch.where(batch_sum > 0, batch_sum, torch.ones_like(batch_sum))
+    return torch.where(batch_sum > 0, total / safe, torch.zeros_like(batch_sum))
+
+
+def _check_normalisation(normalisation: str) -> None:
+    if normalisation not in ("raw", "batch"):
+        raise ValueError(f"loss.normalisation must be 'raw' or 'batch', got {normalisation!r}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"loss.{name} must be > 0, got {value}")
+
+
+def _has_both_classes(target: Tensor, min_events: int) -> Tensor:
+    """True when the batch holds at least `min_events` events of each class (no host sync)."""
+    n_signal = target.sum()
+    return (n_signal >= min_events) & (len(target) - n_signal >= min_events)
 
 
 class SoftAMSLoss(nn.Module):
-    """The seed paper's soft AMS: -AMS(s, b) with s, b the probability-weighted sums."""
+    """The seed paper's soft AMS: -AMS(s, b) with s, b the probability-weighted sums.
+
+    `squared=True` optimises -AMS^2 (the radicand itself): same optimum, no square root whose
+    gradient is infinite at 0. With `normalisation="batch"` a batch holding fewer than
+    `min_class_events` events of either class would rescale a handful of events to the full
+    totals; such a batch contributes a zero loss with zero gradient instead.
+    """
 
     def __init__(
         self,
         b_reg: float = B_REG,
         normalisation: Normalisation = "raw",
+        temperature: float = 1.0,
+        squared: bool = False,
+        min_class_events: int = 1,
         s_tot: float = S_TOT,
         b_tot: float = B_TOT,
     ) -> None:
         super().__init__()
-        if normalisation not in ("raw", "batch"):
-            raise ValueError(f"loss.normalisation must be 'raw' or 'batch', got {normalisation!r}")
+        _check_normalisation(normalisation)
+        _check_positive("temperature", temperature)
+        if b_reg < 0:
+            raise ValueError(f"loss.b_reg must be >= 0, got {b_reg}")
         self.b_reg, self.normalisation = b_reg, normalisation
+        self.temperature, self.squared = temperature, squared
+        self.min_class_events = min_class_events
         self.s_tot, self.b_tot = s_tot, b_tot
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        s, b = soft_counts(logits, target, weight, self.normalisation, self.s_tot, self.b_tot)
-        radicand = 2.0 * ((s + b + self.b_reg) * torch.log1p(s / (b + self.b_reg)) - s)
-        return -torch.sqrt(radicand.clamp_min(_RADICAND_FLOOR)).to(logits.dtype)
+        s, b = soft_counts(
+            logits, target, weight, self.normalisation, self.s_tot, self.b_tot, self.temperature
+        )
+        b = b + self.b_reg
+        # s / b with b = 0 (b_reg = 0, no background selected) is guarded by the floor.
+        radicand = 2.0 * ((s + b) * torch.log1p(s / b.clamp_min(_B_FLOOR)) - s)
+        value = radicand if self.squared else torch.sqrt(radicand.clamp_min(_RADICAND_FLOOR))
+        loss = -value
+        if self.normalisation == "batch":
+            loss = torch.where(_has_both_classes(target, self.min_class_events), loss, 0.0 * loss)
+        return loss.to(logits.dtype)
+
+
+#: Floor for the selected background in a significance: s / b is unbounded as b -> 0.
+_B_FLOOR = 1e-9
+
+
+def _phi(x: Tensor) -> Tensor:
+    """(1 + x) ln(1 + x) - x for x >= 0, accurate also for small x (where it is ~x^2 / 2).
+
+    Written as x^2 + (1 + x) (ln(1 + x) - x), with ln(1 + x) - x from its series for x < 0.01:
+    the direct formula loses digits to cancellation exactly where significances live.
+    """
+    small = x < 1e-2
+    xs = torch.where(small, x, torch.zeros_like(x))
+    series = xs * xs * (-1 / 2 + xs * (1 / 3 + xs * (-1 / 4 + xs * (1 / 5 + xs * (-1 / 6)))))
+    log1p_minus_x = torch.where(small, series, torch.log1p(x) - x)
+    return x * x + (1.0 + x) * log1p_minus_x
+
+
+def asimov_z2(s: Tensor, b: Tensor, sys_uncertainty: float) -> Tensor:
+    """Z_A^2, the Asimov discovery significance squared with background uncertainty f * b.
+
+    With sigma_b = f b (Elwood & Kruecker, arXiv:1806.00322, eq. 9) and u = s / b, k = f^2 b,
+    t = f^2 s / (1 + f^2 b), the formula of REFERENCE.md is exactly
+        Z_A^2 = 2 b [ phi(u) - phi(t) - phi(t) / k ],   phi(x) = (1 + x) ln(1 + x) - x.
+    (Expand ln((s+b)(b+sigma^2) / (b^2+(s+b)sigma^2)) = ln(1 + u) - ln(1 + t) and use
+    1 + u + 1/k = (1 + 1/k)(1 + t).) The textbook form subtracts two terms of order s that
+    agree to ~10 digits when b is on the full-data scale; this form loses only ~log10(1 + k).
+    As f -> 0, t -> 0 and phi(t) / k -> 0: Z_A^2 -> 2 b phi(u) = 2 [(s + b) ln(1 + s/b) - s],
+    the squared AMS with b_reg = 0 (f = 0 uses that limit).
+    """
+    s = s.to(torch.float64)
+    b = b.to(torch.float64).clamp_min(_B_FLOOR)
+    u = s / b
+    if sys_uncertainty == 0:
+        return 2.0 * b * _phi(u)
+    f2 = sys_uncertainty**2
+    k = f2 * b
+    t = f2 * s / (1.0 + k)
+    phi_t = _phi(t)
+    return 2.0 * b * (_phi(u) - phi_t - phi_t / k)
+
+
+class AsimovLoss(nn.Module):
+    """Asimov significance with a relative background uncertainty `sys_uncertainty` (f).
+
+    `objective="neg_z2"` minimises -Z_A^2, `"inv_z2"` minimises 1/Z_A^2 (Elwood & Kruecker's
+    choice; Z_A^2 is floored so an empty selection gives a large finite loss). f multiplies b,
+    so b must be in events: `normalisation="batch"` (the default) puts s and b on the full-data
+    scale. `b_reg` is added to b as in the AMS, which keeps the loss finite for small b; with
+    `b_reg=0` and f -> 0 the loss tends to -AMS(b_reg=0)^2.
+    """
+
+    def __init__(
+        self,
+        sys_uncertainty: float = 0.1,
+        objective: Literal["neg_z2", "inv_z2"] = "neg_z2",
+        b_reg: float = B_REG,
+        normalisation: Normalisation = "batch",
+        temperature: float = 1.0,
+        min_class_events: int = 1,
+        s_tot: float = S_TOT,
+        b_tot: float = B_TOT,
+    ) -> None:
+        super().__init__()
+        _check_normalisation(normalisation)
+        _check_positive("temperature", temperature)
+        if sys_uncertainty < 0:
+            raise ValueError(f"loss.sys_uncertainty must be >= 0, got {sys_uncertainty}")
+        if objective not in ("neg_z2", "inv_z2"):
+            raise ValueError(f"loss.objective must be 'neg_z2' or 'inv_z2', got {objective!r}")
+        if b_reg < 0:
+            raise ValueError(f"loss.b_reg must be >= 0, got {b_reg}")
+        self.sys_uncertainty, self.objective, self.b_reg = sys_uncertainty, objective, b_reg
+        self.normalisation, self.temperature = normalisation, temperature
+        self.min_class_events = min_class_events
+        self.s_tot, self.b_tot = s_tot, b_tot
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        s, b = soft_counts(
+            logits, target, weight, self.normalisation, self.s_tot, self.b_tot, self.temperature
+        )
+        z2 = asimov_z2(s, b + self.b_reg, self.sys_uncertainty)
+        loss = -z2 if self.objective == "neg_z2" else 1.0 / z2.clamp_min(_Z2_FLOOR)
+        if self.normalisation == "batch":
+            loss = torch.where(_has_both_classes(target, self.min_class_events), loss, 0.0 * loss)
+        return loss.to(logits.dtype)
+
+
+#: Floor for Z_A^2 under 1/Z_A^2: an empty selection costs 1e6, not infinity.
+_Z2_FLOOR = 1e-6
+
+
+def delta_z(
+    errors: Tensor, target: Tensor, norm_weight: Tensor, s_tot: float, eps: float
+) -> Tensor:
+    """The set function Delta-Z of a set of mistakes (a 0/1 `errors` mask), float64.
+
+    Delta-Z(E) = S / sqrt(eps) - (S - x(E)) / sqrt(eps + y(E)), with x(E) the normalised weight
+    of the signal events in E (false negatives), y(E) that of the background events in E (false
+    positives) and S = s_tot: the loss of significance s / sqrt(eps + b) caused by E. For a
+    batch with signal, x(all signal) = S, so the selected signal S - x(E) is >= 0.
+    """
+    e = errors.to(torch.float64)
+    signal = target.bool()
+    x = (e * norm_weight * signal).sum(-1)
+    y = (e * norm_weight * ~signal).sum(-1)
+    return s_tot / math.sqrt(eps) - (s_tot - x) / torch.sqrt(eps + y)
+
+
+def delta_z_lovasz(
+    errors: Tensor, target: Tensor, norm_weight: Tensor, s_tot: float, eps: float
+) -> Tensor:
+    """The Lovasz extension of `delta_z` at a vector of non-negative errors.
+
+    Sort the errors decreasingly, m_(1) >= ... >= m_(n), let E_k be the first k events in that
+    order; the extension is sum_k m_(k) (Delta-Z(E_k) - Delta-Z(E_{k-1})) (Lovasz 1983; the
+    algorithm of Berman et al.'s Lovasz hinge, arXiv:1705.08790, with Delta-Z for Jaccard).
+    Gradients flow through the errors only; the order and the increments are constants.
+    """
+    m = errors.to(torch.float64)
+    order = torch.argsort(m, descending=True)
+    m_sorted = m[order]
+    signal = target.bool()[order]
+    w = norm_weight[order]
+    x = torch.cumsum(torch.where(signal, w, 0.0), 0)
+    y = torch.cumsum(torch.where(signal, 0.0, w), 0)
+    prefix = s_tot / math.sqrt(eps) - (s_tot - x) / torch.sqrt(eps + y)
+    increments = torch.diff(prefix, prepend=prefix.new_zeros(1))
+    return torch.dot(torch.relu(m_sorted), increments)
+
+
+class DeltaZBarLoss(nn.Module):
+    r"""Delta-Z-bar (Bardhan, Neeraj, Mitra, Mandal, arXiv:2412.09500), written from the paper.
+
+    The authors released no code, so here is the derivation this implements.
+
+    Set function. A classifier's mistakes on a batch form a set E: signal events it rejects
+    (false negatives) and background events it accepts (false positives). With event weights
+    normalised per class to the expected yields S = s_tot and B = b_tot, the lost signal is
+    x(E) = sum_{E, sig} w and the accepted background y(E) = sum_{E, bkg} w, both modular and
+    >= 0. The significance of the selection is Z(E) = (S - x) / sqrt(eps + y), the ideal one
+    Z(empty) = S / sqrt(eps), and the loss of significance Delta-Z(E) = Z(empty) - Z(E) (the
+    paper's eq. with counts n/nu and p/nu replaced by normalised weights). Delta-Z(empty) = 0.
+
+    Submodularity. Delta-Z = g(x(E), y(E)) with g(x, y) = S/sqrt(eps) - (S - x)(eps + y)^(-1/2).
+    On the feasible region (0 <= x <= S, y >= 0): d2g/dx2 = 0, d2g/dy2 = -3/4 (S - x)(eps+y)^(-5/2)
+    <= 0 and d2g/dxdy = -1/2 (eps + y)^(-3/2) <= 0. Adding an element raises (x, y) by (a, b) >= 0;
+    its gain g(x + a, y + b) - g(x, y) has derivatives in x and y that are integrals of these
+    second derivatives, so it is <= 0 in both: the gain shrinks as the set grows, which is
+    submodularity. g is also increasing in x and y, so Delta-Z is monotone.
+
+    Extension. For a submodular set function with f(empty) = 0 the Lovasz extension is convex
+    and piecewise linear and equals the set function on 0/1 vectors (`delta_z_lovasz`). It is
+    evaluated at the hinge errors m_i = max(1 - F_i y_i, 0), y_i in {-1, +1}, F_i the logit: an
+    event counts as (partly) mistaken when it is on the wrong side of the margin.
+
+    eps regularises the significance of an empty background; the paper takes the expected signal
+    yield, so `eps=None` uses s_tot. A batch without signal has x = 0 always: it can only
+    penalise accepted background.
+    """
+
+    def __init__(
+        self, eps: float | None = None, s_tot: float = S_TOT, b_tot: float = B_TOT
+    ) -> None:
+        super().__init__()
+        self.eps = s_tot if eps is None else eps
+        _check_positive("eps", self.eps)
+        self.s_tot, self.b_tot = s_tot, b_tot
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        sign = 2.0 * target.to(torch.float64) - 1.0
+        hinge = torch.relu(1.0 - logits.to(torch.float64) * sign)
+        w = normalised_weights(target, weight, self.s_tot, self.b_tot)
+        return delta_z_lovasz(hinge, target, w, self.s_tot, self.eps).to(logits.dtype)
+
+
+class BCEThenAMSLoss(nn.Module):
+    """BCE for `warmup_epochs`, then alpha * BCE + (1 - alpha) * soft AMS (alpha = 0: pure AMS).
+
+    A learning-rate-free remedy for unstable direct AMS training: BCE first learns a ranking,
+    the AMS term then reshapes the top of it. The epoch comes from `set_epoch`, which the
+    LightningModule calls at each training epoch's start for any loss that has it.
+    `ams` holds the soft-AMS options (`SoftAMSLoss` keyword arguments).
+    """
+
+    def __init__(
+        self,
+        warmup_epochs: int = 5,
+        alpha: float = 0.0,
+        bce_weighted: bool = False,
+        ams: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if warmup_epochs < 0:
+            raise ValueError(f"loss.warmup_epochs must be >= 0, got {warmup_epochs}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"loss.alpha must be in [0, 1], got {alpha}")
+        self.warmup_epochs, self.alpha = warmup_epochs, alpha
+        self.bce = BCELoss(weighted=bce_weighted)
+        self.ams = SoftAMSLoss(**dict(ams or {}))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        bce = self.bce(logits, target, weight)
+        if self.epoch < self.warmup_epochs:
+            return bce
+        if self.alpha == 0.0:
+            return self.ams(logits, target, weight)
+        return self.alpha * bce + (1.0 - self.alpha) * self.ams(logits, target, weight)

@@ -14,6 +14,7 @@ from amsaware.metrics import classification_metrics
 
 Batch = tuple[Tensor, Tensor, Tensor]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 class MLP(nn.Sequential):
@@ -51,16 +52,25 @@ class SignificanceClassifier(L.LightningModule):
         optimizer: OptimizerFactory,
         s_tot: float = S_TOT,
         b_tot: float = B_TOT,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.train_loss = MeanMetric(nan_strategy="disable")  # no host sync per step
         self.val_metrics = classification_metrics("val/", s_tot, b_tot)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def on_train_epoch_start(self) -> None:
+        # A loss with a schedule (e.g. BCE warm-up, then AMS) learns the epoch here; the module
+        # needs no knowledge of which loss it holds.
+        set_epoch = getattr(self.loss, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.current_epoch)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x, target, weight = batch
@@ -80,8 +90,14 @@ class SignificanceClassifier(L.LightningModule):
         self.log_dict(self.val_metrics.compute())
         self.val_metrics.reset()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        """The optimizer, and the per-epoch learning-rate scheduler when one is configured."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        schedule = {"scheduler": scheduler, "interval": "epoch"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 @torch.no_grad()
