@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from amsaware.data.preprocessing import FittedPreprocessing
 
@@ -114,6 +115,21 @@ def write_preprocessing(preprocessing: FittedPreprocessing, path: Path) -> Path:
     """A stage's fitted imputation and scaling statistics as JSON (no pickle)."""
     write_json(preprocessing.to_dict(), Path(path))
     return Path(path)
+
+
+def write_checkpoint(net: torch.nn.Module, path: Path) -> Path:
+    """A checkpoint of `net` shaped like Lightning's (`state_dict` with `net.` keys).
+
+    For models trained outside their own Trainer (fold-parallel training), so that
+    `amsaware.inference` loads every stage the same way.
+    """
+    import lightning
+
+    state = {f"net.{name}": value.detach().cpu() for name, value in net.state_dict().items()}
+    checkpoint = {"state_dict": state, "pytorch-lightning_version": lightning.__version__}
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path
 
 
 def read_preprocessing(path: Path) -> FittedPreprocessing:

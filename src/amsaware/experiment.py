@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from amsaware import artifacts, plots
 from amsaware.data.datamodule import HiggsDataModule, stratified_folds
@@ -27,6 +28,7 @@ from amsaware.data.formats import check_trainable
 from amsaware.data.schema import Dataset, EventTable
 from amsaware.metrics import ams_curve, ams_of_selection, evaluate, select_top_fraction
 from amsaware.model import SignificanceClassifier, predict_proba
+from amsaware.parallel import fit_folds_in_parallel
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,10 @@ class DivergedError(RuntimeError):
 
 
 ModuleFactory = Callable[[], SignificanceClassifier]
-TrainerFactory = Callable[[str], L.Trainer]
+#: A Trainer for one stage ("fold0", "final"), or one for several trained at once (a logger each).
+TrainerFactory = Callable[[str | list[str]], L.Trainer]
+#: Writes a stage's checkpoint and preprocessing where its callbacks would have.
+StageWriter = Callable[[str, nn.Module, HiggsDataModule], None]
 
 
 @dataclass(frozen=True)
@@ -139,26 +144,41 @@ def cross_validate(
     make_module: ModuleFactory,
     make_trainer: TrainerFactory,
     test: EventTable | None = None,
+    parallel: bool = False,
+    save_stage: StageWriter | None = None,
 ) -> CrossValidation:
-    """Train one model per stratified fold and score its held-out events (and `test`'s)."""
+    """Train one model per stratified fold and score its held-out events (and `test`'s).
+
+    `parallel=True` trains the k fold models at once as one batched model
+    (`amsaware.parallel`); `save_stage` then writes each fold's checkpoint and preprocessing,
+    which the sequential path's callbacks write.
+    """
+    if parallel:
+        trained = fit_folds_in_parallel(table, n_folds, batch_size, seed, make_module, make_trainer)
     test_sum = None if test is None else np.zeros(len(test), dtype=np.float64)
     fold_of = np.full(len(table), -1, dtype=np.int64)
     scores = np.full(len(table), np.nan, dtype=np.float64)
     fold_metrics = []
     for k, (train_index, val_index) in enumerate(stratified_folds(table.label, n_folds, seed)):
-        log.info(
-            "fold %d/%d: training on %d events, validating on %d",
-            k + 1,
-            n_folds,
-            len(train_index),
-            len(val_index),
-        )
-        datamodule = HiggsDataModule(
-            table, batch_size, seed + k, train_index=train_index, val_index=val_index
-        )
-        module = fit(datamodule, make_module, make_trainer, f"fold{k}", seed + k)
+        if parallel:
+            datamodule, net, logger = trained[k].datamodule, trained[k].net, trained[k].logger
+            if save_stage is not None:
+                save_stage(f"fold{k}", net, datamodule)
+        else:
+            log.info(
+                "fold %d/%d: training on %d events, validating on %d",
+                k + 1,
+                n_folds,
+                len(train_index),
+                len(val_index),
+            )
+            datamodule = HiggsDataModule(
+                table, batch_size, seed + k, train_index=train_index, val_index=val_index
+            )
+            module = fit(datamodule, make_module, make_trainer, f"fold{k}", seed + k)
+            net, logger = module.net, module.logger
         x_val, y_val, w_val = datamodule.val_tensors
-        p_val = predict_proba(module.net, x_val)
+        p_val = predict_proba(net, x_val)
         if not torch.isfinite(p_val).all():
             # Stop at the first diverged fold: the others would cost time and say nothing.
             raise DivergedError(
@@ -167,11 +187,11 @@ def cross_validate(
                 "optimizer.lr or check the loss settings)"
             )
         fold_metrics.append({"fold": k, **evaluate(p_val, y_val, w_val, "val/")})
-        plots.log_to_logger(module.logger, "val/", p_val.numpy(), y_val.numpy(), w_val.numpy())
+        plots.log_to_logger(logger, "val/", p_val.numpy(), y_val.numpy(), w_val.numpy())
         fold_of[val_index] = k
         scores[val_index] = p_val.numpy()
         if test_sum is not None:
-            test_sum += predict_proba(module.net, datamodule.preprocess(test)).numpy()
+            test_sum += predict_proba(net, datamodule.preprocess(test)).numpy()
     test_scores = None if test_sum is None else test_sum / n_folds
     return CrossValidation(fold_metrics, fold_of, scores, test_scores)
 
@@ -336,7 +356,7 @@ def _quiet_lightning() -> None:
 
 def _factories(
     cfg: DictConfig, run_dir: Path, n_features: int
-) -> tuple[ModuleFactory, TrainerFactory]:
+) -> tuple[ModuleFactory, TrainerFactory, StageWriter]:
     from hydra.utils import instantiate
 
     def make_module() -> SignificanceClassifier:
@@ -347,21 +367,40 @@ def _factories(
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         )
 
-    def make_trainer(stage: str) -> L.Trainer:
-        logger = instantiate(cfg.logger, version=stage) if cfg.get("logger") else False
+    def make_trainer(stages: str | list[str]) -> L.Trainer:
+        """One stage's trainer; for several trained at once (cv.parallel), a logger per stage
+        and no per-stage callbacks (`save_stage` writes their files after the fit)."""
+        together = not isinstance(stages, str)
+        logger: Any = False
+        if cfg.get("logger"):
+            names = stages if together else [stages]
+            loggers = [instantiate(cfg.logger, version=name) for name in names]
+            logger = loggers if together else loggers[0]
         callbacks = []
         for callback in (cfg.get("callbacks") or {}).values():
             if callback is None:  # switched off, e.g. callbacks.model_checkpoint=null
                 continue
-            extra = (
-                {"dirpath": str(run_dir / "checkpoints" / stage)} if "dirpath" in callback else {}
-            )
-            callbacks.append(instantiate(callback, **extra))
+            if "dirpath" in callback:  # a per-stage folder: checkpoints/<stage>/
+                if together:
+                    continue
+                callback = OmegaConf.merge(
+                    callback, {"dirpath": str(run_dir / "checkpoints" / stages)}
+                )
+            callbacks.append(instantiate(callback))
         # The final fit has no validation rows.
-        no_validation = {"limit_val_batches": 0} if stage == "final" else {}
+        no_validation = {"limit_val_batches": 0} if stages == "final" else {}
         return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **no_validation)
 
-    return make_module, make_trainer
+    def save_stage(stage: str, net: nn.Module, datamodule: HiggsDataModule) -> None:
+        callbacks = cfg.get("callbacks") or {}
+        folder = run_dir / "checkpoints" / stage
+        if callbacks.get("model_checkpoint"):
+            artifacts.write_checkpoint(net, folder / "last.ckpt")
+        if callbacks.get("preprocessing"):
+            path = folder / artifacts.PREPROCESSING
+            artifacts.write_preprocessing(datamodule.fitted_preprocessing, path)
+
+    return make_module, make_trainer, save_stage
 
 
 def run_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -448,12 +487,21 @@ def _run(cfg: DictConfig) -> float:
     run_dir = Path(cfg.paths.output_dir)
     dataset = load_dataset(cfg)
     check_trainable(dataset.train, cfg.cv.folds)
-    make_module, make_trainer = _factories(cfg, run_dir, len(dataset.train.feature_names))
+    factories = _factories(cfg, run_dir, len(dataset.train.feature_names))
+    make_module, make_trainer, save_stage = factories
     batch_size = int(cfg.data.batch_size)
 
     fold_test = dataset.test if cfg.final_fit and ensemble != "final" else None
     cv = cross_validate(
-        dataset.train, cfg.cv.folds, batch_size, cfg.seed, make_module, make_trainer, fold_test
+        dataset.train,
+        cfg.cv.folds,
+        batch_size,
+        cfg.seed,
+        make_module,
+        make_trainer,
+        fold_test,
+        parallel=bool(cfg.cv.get("parallel", False)),
+        save_stage=save_stage,
     )
     train = dataset.train
     artifacts.write_oof_predictions(

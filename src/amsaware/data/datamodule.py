@@ -109,6 +109,7 @@ class HiggsDataModule(L.LightningDataModule):
             else as_tensors(self.val_table, transform(self.preprocessing, self.val_table.features))
         )
         self._train_batches = ShuffledBatches(self.train_tensors, batch_size, seed)
+        self._val_device_tensors = self.val_tensors
 
     @property
     def fitted_preprocessing(self) -> FittedPreprocessing:
@@ -119,13 +120,24 @@ class HiggsDataModule(L.LightningDataModule):
         """Features of any table through this module's fitted preprocessing."""
         return torch.from_numpy(transform(self.preprocessing, table.features))
 
+    def setup(self, stage: str) -> None:
+        """Put the batches' tensors on the training device once, for the whole fit.
+
+        Batches are then slices of device-resident tensors: no host-to-device copy per step.
+        `train_tensors` and `val_tensors` stay on the host for scoring after the fit.
+        """
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self._train_batches.tensors = tuple(t.to(device) for t in self.train_tensors)
+        if self.val_tensors is not None:
+            self._val_device_tensors = tuple(t.to(device) for t in self.val_tensors)
+
     def train_dataloader(self) -> ShuffledBatches:
         return self._train_batches
 
     def val_dataloader(self) -> SequentialBatches | list:
         if self.val_tensors is None:
             return []
-        return SequentialBatches(self.val_tensors, self.eval_batch_size)
+        return SequentialBatches(self._val_device_tensors, self.eval_batch_size)
 
 
 class SavePreprocessing(L.Callback):
