@@ -4,8 +4,10 @@ Each rank holds a different, unevenly sized shard of the events; the metrics' `c
 gathered across ranks before computing, so the AMS curve and the weighted AUC see every event.
 """
 
+import json
 import socket
 
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -71,3 +73,38 @@ def test_metrics_under_ddp_equal_the_single_process_values():
         results = dict(results)
     for rank in range(WORLD):
         assert results[rank] == pytest.approx(expected, rel=1e-9, abs=1e-12), rank
+
+
+@pytest.mark.slow
+def test_train_py_under_ddp_shards_each_epoch_and_writes_one_run_folder(tmp_path):
+    """trainer=ddp on 2 CPU processes: each trains on half of every epoch, the validation
+    metrics gathered from both shards equal the main process's evaluation of the whole fold,
+    and the run folder is written once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from amsaware.data.datamodule import stratified_folds
+    from amsaware.data.synthetic import make_dataset
+    from tests.test_train import train
+
+    run_dir = tmp_path / "ddp"
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "threads=1"]
+    train(run_dir, *ddp, "callbacks.progress_bar=null")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    events = EventAccumulator(str(run_dir / "tensorboard" / "fold0"))
+    events.Reload()
+    for name in ("val/auroc", "val/auroc_weighted", "val/ams_max"):
+        last = events.Scalars(name)[-1].value  # the gathered metric after the last epoch
+        assert last == pytest.approx(metrics["cv"]["folds"][0][name], rel=1e-5), name
+
+    train_table = make_dataset(1500, 1100, "copula", 42).train  # test_train.TINY's data
+    n_fold0 = len(stratified_folds(train_table.label, 3, 42)[0][0])
+    steps = [s.step for s in events.Scalars("val/auroc")]
+    assert steps[0] + 1 == -(-(n_fold0 // 2) // 64)  # one epoch of half the fold, batch 64
+
+    assert sorted(p.name for p in run_dir.glob("*.log")) == [
+        "train.log",
+        "train_ddp_process_1.log",
+    ]
+    assert not list(run_dir.rglob("*.tmp"))
+    assert len(pd.read_csv(run_dir / "oof_predictions.csv")) == 1500

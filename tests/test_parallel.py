@@ -132,7 +132,8 @@ def test_the_loaders_tensors_live_on_the_training_device(small_table):
     train_index, val_index = stratified_folds(small_table.label, 3, 0)[0]
     datamodule = HiggsDataModule(small_table, 64, 0, train_index=train_index, val_index=val_index)
     meta = torch.device("meta")  # any device other than the host's shows the move
-    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=meta))
+    strategy = SimpleNamespace(root_device=meta)
+    datamodule.trainer = SimpleNamespace(strategy=strategy, global_rank=0, world_size=1)
     datamodule.setup("fit")
     assert all(t.device == meta for t in next(iter(datamodule.train_dataloader())))
     assert all(t.device == meta for t in next(iter(datamodule.val_dataloader())))

@@ -2,6 +2,8 @@
 
 Every writer goes through a temporary file in the same folder and a rename, so a run that is
 interrupted never leaves a half-written artifact for compare.py or a notebook to trip over.
+Under DDP every process runs the whole protocol with the same synchronised models, and only
+the main one writes (`rank_zero_only`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from amsaware.data.preprocessing import FittedPreprocessing
 
@@ -50,11 +53,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.remove(tmp)
 
 
+@rank_zero_only
 def _write_frame(frame: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
 
 
+@rank_zero_only
 def write_json(data: dict[str, Any], path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
@@ -111,12 +116,14 @@ def write_submission(
     return path
 
 
+@rank_zero_only
 def write_preprocessing(preprocessing: FittedPreprocessing, path: Path) -> Path:
     """A stage's fitted imputation and scaling statistics as JSON (no pickle)."""
     write_json(preprocessing.to_dict(), Path(path))
     return Path(path)
 
 
+@rank_zero_only
 def write_checkpoint(net: torch.nn.Module, path: Path) -> Path:
     """A checkpoint of `net` shaped like Lightning's (`state_dict` with `net.` keys).
 

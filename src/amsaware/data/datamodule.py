@@ -31,31 +31,61 @@ class ShuffledBatches:
     Permuting the whole epoch once and slicing contiguous views is far cheaper than a per-sample
     `__getitem__` and a collate function. The generator is seeded once, so epoch k always sees
     the same order for the same seed.
+
+    Under DDP every process draws the same permutation and takes every `world_size`-th event
+    of it from its `rank` on, so the processes see disjoint shards of the epoch, in equal
+    numbers (the `n % world_size` events left over, different ones each epoch, sit the epoch
+    out) and hence in the same number of steps, which DDP needs.
     """
 
-    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        tensors: tuple[Tensor, ...],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.tensors = tensors
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
+        self.shard(rank, world_size)
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Serve process `rank`'s share of each epoch out of `world_size` processes."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.rank, self.world_size = rank, world_size
+
+    def _events_per_epoch(self) -> int:
+        return len(self.tensors[0]) // self.world_size
 
     def __len__(self) -> int:
-        return -(-len(self.tensors[0]) // self.batch_size)
+        return -(-self._events_per_epoch() // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         n = len(self.tensors[0])
-        order = torch.randperm(n, generator=self.generator).to(self.tensors[0].device)
+        order = torch.randperm(n, generator=self.generator)
+        if self.world_size > 1:
+            order = order[: self._events_per_epoch() * self.world_size][
+                self.rank :: self.world_size
+            ]
+        order = order.to(self.tensors[0].device)
         shuffled = [t[order] for t in self.tensors]
-        for start in range(0, n, self.batch_size):
+        for start in range(0, len(order), self.batch_size):
             yield tuple(t[start : start + self.batch_size] for t in shuffled)
 
 
 class SequentialBatches:
-    """Batches in order, for evaluation."""
+    """Batches in order, for evaluation; under DDP each process takes every `world_size`-th
+    event from its `rank` on (the metrics gather all of them before computing)."""
 
-    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int) -> None:
-        self.tensors = tensors
+    def __init__(
+        self, tensors: tuple[Tensor, ...], batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.tensors = tuple(t[rank::world_size] for t in tensors) if world_size > 1 else tensors
         self.batch_size = batch_size
 
     def __len__(self) -> int:
@@ -130,6 +160,11 @@ class HiggsDataModule(L.LightningDataModule):
         self._train_batches.tensors = tuple(t.to(device) for t in self.train_tensors)
         if self.val_tensors is not None:
             self._val_device_tensors = tuple(t.to(device) for t in self.val_tensors)
+        self._train_batches.shard(*self._shard())  # under DDP, this process's share
+
+    def _shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process; (0, 1) outside a trainer or without DDP."""
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
     def train_dataloader(self) -> ShuffledBatches:
         return self._train_batches
@@ -137,7 +172,7 @@ class HiggsDataModule(L.LightningDataModule):
     def val_dataloader(self) -> SequentialBatches | list:
         if self.val_tensors is None:
             return []
-        return SequentialBatches(self._val_device_tensors, self.eval_batch_size)
+        return SequentialBatches(self._val_device_tensors, self.eval_batch_size, *self._shard())
 
 
 class SavePreprocessing(L.Callback):
