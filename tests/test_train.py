@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -197,3 +198,18 @@ def test_bce_model_on_the_real_sample_reaches_the_papers_auc(real_sample, tmp_pa
     train(run_dir, "data=opendata", f"data.path={real_sample}", "final_fit=false", tiny=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["cv"]["oof"]["oof/auroc"] > 0.85
+
+
+def test_a_run_without_a_final_fit_generates_no_test_events():
+    from omegaconf import OmegaConf
+
+    from amsaware.experiment import load_dataset
+
+    source = {"_target_": "amsaware.data.sources.synthetic", "n_train": 600, "n_test": 550}
+    cfg = OmegaConf.create({"final_fit": False, "data": {**source, "seed": 1, "batch_size": 64}})
+    trial = load_dataset(cfg)
+    assert trial.test is None
+    cfg.final_fit = True
+    full = load_dataset(cfg)
+    assert len(full.test) == 550
+    np.testing.assert_array_equal(trial.train.features, full.train.features)

@@ -456,11 +456,18 @@ def _log_oof_figures(cfg: DictConfig, scores: np.ndarray, train: EventTable, cut
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
-    """Instantiate the data source (`data._target_`); `data.batch_size` belongs to training."""
+    """Instantiate the data source (`data._target_`); `data.batch_size` belongs to training.
+
+    Without a final fit nothing scores test events, so a source that generates them
+    (`data.n_test`, the synthetic one) generates none: a search trial at default size would
+    otherwise spend seconds making 550,000 events it never looks at.
+    """
     from hydra.utils import instantiate
 
     source = OmegaConf.to_container(cfg.data, resolve=True)
     source.pop("batch_size", None)
+    if not cfg.final_fit and source.get("n_test"):
+        source["n_test"] = 0
     return instantiate(source)
 
 
