@@ -1,0 +1,120 @@
+"""Search cost: the wall time of one search trial per paper configuration, and the 50-trial
+search it projects to.
+
+    python benchmarks/search_cost.py [--events 250000] [--epochs 10] [--trials 50]
+        [--losses bce ams] [--parallel false true] [--trainer default] [--threads N]
+        [--out search_cost.json]
+
+A trial is what `python train.py -m hparams_search=optuna` runs for each point: stratified
+3-fold cross-validation, `--epochs` epochs per fold, no final fit, no checkpoints, no progress
+bars (the overrides of conf/hparams_search/optuna.yaml). Each trial here is a real `train.py`
+run in a fresh process, at the seed paper's tuned hyperparameters for the loss (5 x 384 at
+batch 64 for BCE, 2 x 448 at batch 256 for AMS), with sequential folds and with
+`cv.parallel=true`. The time includes what every trial pays: Python start-up, generating the
+synthetic data, the preprocessing, the out-of-fold scoring and the artifacts.
+
+The projected search is `trials x trial time`, scaled by 10 / `--epochs` when a shorter trial
+was measured (an overestimate: start-up and data do not grow with epochs).
+Targets (issue 6): the 50-trial search at full size under 60 minutes on 2 CPU cores and under
+5 minutes on one H100 (`--trainer gpu`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_EPOCHS = 10
+TRIAL = [
+    "final_fit=false",
+    "callbacks.model_checkpoint=null",
+    "callbacks.preprocessing=null",
+    "callbacks.progress_bar=null",
+    "+trainer.enable_checkpointing=false",
+    "+trainer.enable_progress_bar=false",
+]
+
+
+def run_trial(
+    loss: str, parallel: bool, events: int, epochs: int, trainer: str, threads: int | None
+) -> dict:
+    """One trial through the real train.py; its wall time and what it reports."""
+    with tempfile.TemporaryDirectory(prefix="search-cost-") as run_dir:
+        command = [
+            sys.executable,
+            "train.py",
+            f"loss={loss}",
+            f"trainer={trainer}",
+            f"cv.parallel={str(parallel).lower()}",
+            f"data.n_train={events}",
+            f"trainer.max_epochs={epochs}",
+            f"hydra.run.dir={run_dir}",
+            *TRIAL,
+            *([f"threads={threads}"] if threads else []),
+        ]
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return {
+        "loss": loss,
+        "parallel": parallel,
+        "events": events,
+        "epochs": epochs,
+        "trial_s": round(wall, 1),
+        "run_s": metrics["run"]["seconds"],
+        "oof_auroc": metrics["cv"]["oof"]["oof/auroc"],
+        "oof_ams_max": metrics["cv"]["oof"]["oof/ams_max"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=250_000)
+    parser.add_argument("--epochs", type=int, default=PAPER_EPOCHS)
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--losses", nargs="+", default=["bce", "ams"])
+    parser.add_argument("--parallel", nargs="+", default=["false", "true"])
+    parser.add_argument("--trainer", default="default", help="default (CPU) or gpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=Path("search_cost.json"))
+    args = parser.parse_args()
+
+    scale = PAPER_EPOCHS / args.epochs
+    rows = []
+    for loss in args.losses:
+        for parallel in (value.lower() == "true" for value in args.parallel):
+            row = run_trial(loss, parallel, args.events, args.epochs, args.trainer, args.threads)
+            row["search_min"] = round(args.trials * row["trial_s"] * scale / 60, 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    header = f"{'loss':<5} {'cv.parallel':<12} {'trial s':>8} {'oof auroc':>10}"
+    header += f" {f'{args.trials}-trial search, min':>24}"
+    print(f"\n{args.events} events, 3 folds x {args.epochs} epochs, trainer={args.trainer}")
+    if scale != 1:
+        print(f"(search projected to {PAPER_EPOCHS} epochs per fold: x{scale:g})")
+    print(header)
+    for row in rows:
+        print(
+            f"{row['loss']:<5} {row['parallel']!s:<12} {row['trial_s']:>8.1f} "
+            f"{row['oof_auroc']:>10.4f} {row['search_min']:>24.1f}"
+        )
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads}
+    result = {"machine": machine, "trainer": args.trainer, "trials": args.trials, "rows": rows}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
