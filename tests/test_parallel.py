@@ -88,10 +88,10 @@ def test_fold_batches_keep_each_folds_own_order_and_pad_the_short_ones():
                 assert torch.equal(x[k, :n], reference[k][step][0])
 
 
-def factories(table, loss, optimizer, dropout=0.0):
+def factories(table, loss, optimizer, dropout=0.0, compile_mode=None):
     def make_module():
         net = MLP(len(table.feature_names), 2, 16, dropout)
-        return SignificanceClassifier(net, loss, optimizer)
+        return SignificanceClassifier(net, loss, optimizer, compile_mode=compile_mode)
 
     def make_trainer(stages):
         return L.Trainer(
@@ -126,6 +126,18 @@ def test_parallel_folds_score_test_events_with_each_fold_model(small_table):
     sequential = cross_validate(small_table, 2, 128, 3, *make, test=test)
     parallel = cross_validate(small_table, 2, 128, 3, *make, test=test, parallel=True)
     np.testing.assert_allclose(parallel.test_scores, sequential.test_scores, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", [False, True], ids=["sequential", "parallel"])
+def test_compiled_training_gives_the_eager_scores(small_table, parallel):
+    """`compile=default` (what `reduce-overhead` is on a CPU) trains the same models."""
+    table = small_table.subset(np.arange(1200))
+    optimizer = partial(torch.optim.SGD, lr=0.05)
+    eager = cross_validate(table, 2, 128, 3, *factories(table, BCELoss(), optimizer))
+    make = factories(table, BCELoss(), optimizer, compile_mode="default")
+    compiled = cross_validate(table, 2, 128, 3, *make, parallel=parallel)
+    np.testing.assert_allclose(compiled.scores, eager.scores, atol=1e-5)
 
 
 def test_the_loaders_tensors_live_on_the_training_device(small_table):

@@ -365,6 +365,7 @@ def _factories(
             loss=instantiate(cfg.loss),
             optimizer=instantiate(cfg.optimizer),
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+            compile_mode=cfg.get("compile"),
         )
 
     def make_trainer(stages: str | list[str]) -> L.Trainer:

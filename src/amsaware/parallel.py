@@ -189,8 +189,9 @@ class FoldParallelClassifier(SignificanceClassifier):
         s_tot: float = S_TOT,
         b_tot: float = B_TOT,
         scheduler: SchedulerFactory | None = None,
+        compile_mode: str | None = None,
     ) -> None:
-        super().__init__(net, loss, optimizer, s_tot, b_tot, scheduler)
+        super().__init__(net, loss, optimizer, s_tot, b_tot, scheduler, compile_mode)
         k = net.n_models
         self.train_loss = nn.ModuleList(MeanMetric(nan_strategy="disable") for _ in range(k))
         self.val_metrics = nn.ModuleList(
@@ -199,7 +200,7 @@ class FoldParallelClassifier(SignificanceClassifier):
 
     def training_step(self, batch: StackedBatch, batch_idx: int) -> Tensor:
         x, target, weight, sizes = batch
-        logits = self.net(x)
+        logits = self(x)
         total = logits.new_zeros(())
         for k, n in enumerate(sizes):
             if n:  # a fold without rows in this step (see the module docstring)
@@ -215,7 +216,7 @@ class FoldParallelClassifier(SignificanceClassifier):
 
     def validation_step(self, batch: StackedBatch, batch_idx: int) -> None:
         x, target, weight, sizes = batch
-        probabilities = torch.sigmoid(self.net(x))
+        probabilities = torch.sigmoid(self(x))
         for k, n in enumerate(sizes):
             if n:
                 self.val_metrics[k].update(
@@ -273,6 +274,7 @@ def fit_folds_in_parallel(
         template.loss,
         template.optimizer_factory,
         scheduler=template.scheduler_factory,
+        compile_mode=template.compile_mode,
     )
     L.seed_everything(seed, verbose=False)
     stages = [f"fold{k}" for k in range(n_folds)]
