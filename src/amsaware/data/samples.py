@@ -130,9 +130,10 @@ class WeightExpression:
                 # Numbers only (a scale like 0.05 * 139e3 / 1e6): Python floats, which raise
                 # on overflow and division by zero; make that an inf the caller reports.
                 try:
-                    return float(_BINARY[type(node.op)](left, right))
+                    value = _BINARY[type(node.op)](left, right)
                 except (ZeroDivisionError, OverflowError):
                     return math.inf
+                return math.nan if isinstance(value, complex) else float(value)  # (-8) ** 0.5
             return _BINARY[type(node.op)](np.float64(left), right)
         raise AssertionError(f"unchecked node {ast.dump(node)}")  # parse() admits no other
 
