@@ -404,6 +404,19 @@ def test_non_root_file_named_root_is_refused(sample_files, tmp_path):
         load(break_sample(folder, "signal", "ggH", files=str(fake)))
 
 
+def test_the_shipped_template_composes_and_names_its_missing_files(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from amsaware.experiment import load_dataset
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["data=samples", f"paths.data_dir={tmp_path}"])
+    assert list(cfg.data.signal) == ["ggH"] and list(cfg.data.background) == ["ttbar"]
+    message = r"signal sample 'ggH': the pattern '.*/samples/ggH_\*.root' matches no file"
+    with pytest.raises(Exception, match=message):  # Hydra wraps it in its InstantiationException
+        load_dataset(cfg)
+
+
 # --- losses get the data's totals ------------------------------------------------------------
 
 
