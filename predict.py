@@ -11,7 +11,7 @@ from amsaware.inference import predict_file
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    predict_file(cfg.run, cfg.input, cfg.output, cfg.ensemble, cfg.cut)
+    predict_file(cfg.run, cfg.input, cfg.output, cfg.ensemble, cfg.cut, cfg.get("tree"))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import yaml
 from omegaconf import DictConfig
 
 from amsaware import artifacts, plots
+from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.stats import (
     STATISTICS,
     BootstrapSample,
@@ -66,6 +67,13 @@ class Run:
     @property
     def cut_threshold(self) -> float:
         return float(self.metrics["cut"]["threshold"])
+
+    @property
+    def totals(self) -> tuple[float, float]:
+        """The (S_tot, B_tot) the run's AMS is rescaled to; runs from before metrics.json
+        recorded them trained on the challenge's data, whose constants they are."""
+        data = self.metrics.get("data") or {}
+        return float(data.get("s_tot", S_TOT)), float(data.get("b_tot", B_TOT))
 
 
 def _loss_name(path: Path) -> str | None:
@@ -127,6 +135,11 @@ def check_same_events(runs: Sequence[Run]) -> None:
     reference = runs[0]
     for run in runs[1:]:
         where = f"runs {reference.name} ({reference.path}) and {run.name} ({run.path})"
+        if not np.allclose(run.totals, reference.totals, rtol=1e-9, atol=0.0):
+            raise RunFolderError(
+                f"{where} rescale AMS to different totals (S_tot, B_tot) {reference.totals} "
+                f"and {run.totals} (metrics.json 'data'): compare only runs made on the same data"
+            )
         if len(run.oof) != len(reference.oof):
             raise RunFolderError(
                 f"{where} have {len(reference.oof)} and {len(run.oof)} out-of-fold events: "
@@ -186,6 +199,10 @@ class Comparison:
     def weight(self) -> np.ndarray:
         return self.runs[0].oof.weight.to_numpy()
 
+    @property
+    def totals(self) -> tuple[float, float]:
+        return self.runs[0].totals
+
     def scores(self) -> dict[str, np.ndarray]:
         return {run.name: run.oof.score.to_numpy() for run in self.runs}
 
@@ -211,6 +228,7 @@ def compare(
         n_bootstrap,
         seed,
         device,
+        runs[0].totals,
     )
     return Comparison(runs, sample, differences(sample, confidence), confidence)
 
@@ -223,6 +241,7 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
         "n_resamples": sample.n_resamples,
         "seed": sample.seed,
         "confidence": comparison.confidence,
+        "totals": {"s_tot": comparison.totals[0], "b_tot": comparison.totals[1]},
         "p_value": "one-sided, run better than the reference; ties count half (mid-p)",
         "runs": [
             {
@@ -300,9 +319,15 @@ def write_figures(comparison: Comparison, out_dir: Path) -> list[Path]:
         "roc.png": plots.roc_curves(scores, label),
         "precision_recall.png": plots.precision_recall_curves(scores, label),
         "ams_vs_fraction.png": plots.ams_curves(
-            scores, label, weight, {run.name: run.cut_fraction for run in comparison.runs}
+            scores,
+            label,
+            weight,
+            {run.name: run.cut_fraction for run in comparison.runs},
+            comparison.totals,
         ),
-        "score_distributions.png": plots.score_distributions(scores, label, weight),
+        "score_distributions.png": plots.score_distributions(
+            scores, label, weight, totals=comparison.totals
+        ),
     }
     if histories:
         losses = {run.name: run.loss or "loss" for run in comparison.runs}

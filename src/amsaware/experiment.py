@@ -6,6 +6,7 @@ The protocol functions take plain values and callables, so they are testable wit
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -25,7 +26,7 @@ from torch import nn
 from amsaware import artifacts, plots
 from amsaware.data.datamodule import HiggsDataModule, stratified_folds
 from amsaware.data.formats import check_trainable
-from amsaware.data.schema import Dataset, EventTable
+from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
 from amsaware.metrics import ams_curve, ams_of_selection, evaluate, select_top_fraction
 from amsaware.model import SignificanceClassifier, predict_proba
 from amsaware.parallel import fit_folds_in_parallel
@@ -79,6 +80,8 @@ def choose_cut(
     max_fraction: float = 0.5,
     smoothing: float = 0.02,
     step: float = 0.001,
+    s_tot: float = S_TOT,
+    b_tot: float = B_TOT,
 ) -> Cut:
     """The selected fraction that maximises the smoothed out-of-fold AMS curve.
 
@@ -88,7 +91,9 @@ def choose_cut(
     The challenge winners read their cut (~15%) off such a cross-validated curve.
     """
     check_cut_options(min_fraction, max_fraction, smoothing)
-    curve = ams_curve(torch.from_numpy(scores), torch.from_numpy(label), torch.from_numpy(weight))
+    curve = ams_curve(
+        torch.from_numpy(scores), torch.from_numpy(label), torch.from_numpy(weight), s_tot, b_tot
+    )
     half = round(smoothing / step / 2)
     lo = max(step, min_fraction - half * step)
     hi = min(1.0, max_fraction + half * step)
@@ -186,8 +191,11 @@ def cross_validate(
                 "validation scores are not finite (NaN loss or exploding weights; lower "
                 "optimizer.lr or check the loss settings)"
             )
-        fold_metrics.append({"fold": k, **evaluate(p_val, y_val, w_val, "val/")})
-        plots.log_to_logger(logger, "val/", p_val.numpy(), y_val.numpy(), w_val.numpy())
+        totals = (table.s_tot, table.b_tot)
+        fold_metrics.append({"fold": k, **evaluate(p_val, y_val, w_val, "val/", *totals)})
+        plots.log_to_logger(
+            logger, "val/", p_val.numpy(), y_val.numpy(), w_val.numpy(), totals=totals
+        )
         fold_of[val_index] = k
         scores[val_index] = p_val.numpy()
         if test_sum is not None:
@@ -205,6 +213,8 @@ def summarise_cv(cv: CrossValidation, table: EventTable) -> dict[str, Any]:
         torch.from_numpy(table.label.astype(np.int64)),
         torch.from_numpy(table.weight),
         "oof/",
+        table.s_tot,
+        table.b_tot,
     )
     return {
         "folds": cv.fold_metrics,
@@ -226,13 +236,14 @@ def test_metrics(
     y = torch.from_numpy(test.label.astype(np.int64))
     w = torch.from_numpy(test.weight)
     chosen = torch.from_numpy(selected)
-    result = evaluate(p, y, w, prefix)
-    result[f"{prefix}ams"] = float(ams_of_selection(chosen, y, w))
+    totals = (test.s_tot, test.b_tot)
+    result = evaluate(p, y, w, prefix, *totals)
+    result[f"{prefix}ams"] = float(ams_of_selection(chosen, y, w, *totals))
     if test.kaggle_set is not None:
         for name, letter in (("public", "b"), ("private", "v")):
             rows = torch.from_numpy(test.kaggle_set == letter)
             if rows.any():
-                ams = ams_of_selection(chosen[rows], y[rows], w[rows])
+                ams = ams_of_selection(chosen[rows], y[rows], w[rows], *totals)
                 result[f"{prefix}ams_{name}"] = float(ams)
     return result
 
@@ -354,16 +365,32 @@ def _quiet_lightning() -> None:
     )
 
 
+def _loss_totals(loss: DictConfig, s_tot: float, b_tot: float) -> dict[str, float]:
+    """The data's totals for a loss class that takes `s_tot`/`b_tot` and was not given them."""
+    from hydra.utils import get_class
+
+    parameters = inspect.signature(get_class(loss._target_)).parameters
+    totals = {"s_tot": s_tot, "b_tot": b_tot}
+    return {
+        name: value for name, value in totals.items() if name in parameters and name not in loss
+    }
+
+
 def _factories(
-    cfg: DictConfig, run_dir: Path, n_features: int
+    cfg: DictConfig,
+    run_dir: Path,
+    n_features: int,
+    totals: tuple[float, float] = (S_TOT, B_TOT),
 ) -> tuple[ModuleFactory, TrainerFactory, StageWriter]:
     from hydra.utils import instantiate
 
     def make_module() -> SignificanceClassifier:
         return SignificanceClassifier(
             net=instantiate(cfg.model, n_features=n_features),
-            loss=instantiate(cfg.loss),
+            loss=instantiate(cfg.loss, **_loss_totals(cfg.loss, *totals)),
             optimizer=instantiate(cfg.optimizer),
+            s_tot=totals[0],
+            b_tot=totals[1],
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
             compile_mode=cfg.get("compile"),
         )
@@ -453,7 +480,10 @@ def _log_oof_figures(cfg: DictConfig, scores: np.ndarray, train: EventTable, cut
 
     if cfg.get("logger"):
         logger = instantiate(cfg.logger, version="oof")
-        plots.log_to_logger(logger, "oof/", scores, train.label, train.weight, 0, cut.fraction)
+        totals = (train.s_tot, train.b_tot)
+        plots.log_to_logger(
+            logger, "oof/", scores, train.label, train.weight, 0, cut.fraction, totals=totals
+        )
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
@@ -495,7 +525,8 @@ def _run(cfg: DictConfig) -> float:
     run_dir = Path(cfg.paths.output_dir)
     dataset = load_dataset(cfg)
     check_trainable(dataset.train, cfg.cv.folds)
-    factories = _factories(cfg, run_dir, len(dataset.train.feature_names))
+    totals = (dataset.train.s_tot, dataset.train.b_tot)
+    factories = _factories(cfg, run_dir, len(dataset.train.feature_names), totals)
     make_module, make_trainer, save_stage = factories
     batch_size = int(cfg.data.batch_size)
 
@@ -515,7 +546,9 @@ def _run(cfg: DictConfig) -> float:
     artifacts.write_oof_predictions(
         run_dir, train.event_id, cv.fold, train.label, train.weight, cv.scores
     )
-    cut = choose_cut(cv.scores, train.label, train.weight, **cfg.cut)
+    cut = choose_cut(
+        cv.scores, train.label, train.weight, **cfg.cut, s_tot=totals[0], b_tot=totals[1]
+    )
     metrics: dict[str, Any] = {"cv": summarise_cv(cv, train), "cut": asdict(cut)}
     log.info("out-of-fold: %s", _format(metrics["cv"]["oof"]))
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
@@ -541,6 +574,8 @@ def _run(cfg: DictConfig) -> float:
         "n_test": 0 if dataset.test is None else len(dataset.test),
         "ensemble": ensemble,
     }
+    # The totals every AMS of this run is rescaled to; compare.py reads them back.
+    metrics["data"] = {"s_tot": totals[0], "b_tot": totals[1]}
     artifacts.write_json(metrics, run_dir / artifacts.METRICS)
     if cfg.get("logger"):
         _log_hparams(cfg, metrics)

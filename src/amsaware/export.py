@@ -1,6 +1,7 @@
 """Export a finished run as one ONNX graph: raw features in, signal probability out.
 
-The graph takes the challenge's raw features (float32, NaN or -999 where undefined), applies
+The graph takes the run's raw features (float32, NaN or the run's placeholder where undefined:
+the challenge's -999, or `data.placeholder` of a run on samples), applies
 each model's fitted imputation and scaling, runs the network(s) and returns the probability
 (float64, like `predict_proba`, so that saturated scores keep their ranks); for the fold
 ensemble, the mean over the fold models. Anything that runs ONNX (onnxruntime, ROOT's SOFIE,
@@ -15,12 +16,14 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from amsaware import artifacts
+from amsaware.data.samples import placeholder_values
 from amsaware.data.schema import MISSING
-from amsaware.inference import Scorer, load_scorer
+from amsaware.inference import Scorer, load_config, load_scorer, placeholder_of
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,12 @@ class RawFeatureScorer(nn.Module):
     """Preprocessing folded in front of the network(s) of a scorer, as torch operations.
 
     The arithmetic is that of `FittedPreprocessing.transform` (float32 statistics, fill then
-    subtract then divide), so the inputs the networks see are bit-identical.
+    subtract then divide), so the inputs the networks see are bit-identical. NaN, and per
+    feature its `placeholders` value (default the challenge's -999; NaN for none), count as
+    undefined.
     """
 
-    def __init__(self, scorer: Scorer) -> None:
+    def __init__(self, scorer: Scorer, placeholders: np.ndarray | None = None) -> None:
         super().__init__()
         self.nets = nn.ModuleList(model.net for model in scorer.models)
         stats = [model.preprocessing for model in scorer.models]
@@ -49,9 +54,12 @@ class RawFeatureScorer(nn.Module):
         self.register_buffer("fill", stack("fill"))
         self.register_buffer("mean", stack("mean"))
         self.register_buffer("scale", stack("scale"))
+        if placeholders is None:
+            placeholders = np.full(len(scorer.feature_names), MISSING)
+        self.register_buffer("placeholder", torch.as_tensor(placeholders, dtype=torch.float32))
 
     def forward(self, features: Tensor) -> Tensor:
-        missing = torch.isnan(features) | (features == MISSING)
+        missing = torch.isnan(features) | (features == self.placeholder)
         scores = []
         for k, net in enumerate(self.nets):
             x = torch.where(missing, self.fill[k], features)
@@ -94,7 +102,8 @@ def export_onnx(
     """Write the run's scorer as an ONNX graph with a dynamic batch dimension (atomically)."""
     _check_exporter()
     scorer = load_scorer(run_dir, ensemble)
-    module = RawFeatureScorer(scorer).eval()
+    placeholders = placeholder_values(placeholder_of(load_config(run_dir)), scorer.feature_names)
+    module = RawFeatureScorer(scorer, placeholders).eval()
     output = default_output(run_dir, scorer.name) if output_path is None else Path(output_path)
     example = torch.zeros(2, len(scorer.feature_names))
     batch = torch.export.Dim("events")
@@ -115,14 +124,15 @@ def export_onnx(
             verbose=False,
         )
     log.info(
-        "%s: ONNX graph of the %s model(s) of %s; input %r float32 (n, %d) with NaN or %g for "
-        "undefined values, output %r float64 (n,)",
+        "%s: ONNX graph of the %s model(s) of %s; input %r float32 (n, %d) %s with NaN or the "
+        "placeholder %s for undefined values, output %r float64 (n,)",
         output,
         scorer.name,
         run_dir,
         INPUT_NAME,
         len(scorer.feature_names),
-        MISSING,
+        list(scorer.feature_names),
+        sorted({float(p) for p in placeholders if np.isfinite(p)}) or "(none)",
         OUTPUT_NAME,
     )
     return output

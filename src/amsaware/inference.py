@@ -33,9 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from amsaware import artifacts
+from amsaware.data import samples
 from amsaware.data.formats import read_events
 from amsaware.data.preprocessing import FittedPreprocessing
-from amsaware.data.schema import EventTable
+from amsaware.data.schema import MISSING, EventTable
 from amsaware.metrics import select_top_fraction
 from amsaware.model import predict_proba
 
@@ -248,9 +249,42 @@ def predict_table(scorer: Scorer, table: EventTable, cut: str = "threshold") -> 
 def default_output(input_path: str | Path) -> Path:
     """`<input name>.scores.csv` in the current folder (input never overwritten)."""
     name = Path(input_path).name
-    for suffix in (".gz", ".csv"):
+    for suffix in (".gz", ".csv", ".root", ".parquet", ".pq"):
         name = name.removesuffix(suffix)
     return Path(f"{name}.scores.csv")
+
+
+def trained_on_samples(cfg: DictConfig) -> bool:
+    """Whether the run's data were a physicist's samples (`data=samples`), not challenge files."""
+    target = str((cfg.get("data") or {}).get("_target_", ""))
+    return target.rsplit(".", 1)[-1] == "samples"
+
+
+def placeholder_of(cfg: DictConfig) -> float | dict | None:
+    """The run's value(s) marking an undefined feature: `data.placeholder`, or the challenge's."""
+    if not trained_on_samples(cfg):
+        return MISSING
+    placeholder = cfg.data.get("placeholder")
+    return OmegaConf.to_container(placeholder) if OmegaConf.is_config(placeholder) else placeholder
+
+
+def read_input(
+    cfg: DictConfig,
+    input_path: str | Path,
+    feature_names: tuple[str, ...],
+    tree: str | None = None,
+) -> EventTable:
+    """The events of a file to score, with the run's features.
+
+    A ROOT or Parquet file, and any file for a run trained on samples, is read by the run's
+    feature names (branches), with the run's placeholder and `tree` (default: the run's
+    `data.tree`); a CSV file for a challenge run by its header (`read_events`).
+    """
+    if not trained_on_samples(cfg) and samples.file_kind(input_path) == "csv":
+        return read_events(input_path)
+    if tree is None and trained_on_samples(cfg):
+        tree = cfg.data.get("tree")
+    return samples.read_feature_file(input_path, feature_names, tree, placeholder_of(cfg))
 
 
 def predict_file(
@@ -259,15 +293,17 @@ def predict_file(
     output_path: str | Path | None = None,
     ensemble: str | None = None,
     cut: str = "threshold",
+    tree: str | None = None,
 ) -> Path:
-    """Score a file of events (Kaggle test or training CSV, CERN file) and write the scores.
+    """Score a file of events and write the scores (atomically; a `.gz` name is gzipped).
 
-    Written atomically; a name ending in `.gz` is gzipped.
+    The file is a Kaggle test or training CSV or the CERN file, or, read by the run's feature
+    branches (see `read_input`), a ROOT (`tree`), Parquet or CSV file of a physicist's events.
     """
     if cut not in CUTS:
         raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
     scorer = load_scorer(run_dir, ensemble)
-    table = read_events(input_path)
+    table = read_input(load_config(run_dir), input_path, scorer.feature_names, tree)
     frame = predict_table(scorer, table, cut)
     output = default_output(input_path) if output_path is None else Path(output_path)
     if output.resolve() == Path(input_path).resolve():

@@ -330,7 +330,8 @@ class BCEThenAMSLoss(nn.Module):
     A learning-rate-free remedy for unstable direct AMS training: BCE first learns a ranking,
     the AMS term then reshapes the top of it. The epoch comes from `set_epoch`, which the
     LightningModule calls at each training epoch's start for any loss that has it.
-    `ams` holds the soft-AMS options (`SoftAMSLoss` keyword arguments).
+    `ams` holds the soft-AMS options (`SoftAMSLoss` keyword arguments); `s_tot`/`b_tot` are
+    its totals unless `ams` names its own.
     """
 
     def __init__(
@@ -339,6 +340,8 @@ class BCEThenAMSLoss(nn.Module):
         alpha: float = 0.0,
         bce_weighted: bool = False,
         ams: dict | None = None,
+        s_tot: float = S_TOT,
+        b_tot: float = B_TOT,
     ) -> None:
         super().__init__()
         if warmup_epochs < 0:
@@ -347,7 +350,7 @@ class BCEThenAMSLoss(nn.Module):
             raise ValueError(f"loss.alpha must be in [0, 1], got {alpha}")
         self.warmup_epochs, self.alpha = warmup_epochs, alpha
         self.bce = BCELoss(weighted=bce_weighted)
-        self.ams = SoftAMSLoss(**dict(ams or {}))
+        self.ams = SoftAMSLoss(**{"s_tot": s_tot, "b_tot": b_tot, **dict(ams or {})})
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

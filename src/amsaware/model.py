@@ -67,6 +67,7 @@ class SignificanceClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.train_loss = MeanMetric(nan_strategy="disable")  # no host sync per step
         self.val_metrics = classification_metrics("val/", s_tot, b_tot)
+        self.totals = (s_tot, b_tot)
         self.compile_mode = compile_mode
         self._forward = (
             net.forward if compile_mode is None else torch.compile(net.forward, mode=compile_mode)

@@ -273,6 +273,7 @@ def fit_folds_in_parallel(
         StackedMLP(nets),
         template.loss,
         template.optimizer_factory,
+        *template.totals,
         scheduler=template.scheduler_factory,
         compile_mode=template.compile_mode,
     )

@@ -20,9 +20,12 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from amsaware.artifacts import atomic_path
+from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.metrics import ams_curve, rescaled_weights
 
 Scores = Mapping[str, np.ndarray]
+#: The full-data signal and background totals that weights are rescaled to (S_tot, B_tot).
+Totals = tuple[float, float]
 #: Per run, per stage (fold0, fold1, ...): metric name -> one value per epoch.
 History = Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]
 
@@ -192,6 +195,7 @@ def ams_curves(
     label: np.ndarray,
     weight: np.ndarray,
     cut_fractions: Mapping[str, float] | None = None,
+    totals: Totals = (S_TOT, B_TOT),
 ) -> Figure:
     """AMS versus the selected fraction of events (weights at full-data scale), cuts marked."""
     colours = _colours(list(scores))
@@ -200,7 +204,7 @@ def ams_curves(
     with style():
         figure, (ax,) = _figure()
         for name, s in scores.items():
-            curve = ams_curve(torch.tensor(np.asarray(s, dtype=np.float64)), target, w)
+            curve = ams_curve(torch.tensor(np.asarray(s, dtype=np.float64)), target, w, *totals)
             fraction, value = curve.fraction.numpy(), curve.ams.numpy()
             ax.plot(fraction, value, color=colours[name], lw=1.5, label=name)
             if cut_fractions and name in cut_fractions:
@@ -225,11 +229,16 @@ def ams_curves(
 
 
 def score_distributions(
-    scores: Scores, label: np.ndarray, weight: np.ndarray, bins: int = 50
+    scores: Scores,
+    label: np.ndarray,
+    weight: np.ndarray,
+    bins: int = 50,
+    totals: Totals = (S_TOT, B_TOT),
 ) -> Figure:
     """Weighted score histograms of signal and background (full-data yields), one panel a run."""
     target = torch.tensor(np.asarray(label, dtype=np.int64))
-    yields = rescaled_weights(target, torch.tensor(np.asarray(weight, np.float64))).numpy()
+    w = torch.tensor(np.asarray(weight, np.float64))
+    yields = rescaled_weights(target, w, *totals).numpy()
     signal = np.asarray(label).astype(bool)
     edges = np.linspace(0.0, 1.0, bins + 1)
     with style():
@@ -268,6 +277,7 @@ def log_to_tensorboard(
     weight: np.ndarray,
     step: int = 0,
     cut_fraction: float | None = None,
+    totals: Totals = (S_TOT, B_TOT),
 ) -> None:
     """ROC, AMS-vs-fraction and score-distribution figures plus a PR curve, into TensorBoard.
 
@@ -278,8 +288,8 @@ def log_to_tensorboard(
     cuts = {name: cut_fraction} if cut_fraction is not None else None
     figures = {
         "roc": roc_curves(runs, label),
-        "ams_vs_fraction": ams_curves(runs, label, weight, cuts),
-        "score_distribution": score_distributions(runs, label, weight),
+        "ams_vs_fraction": ams_curves(runs, label, weight, cuts, totals),
+        "score_distribution": score_distributions(runs, label, weight, totals=totals),
     }
     with style():
         for tag, figure in figures.items():

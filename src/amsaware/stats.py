@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.metrics import Cumulative, ams_curve_of, cumulative_by_score, roc_auc
 
 #: The compared statistics: AMS at the run's own cut, AMS at its best cut, ROC AUC plain and
@@ -66,6 +67,7 @@ def _statistics(
     counts: torch.Tensor,
     weight: torch.Tensor,
     threshold: float,
+    totals: tuple[float, float] = (S_TOT, B_TOT),
 ) -> dict[str, np.ndarray]:
     """STATISTICS for rows of event counts `(batch, n)`: the value on each resample.
 
@@ -76,7 +78,7 @@ def _statistics(
     both = cumulative_by_score(scores, target, torch.stack([counts * weight, counts]))
     weighted = Cumulative(both.thresholds, both.n_selected, both.tp[0], both.fp[0])
     plain = Cumulative(both.thresholds, both.n_selected, both.tp[1], both.fp[1])
-    curve = ams_curve_of(weighted, len(scores))
+    curve = ams_curve_of(weighted, len(scores), *totals)
     at_cut = int((curve.thresholds >= threshold).sum()) - 1
     nothing = torch.zeros(counts.shape[0], dtype=torch.float64, device=counts.device)
     values = {
@@ -106,11 +108,13 @@ def bootstrap(
     n_resamples: int = 1000,
     seed: int = 0,
     device: str = "cpu",
+    totals: tuple[float, float] = (S_TOT, B_TOT),
 ) -> BootstrapSample:
     """Every run's STATISTICS on the same `n_resamples` paired resamples of the events.
 
     `device` runs the batched metrics there (a GPU makes 1000 resamples of 250k events take
     seconds); the resamples themselves are drawn on the host, so results do not depend on it.
+    AMS is on the scale of `totals` (S_tot, B_tot), the runs' data's.
     """
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
@@ -130,7 +134,7 @@ def bootstrap(
     observed = {
         run.name: {
             k: float(v[0])
-            for k, v in _statistics(scores[run.name], target, one, w, run.threshold).items()
+            for k, v in _statistics(scores[run.name], target, one, w, run.threshold, totals).items()
         }
         for run in runs
     }
@@ -140,7 +144,7 @@ def bootstrap(
     for indices in resample_indices(n, n_resamples, seed):
         counts = tensor(counts_of(indices, n), np.float64)
         for run in runs:
-            values = _statistics(scores[run.name], target, counts, w, run.threshold)
+            values = _statistics(scores[run.name], target, counts, w, run.threshold, totals)
             for k in STATISTICS:
                 parts[run.name][k].append(values[k])
     resampled = {

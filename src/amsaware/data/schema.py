@@ -73,6 +73,9 @@ class EventTable:
     `features` is float32 (n, len(feature_names)) with NaN where the source had -999.
     `label` (1 signal, 0 background) and `weight` are None for unlabelled test files;
     `kaggle_set` holds the CERN file's KaggleSet letters ('t', 'b', 'v', 'u') where known.
+    `s_tot`/`b_tot` are the full-data signal and background totals the weights stand for: AMS
+    rescales any subset's weights to them. The challenge's constants unless a source knows
+    better (a physicist's samples: the sums of their weights). `subset` keeps them.
     """
 
     event_id: np.ndarray
@@ -82,6 +85,8 @@ class EventTable:
     kaggle_set: np.ndarray | None = None
     source: str = "<memory>"
     feature_names: tuple[str, ...] = FEATURES
+    s_tot: float = S_TOT
+    b_tot: float = B_TOT
 
     def __len__(self) -> int:
         return len(self.event_id)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from amsaware.data import synthetic as synthetic_data
 from amsaware.data.download import OPENDATA_SHA1, OPENDATA_URL, fetch_opendata
 from amsaware.data.formats import read_cern, read_kaggle_test, read_kaggle_train
+from amsaware.data.samples import load_samples
 from amsaware.data.schema import Dataset
 
 
@@ -44,3 +47,17 @@ def opendata(
     test_rows = np.flatnonzero(np.isin(table.kaggle_set, ["b", "v"]))
     test = table.subset(test_rows) if len(test_rows) else None
     return Dataset(train=train, test=test)
+
+
+def samples(
+    signal: Mapping[str, Any],
+    background: Mapping[str, Any],
+    features: Sequence[str],
+    **options: Any,
+) -> Dataset:
+    """A physicist's samples (ROOT, Parquet, CSV): labels from the sample, totals from weights.
+
+    The options (tree, placeholder, test, test_fraction, seed, n_train, n_test) are those of
+    `amsaware.data.samples.load_samples`; conf/data/samples.yaml documents each.
+    """
+    return load_samples(signal, background, features, **options)
