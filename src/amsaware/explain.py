@@ -122,7 +122,7 @@ class Events:
     score_column: str = "score"  # oof_score for the run's events: not the explained model's
 
     def title(self, region: str) -> str:
-        return "all events" if region == "all" else f"selected ({self.cut_name})"
+        return "all events" if region == "all" else f"selected events ({self.cut_name})"
 
 
 def run_events(run_dir: str | Path) -> Events:
@@ -460,6 +460,7 @@ def explain(
     }
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    model_name = f"{Path(run_dir).name} ({scorer.name} model)"
     options = {"explainer": explainer, "space": space, "seed": seed, "max_evals": max_evals}
     rankings, regions = [], {}
     for region, rows in samples.items():
@@ -468,7 +469,7 @@ def explain(
             continue
         attributions = explain_features(scorer, table.features[rows], background, **options)
         frame, regions[region] = _write_region(
-            scorer, events, region, rows, attributions, max_display, out
+            model_name, events, region, rows, attributions, max_display, out
         )
         rankings.append(frame.assign(region=region))
     both = pd.concat(rankings, ignore_index=True)
@@ -491,7 +492,7 @@ def explain(
 
 
 def _write_region(
-    scorer: Scorer,
+    model_name: str,
     events: Events,
     region: str,
     rows: np.ndarray,
@@ -512,7 +513,7 @@ def _write_region(
     weight = table.weight[rows] if table.labelled else None
     frame = ranking(attributions, label, weight, class_totals(table, mask))
     _write_frame(values_frame(events, rows, attributions), out / region_file(SHAP_VALUES, region))
-    title = f"{scorer.name} model, {events.title(region)}: {len(rows)} events explained"
+    title = f"{model_name}\n{events.title(region)}: {len(rows)} events"
     _write_figures(attributions, table.features[rows], frame, title, max_display, out, region)
     log.info(
         "%s events: %d explained (of %d); top features by mean |SHAP|: %s",

@@ -30,6 +30,7 @@ STYLE = mplhep.style.ATLAS
 PANEL = (7.0, 5.5)  # inches per panel
 LINESTYLES = ("-", "--", ":", "-.")
 SIGNAL, BACKGROUND = "#d62728", "#1f77b4"
+UNDEFINED = "#777777"  # shap's colour for a feature value that is NaN (-999 in the files)
 
 
 @contextmanager
@@ -316,14 +317,26 @@ def shap_beeswarm(
                 ax=ax,
                 show=False,
                 plot_size=None,
-                color_bar_label="Feature value (grey: undefined)",
             )
         finally:
             np.random.set_state(state)  # noqa: NPY002
         ax.tick_params(axis="y", which="both", left=False, right=False)
         ax.tick_params(axis="x", which="both", top=False)
+        # shap draws the undefined (grey) dots of a row first and the coloured ones over them,
+        # which hides them where they share a region (DER_mass_MMC, imputed near its mean).
+        # The bottom row sums the features not shown when there are more than max_display:
+        # its colours are those of one of them, so it is left as shap draws it.
+        grey = matplotlib.colors.to_rgba(UNDEFINED)
+        grouped = len(feature_names) > max_display
+        for dots in ax.collections:
+            colours, where = dots.get_facecolor(), dots.get_offsets()
+            if dots.get_array() is not None or not len(colours) or not len(where):
+                continue
+            if np.allclose(colours[0], grey) and not (grouped and abs(where[0][1]) < 0.5):
+                dots.set_zorder(4)
         for colour_bar in figure.axes[1:]:
             colour_bar.tick_params(which="both", left=False, right=False)
+            colour_bar.set_ylabel("Feature value (grey: undefined)", labelpad=12)
         ax.set_xlabel(xlabel)
         ax.set_title(title, fontsize="large")
     return figure
