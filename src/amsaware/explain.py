@@ -17,7 +17,8 @@ Explainers (`explainer=`):
 - `permutation`: `shap.PermutationExplainer` with an Independent masker on the background
   sample, run on the raw features through the imputer. Model-agnostic and exactly additive
   too (each permutation telescopes), but it needs ~`max_evals` x `n_background` model
-  evaluations per event, 25-50 times the cost of `deep`: a cross-check on a few hundred events.
+  evaluations per event (14 times the time of `deep` at max_evals=186 on the real sample,
+  where the two rankings agree to a Spearman 0.99): a cross-check on a few hundred events.
 
 Space (`space=`): `logit` (default) explains the network's logit, in which a sigmoid model is
 additive and in which significance-trained models, whose probabilities saturate at 0 and 1,
