@@ -33,6 +33,7 @@ STYLE = mplhep.style.ATLAS
 PANEL = (7.0, 5.5)  # inches per panel
 LINESTYLES = ("-", "--", ":", "-.")
 SIGNAL, BACKGROUND = "#d62728", "#1f77b4"
+UNDEFINED = "#777777"  # shap's colour for a feature value that is NaN (-999 in the files)
 
 
 @contextmanager
@@ -256,6 +257,97 @@ def score_distributions(
             )
             ax.set_xlim(0, 1)
             ax.legend(title=name, loc="upper center")
+    return figure
+
+
+def feature_importance(ranking: Any, xlabel: str, title: str, max_display: int = 20) -> Figure:
+    """Horizontal bars of each feature's mean |SHAP|, unweighted and event-weighted.
+
+    `ranking` is a frame of `amsaware.explain.ranking` (most important first); the top
+    `max_display` features are drawn, the most important at the top. Colours are neutral:
+    red and blue mean signal and background in every other figure.
+    """
+    top = ranking.head(max_display).iloc[::-1]
+    positions = np.arange(len(top))
+    weighted = top["weighted_mean_abs_shap"].to_numpy(dtype=np.float64)
+    has_weights = bool(np.isfinite(weighted).any())
+    height = 0.4 if has_weights else 0.7
+    shift = height / 2 if has_weights else 0.0
+    with style():
+        figure = Figure(figsize=(PANEL[0] + 2.5, 0.32 * len(top) + 1.8), layout="constrained")
+        FigureCanvasAgg(figure)
+        ax = figure.subplots()
+        ax.barh(positions + shift, top["mean_abs_shap"], height, color="0.35", label="events")
+        if has_weights:
+            label = "weighted events (class weights scaled to the totals)"
+            ax.barh(positions - shift, weighted, height, color="#ff7f0e", label=label)
+            ax.legend(loc="lower right", fontsize="small")
+        ax.set_yticks(positions, top["feature"].tolist())
+        ax.tick_params(axis="y", which="both", left=False, right=False, labelsize="medium")
+        ax.tick_params(axis="x", which="both", top=False)
+        ax.set_ylim(-0.6, len(top) - 0.4)
+        ax.set_xlim(0, None)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize="large")
+    return figure
+
+
+def shap_beeswarm(
+    values: np.ndarray,
+    features: np.ndarray,
+    feature_names: Sequence[str],
+    xlabel: str,
+    title: str,
+    max_display: int = 20,
+    seed: int = 0,
+) -> Figure:
+    """shap's beeswarm (one dot per event, coloured by the feature's value; grey: undefined).
+
+    shap jitters the dots with numpy's global random state; it is seeded here and restored,
+    so the figure is reproducible and the caller's random state untouched.
+    """
+    import shap
+
+    n_rows = min(max_display, len(feature_names))
+    explanation = shap.Explanation(
+        values=np.asarray(values), data=np.asarray(features), feature_names=list(feature_names)
+    )
+    with style():
+        figure = Figure(figsize=(PANEL[0] + 3, 0.4 * n_rows + 2.2), layout="constrained")
+        FigureCanvasAgg(figure)
+        ax = figure.subplots()
+        # shap draws its jitter from the legacy global generator; there is no other handle.
+        state = np.random.get_state()  # noqa: NPY002
+        np.random.seed(seed)  # noqa: NPY002
+        try:
+            shap.plots.beeswarm(
+                explanation,
+                max_display=max_display,
+                ax=ax,
+                show=False,
+                plot_size=None,
+            )
+        finally:
+            np.random.set_state(state)  # noqa: NPY002
+        ax.tick_params(axis="y", which="both", left=False, right=False)
+        ax.tick_params(axis="x", which="both", top=False)
+        # shap draws the undefined (grey) dots of a row first and the coloured ones over them,
+        # which hides them where they share a region (DER_mass_MMC, imputed near its mean).
+        # The bottom row sums the features not shown when there are more than max_display:
+        # its colours are those of one of them, so it is left as shap draws it.
+        grey = matplotlib.colors.to_rgba(UNDEFINED)
+        grouped = len(feature_names) > max_display
+        for dots in ax.collections:
+            colours, where = dots.get_facecolor(), dots.get_offsets()
+            if dots.get_array() is not None or not len(colours) or not len(where):
+                continue
+            if np.allclose(colours[0], grey) and not (grouped and abs(where[0][1]) < 0.5):
+                dots.set_zorder(4)
+        for colour_bar in figure.axes[1:]:
+            colour_bar.tick_params(which="both", left=False, right=False)
+            colour_bar.set_ylabel("Feature value (grey: undefined)", labelpad=12)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize="large")
     return figure
 
 
