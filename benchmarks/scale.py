@@ -1,7 +1,8 @@
 """Scale: training throughput and peak memory against the number of events, and reading a
 CERN-format file of the real size.
 
-    python benchmarks/scale.py [--sizes 50000 250000 1000000 4000000] [--out scale.json]
+    python benchmarks/scale.py [--sizes 50000 250000 1000000 4000000] [--accelerator cpu|gpu]
+        [--out scale.json]
 
 Each measurement runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
 own. For each size: synthetic events generated, the fold's preprocessing fitted, then one
@@ -31,7 +32,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def train_epoch(n_events: int) -> dict:
+def train_epoch(n_events: int, accelerator: str = "cpu") -> dict:
     """One training epoch on `n_events` synthetic events (2/3 of them in the training fold)."""
     import logging
     import warnings
@@ -57,7 +58,7 @@ def train_epoch(n_events: int) -> dict:
     )
     trainer = L.Trainer(
         max_epochs=1,
-        accelerator="cpu",
+        accelerator=accelerator,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -122,11 +123,12 @@ def main() -> None:
     sizes = [50_000, 250_000, 1_000_000, 4_000_000]
     parser.add_argument("--sizes", type=int, nargs="+", default=sizes)
     parser.add_argument("--out", type=Path, default=Path("scale.json"))
+    parser.add_argument("--accelerator", default="cpu", help="Lightning's: cpu or gpu")
     parser.add_argument("--_train", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--_read", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._train:
-        print(json.dumps(train_epoch(args._train)))
+        print(json.dumps(train_epoch(args._train, args.accelerator)))
         return
     if args._read:
         print(json.dumps(read_file(args._read)))
@@ -135,7 +137,7 @@ def main() -> None:
     print(f"{'events':>9s} {'train ev/s':>11s} {'epoch s':>8s} {'peak MB':>8s}")
     training = []
     for n in args.sizes:
-        row = _in_subprocess("--_train", str(n))
+        row = _in_subprocess("--_train", str(n), "--accelerator", args.accelerator)
         training.append(row)
         print(f"{n:9d} {row['events_per_s']:11.0f} {row['epoch_s']:8.1f} {row['peak_mb']:8.0f}")
     with tempfile.TemporaryDirectory() as folder:
