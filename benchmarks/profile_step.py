@@ -70,7 +70,8 @@ def main() -> None:
     table = generate(60_000, seed=1)
     folds = stratified_folds(table.label, 3, seed=1)
     modules = [
-        HiggsDataModule(table, config["batch"], k, train_index=t) for k, (t, _) in enumerate(folds)
+        HiggsDataModule(table, config["batch"], k, train_index=train, val_index=val)
+        for k, (train, val) in enumerate(folds)
     ]
     nets = [
         MLP(table.features.shape[1], config["n_layers"], config["hidden"], config["dropout"])
@@ -83,8 +84,6 @@ def main() -> None:
     if args.parallel:
         module = FoldParallelClassifier(StackedMLP(nets), config["loss"](), optimizer)
         datamodule = FoldParallelDataModule(modules)
-        for fold in modules:  # validation is not profiled
-            fold.val_tensors = fold.train_tensors
     else:
         module = SignificanceClassifier(nets[0], config["loss"](), optimizer)
         datamodule = modules[0]

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import lightning
 import numpy as np
 import pandas as pd
 import torch
@@ -130,8 +131,6 @@ def write_checkpoint(net: torch.nn.Module, path: Path) -> Path:
     For models trained outside their own Trainer (fold-parallel training), so that
     `amsaware.inference` loads every stage the same way.
     """
-    import lightning
-
     state = {f"net.{name}": value.detach().cpu() for name, value in net.state_dict().items()}
     checkpoint = {"state_dict": state, "pytorch-lightning_version": lightning.__version__}
     with atomic_path(path) as tmp:

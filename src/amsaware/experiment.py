@@ -158,13 +158,14 @@ def cross_validate(
     (`amsaware.parallel`); `save_stage` then writes each fold's checkpoint and preprocessing,
     which the sequential path's callbacks write.
     """
+    folds = stratified_folds(table.label, n_folds, seed)
     if parallel:
-        trained = fit_folds_in_parallel(table, n_folds, batch_size, seed, make_module, make_trainer)
+        trained = fit_folds_in_parallel(table, folds, batch_size, seed, make_module, make_trainer)
     test_sum = None if test is None else np.zeros(len(test), dtype=np.float64)
     fold_of = np.full(len(table), -1, dtype=np.int64)
     scores = np.full(len(table), np.nan, dtype=np.float64)
     fold_metrics = []
-    for k, (train_index, val_index) in enumerate(stratified_folds(table.label, n_folds, seed)):
+    for k, (train_index, val_index) in enumerate(folds):
         if parallel:
             datamodule, net, logger = trained[k].datamodule, trained[k].net, trained[k].logger
             if save_stage is not None:

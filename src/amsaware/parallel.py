@@ -30,12 +30,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from amsaware.data.datamodule import HiggsDataModule, ShuffledBatches, stratified_folds
+from amsaware.data.datamodule import HiggsDataModule, ShuffledBatches
 from amsaware.data.schema import B_TOT, S_TOT, EventTable
 from amsaware.metrics import classification_metrics
 from amsaware.model import MLP, OptimizerFactory, SchedulerFactory, SignificanceClassifier
@@ -247,15 +248,17 @@ class TrainedFold:
 
 def fit_folds_in_parallel(
     table: EventTable,
-    n_folds: int,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
     batch_size: int,
     seed: int,
     make_module: Callable[[], SignificanceClassifier],
     make_trainer: Callable[[list[str]], L.Trainer],
 ) -> list[TrainedFold]:
-    """Train the k fold models at once; each initialised as the sequential path would."""
+    """Train the k fold models of `folds` ((train, validation) row indices) at once; each
+    initialised as the sequential path would."""
+    n_folds = len(folds)
     datamodules, nets = [], []
-    for k, (train_index, val_index) in enumerate(stratified_folds(table.label, n_folds, seed)):
+    for k, (train_index, val_index) in enumerate(folds):
         datamodules.append(
             HiggsDataModule(
                 table, batch_size, seed + k, train_index=train_index, val_index=val_index
