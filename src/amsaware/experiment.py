@@ -6,12 +6,13 @@ The protocol functions take plain values and callables, so they are testable wit
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,15 +131,169 @@ def fit(
     return module
 
 
+class ContinueTimeline(L.Callback):
+    """Start the trainer's logging step at `step`, where the previous phase's trainer ended.
+
+    A fine-tune runs in a trainer of its own, whose step counter would restart at 0 and draw its
+    curves over the pretraining's. Lightning has no public setting for the first logging step,
+    so this sets the counter its logger connector reads (`_batches_that_stepped`);
+    tests/test_finetune.py checks the curves join up, so a Lightning change is caught.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.fit_loop.epoch_loop._batches_that_stepped = self.step
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """The second training phase (`finetune=<loss>`): the trained network continues with its
+    own loss, batch size, optimizer, scheduler and epochs. Nothing is re-initialised.
+
+    `make_module(net)` wraps the trained network in the phase's module; `make_trainer(stage,
+    callbacks)` builds the phase's trainer, which writes the stage's checkpoint.
+    `save_stage` writes checkpoint and preprocessing where a zero-epoch phase trains nothing.
+    """
+
+    make_module: Callable[[nn.Module], SignificanceClassifier]
+    make_trainer: Callable[[str | list[str], list[L.Callback]], L.Trainer]
+    batch_size: int
+    max_epochs: int
+    save_stage: StageWriter | None = None
+
+    def fit(
+        self, pretrained: SignificanceClassifier, datamodule: HiggsDataModule, stage: str
+    ) -> SignificanceClassifier:
+        """Continue `pretrained.net` on the same rows and preprocessing, in larger batches."""
+        module = self.make_module(pretrained.net)
+        if self.max_epochs == 0:
+            if self.save_stage is not None:
+                self.save_stage(stage, module.net, datamodule)
+            return module
+        steps = pretrained.trainer.fit_loop.epoch_loop._batches_that_stepped
+        trainer = self.make_trainer(stage, [ContinueTimeline(steps)])
+        trainer.fit(module, datamodule=datamodule.rebatched(self.batch_size))
+        return module
+
+
 @dataclass(frozen=True)
 class CrossValidation:
-    """Per-fold validation metrics and the out-of-fold score of every training event."""
+    """Per-fold validation metrics and the out-of-fold score of every training event.
+
+    With `cv.repeats` > 1 there are R x k fold models (fold index `r * k + fold`) and `scores`
+    is each event's mean out-of-fold probability over the R repeats; `fold` is its fold in the
+    first repeat. With a fine-tune, `pretrain` holds the same before the fine-tune phase.
+    """
 
     fold_metrics: list[dict[str, float]]
     fold: np.ndarray
     scores: np.ndarray
     #: With `test`: the fold models' mean probability per test event (the fold ensemble).
     test_scores: np.ndarray | None = None
+    pretrain: CrossValidation | None = None
+
+
+@dataclass(frozen=True)
+class _FoldPlan:
+    """One fold model to train: its index over all repeats, rows and seed."""
+
+    index: int
+    repeat: int
+    train_index: np.ndarray
+    val_index: np.ndarray
+    seed: int
+
+    @property
+    def stage(self) -> str:
+        return f"fold{self.index}"
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of repeat `repeat`'s split; its fold k trains with `repeat_seed + k`.
+
+    Repeat 0 is the plain k-fold CV. The offset keeps repeats of one run apart from the repeats
+    of runs seeded a few apart (seed 1's second repeat is not seed 2's first).
+    """
+    return seed + 1000 * repeat
+
+
+def plan_folds(label: np.ndarray, n_folds: int, seed: int, repeats: int = 1) -> list[_FoldPlan]:
+    """The R x k fold models of `repeats` stratified k-fold splits."""
+    check_folds(n_folds, repeats)
+    plans = []
+    for r in range(repeats):
+        split_seed = repeat_seed(seed, r)
+        for k, (train_index, val_index) in enumerate(stratified_folds(label, n_folds, split_seed)):
+            plans.append(_FoldPlan(r * n_folds + k, r, train_index, val_index, split_seed + k))
+    return plans
+
+
+def check_folds(n_folds: int, repeats: int) -> None:
+    """Reject fold counts that cannot be meant, naming the key."""
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+        raise ValueError(f"cv.folds must be an integer >= 2, got {n_folds!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"cv.repeats must be an integer >= 1, got {repeats!r}")
+
+
+@dataclass
+class _Accumulator:
+    """Sums of out-of-fold (and test) probabilities over repeats, and per-fold metrics."""
+
+    n_events: int
+    n_test: int | None
+    totals: tuple[float, float]
+    fold_metrics: list[dict[str, float]]
+    score_sum: np.ndarray
+    score_count: np.ndarray
+    fold: np.ndarray
+    test_sum: np.ndarray | None
+    n_models: int = 0
+
+    @classmethod
+    def empty(cls, n_events: int, n_test: int | None, totals: tuple[float, float]):
+        return cls(
+            n_events,
+            n_test,
+            totals,
+            [],
+            np.zeros(n_events),
+            np.zeros(n_events, dtype=np.int64),
+            np.full(n_events, -1, dtype=np.int64),
+            None if n_test is None else np.zeros(n_test),
+        )
+
+    def add(
+        self, plan: _FoldPlan, p_val: torch.Tensor, y_val, w_val, p_test: np.ndarray | None
+    ) -> dict[str, float]:
+        if not torch.isfinite(p_val).all():
+            # Stop at the first diverged fold: the others would cost time and say nothing.
+            raise DivergedError(
+                f"fold {plan.index} diverged: {int((~torch.isfinite(p_val)).sum())} of "
+                f"{len(p_val)} validation scores are not finite (NaN loss or exploding weights; "
+                "lower optimizer.lr or check the loss settings)"
+            )
+        metrics = {"fold": plan.index, **evaluate(p_val, y_val, w_val, "val/", *self.totals)}
+        if plan.repeat:
+            metrics["repeat"] = plan.repeat
+        self.fold_metrics.append(metrics)
+        self.score_sum[plan.val_index] += p_val.numpy()
+        self.score_count[plan.val_index] += 1
+        if plan.repeat == 0:
+            self.fold[plan.val_index] = plan.index
+        if self.test_sum is not None and p_test is not None:
+            self.test_sum += p_test
+        self.n_models += 1
+        return metrics
+
+    def result(self, pretrain: CrossValidation | None = None) -> CrossValidation:
+        scores = np.full(self.n_events, np.nan)
+        seen = self.score_count > 0
+        scores[seen] = self.score_sum[seen] / self.score_count[seen]
+        test = None if self.test_sum is None else self.test_sum / self.n_models
+        return CrossValidation(self.fold_metrics, self.fold, scores, test, pretrain)
 
 
 def cross_validate(
@@ -151,63 +306,71 @@ def cross_validate(
     test: EventTable | None = None,
     parallel: bool = False,
     save_stage: StageWriter | None = None,
+    repeats: int = 1,
+    finetune: FineTune | None = None,
 ) -> CrossValidation:
     """Train one model per stratified fold and score its held-out events (and `test`'s).
 
-    `parallel=True` trains the k fold models at once as one batched model
+    `repeats` > 1 repeats the k-fold CV with other splits (`plan_folds`) and averages each
+    event's out-of-fold probability over them. `finetune` continues every fold model in a
+    second phase; the result's `pretrain` then holds the scores from before it.
+    `parallel=True` trains the fold models at once as one batched model
     (`amsaware.parallel`); `save_stage` then writes each fold's checkpoint and preprocessing,
     which the sequential path's callbacks write.
     """
-    folds = stratified_folds(table.label, n_folds, seed)
+    plans = plan_folds(table.label, n_folds, seed, repeats)
+    totals = (table.s_tot, table.b_tot)
+    n_test = None if test is None else len(test)
+    after = _Accumulator.empty(len(table), n_test, totals)
+    before = _Accumulator.empty(len(table), None, totals) if finetune else None
     if parallel:
-        trained = fit_folds_in_parallel(table, folds, batch_size, seed, make_module, make_trainer)
-    test_sum = None if test is None else np.zeros(len(test), dtype=np.float64)
-    fold_of = np.full(len(table), -1, dtype=np.int64)
-    scores = np.full(len(table), np.nan, dtype=np.float64)
-    fold_metrics = []
-    for k, (train_index, val_index) in enumerate(folds):
+        trained = fit_folds_in_parallel(
+            table,
+            [(p.train_index, p.val_index) for p in plans],
+            batch_size,
+            [p.seed for p in plans],
+            make_module,
+            make_trainer,
+            finetune=finetune,
+        )
+    for j, plan in enumerate(plans):
         if parallel:
-            datamodule, net, logger = trained[k].datamodule, trained[k].net, trained[k].logger
+            datamodule, net, logger = trained[j].datamodule, trained[j].net, trained[j].logger
+            pretrained_net = trained[j].pretrained
             if save_stage is not None:
-                save_stage(f"fold{k}", net, datamodule)
+                save_stage(plan.stage, net, datamodule)
         else:
             log.info(
                 "fold %d/%d: training on %d events, validating on %d",
-                k + 1,
-                n_folds,
-                len(train_index),
-                len(val_index),
+                plan.index + 1,
+                len(plans),
+                len(plan.train_index),
+                len(plan.val_index),
             )
             datamodule = HiggsDataModule(
-                table, batch_size, seed + k, train_index=train_index, val_index=val_index
+                table, batch_size, plan.seed, train_index=plan.train_index, val_index=plan.val_index
             )
-            module = fit(datamodule, make_module, make_trainer, f"fold{k}", seed + k)
+            module = fit(datamodule, make_module, make_trainer, plan.stage, plan.seed)
+            pretrained_net = None
+            if finetune is not None:
+                pretrained_net = copy.deepcopy(module.net)
+                module = finetune.fit(module, datamodule, plan.stage)
             net, logger = module.net, module.logger
         x_val, y_val, w_val = datamodule.val_tensors
+        if before is not None:
+            before.add(plan, predict_proba(pretrained_net, x_val), y_val, w_val, None)
         p_val = predict_proba(net, x_val)
-        if not torch.isfinite(p_val).all():
-            # Stop at the first diverged fold: the others would cost time and say nothing.
-            raise DivergedError(
-                f"fold {k} diverged: {int((~torch.isfinite(p_val)).sum())} of {len(p_val)} "
-                "validation scores are not finite (NaN loss or exploding weights; lower "
-                "optimizer.lr or check the loss settings)"
-            )
-        totals = (table.s_tot, table.b_tot)
-        fold_metrics.append({"fold": k, **evaluate(p_val, y_val, w_val, "val/", *totals)})
+        p_test = None if test is None else predict_proba(net, datamodule.preprocess(test)).numpy()
+        after.add(plan, p_val, y_val, w_val, p_test)
         plots.log_to_logger(
             logger, "val/", p_val.numpy(), y_val.numpy(), w_val.numpy(), totals=totals
         )
-        fold_of[val_index] = k
-        scores[val_index] = p_val.numpy()
-        if test_sum is not None:
-            test_sum += predict_proba(net, datamodule.preprocess(test)).numpy()
-    test_scores = None if test_sum is None else test_sum / n_folds
-    return CrossValidation(fold_metrics, fold_of, scores, test_scores)
+    return after.result(None if before is None else before.result())
 
 
 def summarise_cv(cv: CrossValidation, table: EventTable) -> dict[str, Any]:
     """The `cv` section of metrics.json: folds, their mean and std, and out-of-fold metrics."""
-    names = [name for name in cv.fold_metrics[0] if name != "fold"]
+    names = [name for name in cv.fold_metrics[0] if name not in ("fold", "repeat")]
     values = {name: np.array([m[name] for m in cv.fold_metrics]) for name in names}
     oof = evaluate(
         torch.from_numpy(cv.scores),
@@ -263,11 +426,15 @@ def final_fit(
     seed: int,
     make_module: ModuleFactory,
     make_trainer: TrainerFactory,
+    finetune: FineTune | None = None,
 ) -> FinalFit | None:
-    """Train on all training events and select the top `cut.fraction` of the test events."""
+    """Train on all training events (both phases with `finetune`) and select the top
+    `cut.fraction` of the test events."""
     datamodule = HiggsDataModule(dataset.train, batch_size, seed)
     log.info("final fit on all %d training events", len(dataset.train))
     module = fit(datamodule, make_module, make_trainer, "final", seed)
+    if finetune is not None:
+        module = finetune.fit(module, datamodule, "final")
     if dataset.test is None:
         return None
     scores = predict_proba(module.net, datamodule.preprocess(dataset.test)).numpy()
@@ -383,7 +550,14 @@ def _factories(
     n_features: int,
     totals: tuple[float, float] = (S_TOT, B_TOT),
 ) -> tuple[ModuleFactory, TrainerFactory, StageWriter]:
+    """The first phase's module and trainer factories and the stage writer.
+
+    With a fine-tune the first phase writes no checkpoint or preprocessing: the stage's files
+    are those of the model after the fine-tune (`_finetune`'s trainer writes them).
+    """
     from hydra.utils import instantiate
+
+    finetuning = bool(cfg.get("finetune"))
 
     def make_module() -> SignificanceClassifier:
         return SignificanceClassifier(
@@ -394,31 +568,11 @@ def _factories(
             b_tot=totals[1],
             scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
             compile_mode=cfg.get("compile"),
+            phase=0 if finetuning else None,
         )
 
     def make_trainer(stages: str | list[str]) -> L.Trainer:
-        """One stage's trainer; for several trained at once (cv.parallel), a logger per stage
-        and no per-stage callbacks (`save_stage` writes their files after the fit)."""
-        together = not isinstance(stages, str)
-        logger: Any = False
-        if cfg.get("logger"):
-            names = stages if together else [stages]
-            loggers = [instantiate(cfg.logger, version=name) for name in names]
-            logger = loggers if together else loggers[0]
-        callbacks = []
-        for callback in (cfg.get("callbacks") or {}).values():
-            if callback is None:  # switched off, e.g. callbacks.model_checkpoint=null
-                continue
-            if "dirpath" in callback:  # a per-stage folder: checkpoints/<stage>/
-                if together:
-                    continue
-                callback = OmegaConf.merge(
-                    callback, {"dirpath": str(run_dir / "checkpoints" / stages)}
-                )
-            callbacks.append(instantiate(callback))
-        # The final fit has no validation rows.
-        no_validation = {"limit_val_batches": 0} if stages == "final" else {}
-        return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **no_validation)
+        return _trainer(cfg, run_dir, stages, stage_files=not finetuning)
 
     def save_stage(stage: str, net: nn.Module, datamodule: HiggsDataModule) -> None:
         callbacks = cfg.get("callbacks") or {}
@@ -432,6 +586,114 @@ def _factories(
     return make_module, make_trainer, save_stage
 
 
+def _trainer(
+    cfg: DictConfig,
+    run_dir: Path,
+    stages: str | list[str],
+    stage_files: bool = True,
+    max_epochs: int | None = None,
+    extra_callbacks: Sequence[L.Callback] = (),
+) -> L.Trainer:
+    """One stage's trainer; for several trained at once (cv.parallel), a logger per stage
+    and no per-stage callbacks (`save_stage` writes their files after the fit).
+
+    `stage_files=False` leaves out the callbacks that write into the stage's folder
+    (checkpoint, preprocessing): a first phase whose model is not the stage's final one.
+    """
+    from hydra.utils import instantiate
+
+    together = not isinstance(stages, str)
+    logger: Any = False
+    if cfg.get("logger"):
+        names = stages if together else [stages]
+        loggers = [instantiate(cfg.logger, version=name) for name in names]
+        logger = loggers if together else loggers[0]
+    callbacks = list(extra_callbacks)
+    for callback in (cfg.get("callbacks") or {}).values():
+        if callback is None:  # switched off, e.g. callbacks.model_checkpoint=null
+            continue
+        if "dirpath" in callback:  # a per-stage folder: checkpoints/<stage>/
+            if together or not stage_files:
+                continue
+            callback = OmegaConf.merge(callback, {"dirpath": str(run_dir / "checkpoints" / stages)})
+        callbacks.append(instantiate(callback))
+    overrides: dict[str, Any] = {} if max_epochs is None else {"max_epochs": max_epochs}
+    if stages == "final":
+        overrides["limit_val_batches"] = 0  # the final fit has no validation rows
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
+
+
+FINETUNE_LOSSES = (
+    "amsaware.losses.SoftAMSLoss",
+    "amsaware.losses.AsimovLoss",
+    "amsaware.losses.DeltaZBarLoss",
+    "amsaware.losses.BCELoss",
+)
+
+
+def check_finetune(finetune: DictConfig | None, totals: tuple[float, float]) -> None:
+    """Reject a fine-tune that cannot be meant before any training, naming the key.
+
+    The loss and optimizer are built once here, so a bad loss option fails now, not after
+    the first phase of the first fold.
+    """
+    if not finetune:
+        return
+    from hydra.utils import instantiate
+
+    loss = finetune.get("loss")
+    target = None if not loss else loss.get("_target_")
+    if target not in FINETUNE_LOSSES:
+        raise ValueError(
+            f"finetune.loss._target_ must be one of {list(FINETUNE_LOSSES)} "
+            f"(finetune=ams|asimov|deltaz|bce), got {target!r}"
+        )
+    for key, least in (("batch_size", 1), ("max_epochs", 0)):
+        value = finetune.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"finetune.{key} must be an integer >= {least}, got {value!r}")
+    optimizer = finetune.get("optimizer")
+    if not optimizer or "_target_" not in optimizer:
+        raise ValueError("finetune.optimizer must name a torch optimizer (_target_, _partial_)")
+    lr = optimizer.get("lr")
+    if lr is not None and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"finetune.optimizer.lr must be a number > 0, got {lr!r}")
+    try:
+        instantiate(loss, **_loss_totals(loss, *totals))
+    except Exception as error:  # the loss's own message names its option
+        raise ValueError(f"finetune.loss: {error}") from error
+
+
+def _finetune(
+    cfg: DictConfig,
+    run_dir: Path,
+    totals: tuple[float, float],
+    save_stage: StageWriter,
+) -> FineTune | None:
+    """The fine-tune phase of `cfg.finetune`, or None without one."""
+    ft = cfg.get("finetune")
+    if not ft:
+        return None
+    from hydra.utils import instantiate
+
+    def make_module(net: nn.Module) -> SignificanceClassifier:
+        return SignificanceClassifier(
+            net=net,
+            loss=instantiate(ft.loss, **_loss_totals(ft.loss, *totals)),
+            optimizer=instantiate(ft.optimizer),
+            s_tot=totals[0],
+            b_tot=totals[1],
+            scheduler=instantiate(ft.scheduler) if ft.get("scheduler") else None,
+            compile_mode=cfg.get("compile"),
+            phase=1,
+        )
+
+    def make_trainer(stages: str | list[str], callbacks: list[L.Callback]) -> L.Trainer:
+        return _trainer(cfg, run_dir, stages, True, int(ft.max_epochs), callbacks)
+
+    return FineTune(make_module, make_trainer, int(ft.batch_size), int(ft.max_epochs), save_stage)
+
+
 def run_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The settings that tell runs apart in TensorBoard's HParams view, as flat scalars.
 
@@ -443,17 +705,27 @@ def run_hparams(cfg: DictConfig) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if HydraConfig.initialized():
         choices = HydraConfig.get().runtime.choices
-        params |= {group: choices.get(group) for group in ("loss", "data") if choices.get(group)}
-    for group in ("loss", "model", "optimizer"):
-        for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
+        groups = ("loss", "finetune", "data")
+        params |= {group: choices.get(group) for group in groups if choices.get(group)}
+
+    def flatten(section: Any, prefix: str) -> None:
+        for key, value in OmegaConf.to_container(section, resolve=True).items():
             if key == "_target_":
-                params[f"{group}.class"] = str(value).rsplit(".", 1)[-1]
+                params[f"{prefix}.class"] = str(value).rsplit(".", 1)[-1]
             elif isinstance(value, bool | int | float | str) and key != "_partial_":
-                params[f"{group}.{key}"] = value
+                params[f"{prefix}.{key}"] = value
+
+    for group in ("loss", "model", "optimizer"):
+        flatten(cfg[group], group)
+    if cfg.get("finetune"):
+        flatten(cfg.finetune, "finetune")
+        for group in ("loss", "optimizer"):
+            flatten(cfg.finetune[group], f"finetune.{group}")
     params |= {
         "data.batch_size": int(cfg.data.batch_size),
         "trainer.max_epochs": int(cfg.trainer.max_epochs),
         "cv.folds": int(cfg.cv.folds),
+        "cv.repeats": int(cfg.cv.get("repeats", 1)),
         "seed": int(cfg.seed),
     }
     return params
@@ -520,6 +792,8 @@ def run_experiment(cfg: DictConfig) -> float:
 def _run(cfg: DictConfig) -> float:
     check_cut_options(**cfg.cut)
     ensemble = check_ensemble(cfg.get("ensemble", "final"))
+    repeats = cfg.cv.get("repeats", 1)
+    check_folds(cfg.cv.folds, repeats)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     started = time.perf_counter()
@@ -527,9 +801,12 @@ def _run(cfg: DictConfig) -> float:
     dataset = load_dataset(cfg)
     check_trainable(dataset.train, cfg.cv.folds)
     totals = (dataset.train.s_tot, dataset.train.b_tot)
+    check_finetune(cfg.get("finetune"), totals)
     factories = _factories(cfg, run_dir, len(dataset.train.feature_names), totals)
     make_module, make_trainer, save_stage = factories
+    finetune = _finetune(cfg, run_dir, totals, save_stage)
     batch_size = int(cfg.data.batch_size)
+    cut_options = {**cfg.cut, "s_tot": totals[0], "b_tot": totals[1]}
 
     fold_test = dataset.test if cfg.final_fit and ensemble != "final" else None
     cv = cross_validate(
@@ -542,15 +819,18 @@ def _run(cfg: DictConfig) -> float:
         fold_test,
         parallel=bool(cfg.cv.get("parallel", False)),
         save_stage=save_stage,
+        repeats=repeats,
+        finetune=finetune,
     )
     train = dataset.train
+    metrics: dict[str, Any] = {}
+    if cv.pretrain is not None:
+        metrics["pretrain"] = _write_pretrain(run_dir, cv.pretrain, train, cut_options)
     artifacts.write_oof_predictions(
         run_dir, train.event_id, cv.fold, train.label, train.weight, cv.scores
     )
-    cut = choose_cut(
-        cv.scores, train.label, train.weight, **cfg.cut, s_tot=totals[0], b_tot=totals[1]
-    )
-    metrics: dict[str, Any] = {"cv": summarise_cv(cv, train), "cut": asdict(cut)}
+    cut = choose_cut(cv.scores, train.label, train.weight, **cut_options)
+    metrics = {"cv": summarise_cv(cv, train), "cut": asdict(cut)} | metrics
     log.info("out-of-fold: %s", _format(metrics["cv"]["oof"]))
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
     _log_oof_figures(cfg, cv.scores, train, cut)
@@ -559,7 +839,7 @@ def _run(cfg: DictConfig) -> float:
         results = {}
         if ensemble != "folds":
             results["final"] = final_fit(
-                dataset, cut, batch_size, cfg.seed, make_module, make_trainer
+                dataset, cut, batch_size, cfg.seed, make_module, make_trainer, finetune
             )
         if dataset.test is None:
             log.warning("%s has no test events to score: no submission written", train.source)
@@ -574,6 +854,7 @@ def _run(cfg: DictConfig) -> float:
         "n_train": len(train),
         "n_test": 0 if dataset.test is None else len(dataset.test),
         "ensemble": ensemble,
+        "n_fold_models": len(cv.fold_metrics),
     }
     # The totals every AMS of this run is rescaled to; compare.py reads them back.
     metrics["data"] = {"s_tot": totals[0], "b_tot": totals[1]}
@@ -585,6 +866,29 @@ def _run(cfg: DictConfig) -> float:
     if not math.isfinite(value):
         raise DivergedError(f"optimized_metric {cfg.optimized_metric} is {value}")
     return value
+
+
+PRETRAIN = "pretrain"
+
+
+def _write_pretrain(
+    run_dir: Path, cv: CrossValidation, train: EventTable, cut_options: dict[str, Any]
+) -> dict[str, Any]:
+    """The first phase's out-of-fold results, before the fine-tune: `metrics.json`'s
+    `pretrain` section, and `pretrain/` holding them as a run folder of their own
+    (`oof_predictions.csv`, `metrics.json`), so `compare.py runs='[RUN/pretrain,RUN]'`
+    bootstraps the fine-tune against its own starting point."""
+    cut = choose_cut(cv.scores, train.label, train.weight, **cut_options)
+    section = {"cv": summarise_cv(cv, train), "cut": asdict(cut)}
+    log.info("before the fine-tune, out-of-fold: %s", _format(section["cv"]["oof"]))
+    folder = run_dir / PRETRAIN
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts.write_oof_predictions(
+        folder, train.event_id, cv.fold, train.label, train.weight, cv.scores
+    )
+    totals = {"s_tot": cut_options["s_tot"], "b_tot": cut_options["b_tot"]}
+    artifacts.write_json(section | {"data": totals}, folder / artifacts.METRICS)
+    return section
 
 
 def _format(metrics: dict[str, float]) -> str:

@@ -218,7 +218,8 @@ def load_scorer(run_dir: str | Path, ensemble: str | None = None) -> Scorer:
         models = (load_stage(run_dir, "final", cfg),)
         threshold = cut.get("threshold_final")
     else:
-        n_folds = int(cfg.cv.folds)
+        # With cv.repeats, R x k fold models: checkpoints/fold0 ... fold<R k - 1>.
+        n_folds = int(cfg.cv.folds) * int(cfg.cv.get("repeats", 1))
         missing = [
             k
             for k in range(n_folds)

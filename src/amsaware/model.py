@@ -44,6 +44,9 @@ class SignificanceClassifier(L.LightningModule):
     Nothing in the step synchronises with the host: the running loss and the validation metrics
     accumulate on the device and are computed once per epoch.
 
+    `phase` (0 the first training phase, 1 a fine-tune) is logged per epoch as `phase` when
+    set, marking in a fold's one timeline where the fine-tune begins.
+
     `compile_mode` (a `torch.compile` mode: "default", "reduce-overhead" for CUDA graphs,
     "max-autotune") compiles the network's forward (and so its backward) for the training and
     validation steps. Only the forward function is compiled, so `net`, its state dict and the
@@ -59,9 +62,11 @@ class SignificanceClassifier(L.LightningModule):
         b_tot: float = B_TOT,
         scheduler: SchedulerFactory | None = None,
         compile_mode: str | None = None,
+        phase: int | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.phase = phase
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -92,6 +97,8 @@ class SignificanceClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss.compute())
         self.train_loss.reset()
+        if self.phase is not None:
+            self.log("phase", float(self.phase))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, target, weight = batch

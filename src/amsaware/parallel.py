@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
@@ -40,6 +41,9 @@ from amsaware.data.datamodule import HiggsDataModule, ShuffledBatches
 from amsaware.data.schema import B_TOT, S_TOT, EventTable
 from amsaware.metrics import classification_metrics
 from amsaware.model import MLP, OptimizerFactory, SchedulerFactory, SignificanceClassifier
+
+if TYPE_CHECKING:
+    from amsaware.experiment import FineTune
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +195,12 @@ class FoldParallelClassifier(SignificanceClassifier):
         b_tot: float = B_TOT,
         scheduler: SchedulerFactory | None = None,
         compile_mode: str | None = None,
+        phase: int | None = None,
+        step_offset: int = 0,
     ) -> None:
-        super().__init__(net, loss, optimizer, s_tot, b_tot, scheduler, compile_mode)
+        super().__init__(net, loss, optimizer, s_tot, b_tot, scheduler, compile_mode, phase)
+        #: The logging step this fit starts from (a fine-tune continues its folds' timelines).
+        self.step_offset = step_offset
         k = net.n_models
         self.train_loss = nn.ModuleList(MeanMetric(nan_strategy="disable") for _ in range(k))
         self.val_metrics = nn.ModuleList(
@@ -212,7 +220,10 @@ class FoldParallelClassifier(SignificanceClassifier):
 
     def on_train_epoch_end(self) -> None:
         for k, fold_loss in enumerate(self.train_loss):
-            self._log_fold(k, {"train/loss": fold_loss.compute()})
+            values = {"train/loss": fold_loss.compute()}
+            if self.phase is not None:
+                values["phase"] = torch.tensor(float(self.phase))
+            self._log_fold(k, values)
             fold_loss.reset()
 
     def validation_step(self, batch: StackedBatch, batch_idx: int) -> None:
@@ -234,58 +245,82 @@ class FoldParallelClassifier(SignificanceClassifier):
             return
         scalars = {name: float(value) for name, value in values.items()}
         scalars["epoch"] = self.current_epoch
-        self.loggers[k].log_metrics(scalars, step=self.global_step)
+        self.loggers[k].log_metrics(scalars, step=self.step_offset + self.global_step)
 
 
 @dataclass(frozen=True)
 class TrainedFold:
-    """One fold's model after fold-parallel training, with its data module and logger."""
+    """One fold's model after fold-parallel training, with its data module and logger; with a
+    fine-tune, `pretrained` is the model from before it."""
 
     net: MLP
     datamodule: HiggsDataModule
     logger: Logger | None
+    pretrained: MLP | None = None
+
+
+def _parallel_module(
+    nets: StackedMLP, template: SignificanceClassifier, step_offset: int = 0
+) -> FoldParallelClassifier:
+    """A `FoldParallelClassifier` for `nets` with the loss, optimizer and options of a
+    sequential module (`template`) of the same phase."""
+    return FoldParallelClassifier(
+        nets,
+        template.loss,
+        template.optimizer_factory,
+        *template.totals,
+        scheduler=template.scheduler_factory,
+        compile_mode=template.compile_mode,
+        phase=template.phase,
+        step_offset=step_offset,
+    )
 
 
 def fit_folds_in_parallel(
     table: EventTable,
     folds: Sequence[tuple[np.ndarray, np.ndarray]],
     batch_size: int,
-    seed: int,
+    seeds: Sequence[int],
     make_module: Callable[[], SignificanceClassifier],
     make_trainer: Callable[[list[str]], L.Trainer],
+    finetune: FineTune | None = None,
 ) -> list[TrainedFold]:
-    """Train the k fold models of `folds` ((train, validation) row indices) at once; each
-    initialised as the sequential path would."""
+    """Train the fold models of `folds` ((train, validation) row indices) at once, fold j
+    seeded and initialised with `seeds[j]` as the sequential path would; then, with
+    `finetune`, continue them at once in the fine-tune phase."""
     n_folds = len(folds)
     datamodules, nets = [], []
-    for k, (train_index, val_index) in enumerate(folds):
+    for (train_index, val_index), seed in zip(folds, seeds, strict=True):
         datamodules.append(
-            HiggsDataModule(
-                table, batch_size, seed + k, train_index=train_index, val_index=val_index
-            )
+            HiggsDataModule(table, batch_size, seed, train_index=train_index, val_index=val_index)
         )
-        L.seed_everything(seed + k, verbose=False)
+        L.seed_everything(seed, verbose=False)
         nets.append(make_module().net)
     log.info(
         "folds 1-%d in parallel: training on %s events",
         n_folds,
         "/".join(str(len(dm.train_table)) for dm in datamodules),
     )
-    template = make_module()
-    module = FoldParallelClassifier(
-        StackedMLP(nets),
-        template.loss,
-        template.optimizer_factory,
-        *template.totals,
-        scheduler=template.scheduler_factory,
-        compile_mode=template.compile_mode,
-    )
-    L.seed_everything(seed, verbose=False)
+    module = _parallel_module(StackedMLP(nets), make_module())
+    L.seed_everything(seeds[0], verbose=False)
     stages = [f"fold{k}" for k in range(n_folds)]
     trainer = make_trainer(stages)
     trainer.fit(module, datamodule=FoldParallelDataModule(datamodules))
     loggers = trainer.loggers or [None] * n_folds
+    pretrained: list[MLP | None] = [None] * n_folds
+    if finetune is not None and finetune.max_epochs > 0:
+        pretrained = [net.cpu() for net in module.net.unstack()]
+        steps = module.step_offset + module.global_step
+        module = _parallel_module(module.net, finetune.make_module(module.net), steps)
+        trainer = finetune.make_trainer(stages, [])
+        rebatched = [datamodule.rebatched(finetune.batch_size) for datamodule in datamodules]
+        trainer.fit(module, datamodule=FoldParallelDataModule(rebatched))
+        loggers = trainer.loggers or [None] * n_folds
+    elif finetune is not None:
+        pretrained = [net.cpu() for net in module.net.unstack()]
     return [
-        TrainedFold(net.cpu(), datamodule, logger)
-        for net, datamodule, logger in zip(module.net.unstack(), datamodules, loggers, strict=True)
+        TrainedFold(net.cpu(), datamodule, logger, before)
+        for net, datamodule, logger, before in zip(
+            module.net.unstack(), datamodules, loggers, pretrained, strict=True
+        )
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,6 +141,14 @@ class HiggsDataModule(L.LightningDataModule):
         )
         self._train_batches = ShuffledBatches(self.train_tensors, batch_size, seed)
         self._val_device_tensors = self.val_tensors
+
+    def rebatched(self, batch_size: int) -> HiggsDataModule:
+        """The same rows and fitted preprocessing served in batches of `batch_size` (a
+        fine-tune phase's); the batch order restarts from the module's seed."""
+        other = copy.copy(self)
+        other.batch_size = batch_size
+        other._train_batches = ShuffledBatches(self.train_tensors, batch_size, self.seed)
+        return other
 
     @property
     def fitted_preprocessing(self) -> FittedPreprocessing:
