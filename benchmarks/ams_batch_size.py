@@ -33,8 +33,7 @@ PAPER_LR = 0.0010795586890825545
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sample = REPO.parent / "shared/data/atlas-higgs-sample.csv.gz"
-    parser.add_argument("--real", default=str(sample))
+    parser.add_argument("--real", default="atlas-higgs-sample.csv.gz")
     parser.add_argument("--json", default=str(REPO / "docs/ams_batch_size.json"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096, 8000])
     parser.add_argument("--steps", type=int, default=300, help="gradient steps per fold")
