@@ -7,7 +7,9 @@ sizes for the same number of gradient steps (about 300), 3-fold out-of-fold on t
 and writes docs/ams_batch_size.json, which `loss_verdict.py --page-only` adds to the page.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/ams_batch_size.py \
-        --real ../shared/data/atlas-higgs-sample.csv.gz
+        --real atlas-higgs-sample.csv.gz   # the CERN file's first 12,000 events
+
+(docs/development-sample.md says how to make that file from a clone.)
 """
 
 from __future__ import annotations
@@ -24,15 +26,14 @@ from loss_verdict import FOLDS, REPO, oof_scores, summarise
 from amsaware import artifacts
 from amsaware.data.formats import read_cern
 
-#: The seed paper's AMS network and learning rate (REFERENCE.md).
+#: The seed paper's AMS network and learning rate (docs/formulas.md).
 PAPER_NET = {"n_layers": 2, "hidden_size": 448, "dropout": 0.18657792297018724}
 PAPER_LR = 0.0010795586890825545
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sample = REPO.parent / "shared/data/atlas-higgs-sample.csv.gz"
-    parser.add_argument("--real", default=str(sample))
+    parser.add_argument("--real", default="atlas-higgs-sample.csv.gz")
     parser.add_argument("--json", default=str(REPO / "docs/ams_batch_size.json"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096, 8000])
     parser.add_argument("--steps", type=int, default=300, help="gradient steps per fold")

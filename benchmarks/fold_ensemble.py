@@ -2,9 +2,10 @@
 
     python benchmarks/fold_ensemble.py [--sample PATH] [--seeds 0 1 2] [--loss bce ams]
 
-The shared sample has training events only (KaggleSet t), so each seed splits it, stratified
-by label, into 2/3 training (t) and 1/3 test events (half b, half v), writes that as a CERN
-file and runs `train.py data=opendata ensemble=both`: the same folds and cut then score the
+The development sample (the CERN file's first 12,000 events) has training events only
+(KaggleSet t), so each seed splits it, stratified by label, into 2/3 training (t) and 1/3 test
+events (half b, half v), writes that as a CERN file and runs `train.py data=opendata
+ensemble=both`: the same folds and cut then score the
 test events with the final fit (`test/...`) and with the mean of the fold models
 (`test_folds/...`). Per seed, a paired bootstrap of the two scorers on the same test events
 (`amsaware.stats`, the comparison's, 1000 resamples) gives the difference's 95% CI; across
@@ -27,7 +28,8 @@ from sklearn.model_selection import train_test_split
 from amsaware.stats import RunScores, bootstrap, differences
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO.parent / "shared/data/atlas-higgs-sample.csv.gz"
+#: The CERN file's first 12,000 events; docs/development-sample.md says how to make it.
+SAMPLE = Path("atlas-higgs-sample.csv.gz")
 NAMES = ("auroc", "auroc_weighted", "ams", "ams_max", "ams_public", "ams_private")
 
 

@@ -7,8 +7,8 @@ paper's BCE network (5 x 384, batch 64, on random data) with a given number of t
 and `OMP_WAIT_POLICY`. torch's OpenMP threads spin while they wait for work (the default
 policy), which is fastest for one process alone and wasteful when processes share the cores;
 `PASSIVE` makes them sleep instead. The table says which setting to give concurrent jobs
-(parallel search trials, DDP on a CPU): this is the measurement behind README's advice on
-`threads`.
+(parallel search trials, DDP on a CPU): this is the measurement behind the advice on `threads`
+in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python benchmarks/synthetic_fidelity.py --real FILE [--generator physics|copula]
         [--n-synthetic N] [--seed S] [--epochs E] [--output JSON]
 
-FILE is any CERN-format file with labels (the shared 12,000-event sample, or the full CERN
+FILE is any CERN-format file with labels (the 12,000-event development sample, or the full CERN
 Open Data file). Synthetic events, as many as the real ones unless --n-synthetic says
 otherwise, are drawn from the named generator. Reported:
 
@@ -16,7 +16,7 @@ otherwise, are drawn from the named generator. Reported:
   unweighted BCE) and a HistGradientBoosting classifier. Target: BCE AUC within 0.03 of real.
 
 The table is printed and the numbers written as JSON (default synthetic_fidelity_<gen>.json).
-Note that the copula generator was fitted to the shared sample, so comparing it with that same
+Note that the copula generator was fitted to the development sample, so comparing it with that same
 sample flatters it; the physics generator only had a handful of its constants tuned on it.
 """
 

@@ -29,7 +29,8 @@ from amsaware.data.copula import read_cern_file
 from amsaware.data.schema import FEATURES
 from amsaware.data.synthetic import generate, make_dataset
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/atlas-higgs-sample.csv.gz"
+#: The CERN file's first 12,000 events; docs/development-sample.md says how to make it.
+SAMPLE = Path("atlas-higgs-sample.csv.gz")
 
 
 def cv_auc(model, x: np.ndarray, y: np.ndarray) -> float:

@@ -78,7 +78,7 @@ def render(document: dict[str, Any], batch_sizes: dict[str, Any] | None = None) 
     out = [
         "# Does an AMS-aware loss beat BCE? (issue 4)",
         "",
-        f"Data: `{document['data']}` (the shared real sample, 12,000 events in the CERN format, "
+        f"Data: `{document['data']}` (the CERN file's first 12,000 events, "
         "weights `KaggleWeight`, every AMS with weights rescaled to the full-data totals).",
         "",
         f"Re-run ({_cpu_minutes(losses)} CPU minutes measured for this page, one torch thread, "
@@ -86,7 +86,7 @@ def render(document: dict[str, Any], batch_sizes: dict[str, Any] | None = None) 
         "`--resume` continues an interrupted run):",
         "",
         "    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/loss_verdict.py \\",
-        "        --real ../shared/data/atlas-higgs-sample.csv.gz \\",
+        "        --real atlas-higgs-sample.csv.gz \\",
         f"        --trials {p['trials_per_loss']} --search-epochs {p['search_epochs']} "
         f"--epochs {p['epochs']}",
         "",
@@ -222,7 +222,7 @@ def _next_steps(document: dict[str, Any]) -> list[str]:
         "- A two-stage fit: BCE, then a short batch-normalised soft-AMS fine-tune at a large "
         "batch (the table below: full batches lift it from 1.74 to 2.54 from scratch) and a "
         "small lr. One loss cannot change the batch size mid-run, so this needs a fine-tune "
-        "stage in `experiment.fit`; hand-written, that recipe reached 3.16-3.23 (REFERENCE.md).",
+        "stage in `experiment.fit`.",
         "- Give BCE the same learning-rate drop in its search, so the comparison isolates the "
         "loss; more trials (TPE proper starts after 10); nested CV or the full CERN file to "
         "confirm any winner.",

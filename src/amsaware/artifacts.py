@@ -1,4 +1,4 @@
-"""The run folder's files (DESIGN.md contracts), written atomically and read back.
+"""The run folder's files (contract: docs/run-folder.md), written atomically and read back.
 
 Every writer goes through a temporary file in the same folder and a rename, so a run that is
 interrupted never leaves a half-written artifact for compare.py or a notebook to trip over.

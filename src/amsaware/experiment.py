@@ -492,7 +492,7 @@ def write_test_results(
 
 
 def lookup_metric(metrics: dict[str, Any], name: str) -> float:
-    """A metric of metrics.json by its DESIGN.md name: `oof/`, `val/` (fold mean) or `test/`,
+    """A metric of metrics.json by name (docs/run-folder.md): `oof/`, `val/` (fold mean), `test/`,
     or `cut/ams`, `cut/ams_smoothed`, `cut/fraction` of the chosen cut.
 
     `cut/ams_smoothed` is the steadier search objective on small samples: `oof/ams_max` is

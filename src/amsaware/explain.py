@@ -1,46 +1,9 @@
 """SHAP attributions of a finished run's scorer: which physics features drive its scores.
 
-What is explained is the scorer as the run applies it: raw features in (NaN where undefined),
-the stage's fitted imputation and scaling, the network, the score out. The preprocessing is
-per feature (fill, shift, divide), so input j of the network is physics feature j and an
-attribution to one is the attribution to the other; an undefined value is attributed as the
-value it is imputed with.
-
-Explainers (`explainer=`):
-
-- `deep` (default): `shap.DeepExplainer`, DeepLIFT's rescale rule averaged over a background
-  sample. The networks are ReLU MLPs, for which it is fast (one forward and backward pass per
-  event and background event, ~20 ms an event on one CPU core for the seed paper's 5x384),
-  deterministic, exactly additive (attributions sum to the output minus the mean background
-  output) and exact for a linear model; it is an approximation of Shapley values for a
-  non-linear one.
-- `permutation`: `shap.PermutationExplainer` with an Independent masker on the background
-  sample, run on the raw features through the imputer. Model-agnostic and exactly additive
-  too (each permutation telescopes), but it needs ~`max_evals` x `n_background` model
-  evaluations per event (14 times the time of `deep` at max_evals=186 on the real sample,
-  where the two rankings agree to a Spearman 0.99): a cross-check on a few hundred events.
-
-Space (`space=`): `logit` (default) explains the network's logit, in which a sigmoid model is
-additive and in which significance-trained models, whose probabilities saturate at 0 and 1,
-still spread; `probability` explains the signal probability. For a fold ensemble the
-probability is the run's own score (the mean of the fold models'); its logit-space output is
-the mean of the fold models' logits, which orders events as the ensemble nearly does but is
-not the logit of its score. Each fold model is explained on its own preprocessing and the
-attributions are averaged, which stays additive in both spaces.
-
-Events: a seeded uniform sample (`n_events`) of the run's training events, reloaded from the
-run's data config and matched to `oof_predictions.csv` (or of `input=FILE`); the background
-(`n_background`) is a second uniform sample of the same events, so the base value is the mean
-output over events mixed as the source is. The "selected" region is the events passing the
-run's cut: for the run's own events, its out-of-fold selection (out-of-fold score >=
-`cut.threshold`, where its AMS was measured); for a file, `Scorer.select` (`cut=`). Its
-sample is drawn from the selected events and explained against the same background, so its
-attributions say why selected events score above the average event. The final model was
-trained on all of the run's events (each fold model on two thirds of them), so on them its
-attributions are in-sample; pass held-out events with `input=FILE` for an out-of-sample view.
-
-Rankings are mean |SHAP| per feature, unweighted and event-weighted (each class's weights
-rescaled to its total in the region, the AMS convention), plus per class.
+What is explained is the scorer as the run applies it (raw features in, the stage's fitted
+imputation and scaling, the network, the score out), so every attribution belongs to a physics
+feature, for all events and for those the run's cut selects. Guide, options and outputs:
+docs/explain.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Apply a finished run to new events: its config, checkpoints and preprocessing, no refit.
 
-A run folder (DESIGN.md) holds everything: the architecture in `.hydra/config.yaml` (`model`),
+A run folder (docs/run-folder.md) has it all: the architecture in `.hydra/config.yaml` (`model`),
 per stage `checkpoints/<stage>/last.ckpt` (loaded with `weights_only=True`, so a checkpoint
 cannot run code) and `checkpoints/<stage>/preprocessing.json`, and the chosen cut in
 `metrics.json`. A scorer is the final fit or the fold ensemble (the mean probability of the

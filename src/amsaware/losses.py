@@ -1,7 +1,7 @@
 """Training losses, all with one interface: `loss(logits, target, weight) -> scalar`.
 
 The LightningModule never knows which loss it holds. BCE comes from PyTorch; the significance
-losses are written here because no maintained library provides them (formulas: REFERENCE.md).
+losses are written here because no maintained library provides them (formulas: docs/formulas.md).
 Significance sums are accumulated in float64: event weights span six orders of magnitude.
 """
 
@@ -170,7 +170,7 @@ def asimov_z2(s: Tensor, b: Tensor, sys_uncertainty: float) -> Tensor:
     """Z_A^2, the Asimov discovery significance squared with background uncertainty f * b.
 
     With sigma_b = f b (Elwood & Kruecker, arXiv:1806.00322, eq. 9) and u = s / b, k = f^2 b,
-    t = f^2 s / (1 + f^2 b), the formula of REFERENCE.md is exactly
+    t = f^2 s / (1 + f^2 b), the formula of docs/formulas.md is exactly
         Z_A^2 = 2 b [ phi(u) - phi(t) - phi(t) / k ],   phi(x) = (1 + x) ln(1 + x) - x.
     (Expand ln((s+b)(b+sigma^2) / (b^2+(s+b)sigma^2)) = ln(1 + u) - ln(1 + t) and use
     1 + u + 1/k = (1 + 1/k)(1 + t).) The textbook form subtracts two terms of order s that

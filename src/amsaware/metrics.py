@@ -310,7 +310,7 @@ class WeightedAUROC(_EventMetric):
 def classification_metrics(
     prefix: str, s_tot: float = S_TOT, b_tot: float = B_TOT
 ) -> MetricCollection:
-    """The project's metric set (DESIGN.md names) under `prefix`, e.g. `val/` or `oof/`.
+    """The project's metric set (docs/run-folder.md names) under `prefix`, e.g. `val/` or `oof/`.
 
     Update it with keyword arguments: `metrics.update(preds=probabilities, target=labels,
     weight=weights)`; each metric takes the arguments it needs.

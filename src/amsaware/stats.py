@@ -23,7 +23,7 @@ from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.metrics import Cumulative, ams_curve_of, cumulative_by_score, roc_auc
 
 #: The compared statistics: AMS at the run's own cut, AMS at its best cut, ROC AUC plain and
-#: weighted. Names follow DESIGN.md's metric names.
+#: weighted. Names follow docs/run-folder.md's metric names.
 STATISTICS = ("ams@cut", "ams_max", "auroc", "auroc_weighted")
 
 #: Elements (resamples x events) per batch of resamples: bounds memory at a few hundred MB.

@@ -12,7 +12,7 @@ signal score fitted to the same file. That last split is what makes the classes 
 as in the real data: real background is a mixture of processes, and some of it (Z -> tau tau)
 looks like signal in every feature at once, a joint structure one Gaussian copula per group
 cannot hold. Without the split, a classifier separates the synthetic classes far better than the
-real ones (AUC ~0.94 against ~0.89 on the shared sample); with it, as well (see
+real ones (AUC ~0.94 against ~0.89 on the 12,000-event development sample); with it, as well (see
 benchmarks/synthetic_realism.py). The score only chooses which events are fitted together; it is
 not stored and not needed to sample.
 

@@ -25,13 +25,13 @@ _PRI = {name: k for k, name in enumerate(PRI_FEATURES)}
 #: Missing-energy resolution model for `collinear_mass`: sigma = A * sqrt(PRI_met_sumet) [GeV].
 MET_RESOLUTION = 0.7
 #: The collinear fit fails where the unexplained missing energy exceeds this many sigma. Chosen
-#: on the shared 12,000-event sample so that the fit fails as often as the stored MMC is
+#: on the 12,000-event development sample so that the fit fails as often as the stored MMC is
 #: missing (3.2% of signal, 21% of background there); the two agree on 97% of its events.
 COLLINEAR_MAX_PULL = 5.0
 #: Prior of `missing_mass` on the neutrino/visible momentum shares: mean, and width in units
-#: where the MET chi^2 has unit variance (chosen on the shared sample, see `missing_mass`).
+#: where the MET chi^2 has unit variance (chosen on the development sample, see `missing_mass`).
 PRIOR_SHARE, PRIOR_WIDTH = 0.5, 0.2
-#: Calibration of `missing_mass`: on the shared sample the fit is 4-5% below the stored MMC in
+#: Calibration of `missing_mass`: on the development sample the fit is 4-5% below the stored MMC in
 #: the quantiles of each class (the MMC is calibrated so that signal peaks near m_H); scaled,
 #: the medians agree within 1.5% (signal 120.5 vs 121.8 GeV, background 102.3 vs 102.1).
 MASS_SCALE = 1.04
@@ -107,7 +107,7 @@ def missing_mass(primary: np.ndarray) -> np.ndarray:
       `PRIOR_WIDTH` relative to that resolution), a maximum-a-posteriori estimate in the
       spirit of the MMC's likelihood, times the calibration `MASS_SCALE`. Without the prior
       the collinear mass diverges where the two legs are back to back; with it, 70% of the
-      shared sample's events are within 10% of the stored MMC (32% for the plain collinear
+      development sample's events are within 10% of the stored MMC (32% for the plain collinear
       mass).
     """
     p = {name: primary[:, k].astype(np.float64) for name, k in _PRI.items()}

@@ -49,7 +49,7 @@ def fetch_opendata(
     """Return `path`, downloading `url` there first if it is absent.
 
     An existing file is never downloaded again. Its sha1 is still checked (about 0.05 s for
-    the 66 MB file): a file that is not the official release (a subset such as the shared
+    the 66 MB file): a file that is not the official release (a subset such as the development
     sample, or your own selection) is used as it is with a warning saying so, and a truncated
     file is then rejected by the reader. A failed download or a hash mismatch of a download
     leaves nothing behind and raises `DataUnavailableError`.

@@ -106,16 +106,18 @@ def read_kaggle_test(path: str | Path) -> EventTable:
     return _to_table(df, path, weight_column=None)
 
 
-def read_cern(path: str | Path, weight_column: str = "KaggleWeight") -> EventTable:
+def read_cern(
+    path: str | Path, weight_column: str = "KaggleWeight", limit: int | None = None
+) -> EventTable:
     """Read the CERN Open Data file (all 818,238 events, with KaggleSet and both weights).
 
     `weight_column` picks the weight the table carries: `KaggleWeight` (default) sums to the
     full-data totals within each KaggleSet, as the Kaggle files did; `Weight` sums to them over
-    the whole file.
+    the whole file. `limit` reads only the file's first `limit` events (None: all).
     """
     if weight_column not in WEIGHT_COLUMNS:
         raise ValueError(f"weight_column must be one of {WEIGHT_COLUMNS}, got {weight_column!r}")
-    df = _read_frame(path, CERN)
+    df = _read_frame(path, CERN, nrows=limit)
     return _to_table(df, path, weight_column=weight_column)
 
 
@@ -176,8 +178,9 @@ def check_trainable(table: EventTable, n_folds: int) -> None:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _read_frame(path: str | Path, fmt: _Format) -> pd.DataFrame:
-    """The file as a typed frame (fast path), or a DataFormatError saying what is wrong."""
+def _read_frame(path: str | Path, fmt: _Format, nrows: int | None = None) -> pd.DataFrame:
+    """The file (its first `nrows` rows) as a typed frame, or a DataFormatError saying what is
+    wrong."""
     path = Path(path)
     if not path.exists():
         raise DataFormatError(f"{path}: file not found (expected a {fmt.name}).")
@@ -198,7 +201,7 @@ def _read_frame(path: str | Path, fmt: _Format) -> pd.DataFrame:
         with warnings.catch_warnings():
             # pandas only warns when the first data row has more fields than the header.
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(path, dtype=fmt.dtypes, **options)
+            df = pd.read_csv(path, dtype=fmt.dtypes, nrows=nrows, **options)
     except pd.errors.ParserWarning:
         raise DataFormatError(
             f"{path}: row 1 (line 2) has more fields than the header's {len(header)} columns; "

@@ -61,7 +61,7 @@ NEEDS_TWO_JETS: tuple[str, ...] = (
     "PRI_jet_subleading_phi",
 )
 
-#: Weight totals of the full data set (any KaggleSet by KaggleWeight; REFERENCE.md).
+#: Weight totals of the full data set (any KaggleSet by KaggleWeight; docs/formulas.md).
 S_TOT = 691.988607712
 B_TOT = 410999.847322
 

@@ -30,23 +30,41 @@ def kaggle(train_path: str | Path, test_path: str | Path | None = None) -> Datas
 
 
 def opendata(
-    path: str | Path, download: bool = True, url: str = OPENDATA_URL, sha1: str = OPENDATA_SHA1
+    path: str | Path,
+    download: bool = True,
+    url: str = OPENDATA_URL,
+    sha1: str = OPENDATA_SHA1,
+    limit: int | None = None,
 ) -> Dataset:
     """The CERN Open Data file: train on KaggleSet t, score b (public) and v (private).
 
     Weights are KaggleWeight, which sums to the full totals within each KaggleSet. Rows of the
     unused set u are dropped. A file with only t rows trains and cross-validates, with no test.
+    `limit` (`data.limit`) keeps the file's first `limit` events, so a small run is reproducible
+    from the public file alone: its first 12,000 events are all of set t.
     """
+    check_limit(limit)
     path = Path(path)
     if download:
         fetch_opendata(path, url=url, sha1=sha1)
-    table = read_cern(path, weight_column="KaggleWeight")
+    table = read_cern(path, weight_column="KaggleWeight", limit=limit)
     if table.kaggle_set is None:
         raise ValueError(f"{path}: a CERN Open Data file needs a KaggleSet column")
     train = table.subset(np.flatnonzero(table.kaggle_set == "t"))
     test_rows = np.flatnonzero(np.isin(table.kaggle_set, ["b", "v"]))
     test = table.subset(test_rows) if len(test_rows) else None
     return Dataset(train=train, test=test)
+
+
+def check_limit(limit: object) -> None:
+    """Refuse a `data.limit` that is not a positive integer (or null), before any download."""
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
+        raise ValueError(
+            f"data.limit must be a positive integer number of events (or null for the whole "
+            f"file), got {limit!r}"
+        )
 
 
 def samples(

@@ -8,7 +8,7 @@ KaggleSet. The events come from a generator chosen by name from `GENERATORS`, so
 `(n_events, rng) -> (features float32 (n, 30) with NaN, label int8, raw weight float64)`; this
 module adds EventIds, rescales the weights and splits sets.
 
-The default, "copula", is a Gaussian copula fitted to aggregate statistics of the shared 12,000
+The default, "copula", is a Gaussian copula fitted to aggregate statistics of the 12,000
 real events (see `amsaware.data.copula`); refit it with
 
     python -m amsaware.data.synthetic fit PATH_TO_CERN_FILE
