@@ -93,6 +93,13 @@ def test_the_finetune_changes_the_model_and_metrics_record_both_phases(finetuned
     # The run's cut is chosen on the fine-tuned scores.
     assert metrics["cut"]["fraction"] != pytest.approx(0.0)
     assert "test" in metrics
+    # Only the stages' own checkpoints: no Lightning default ones from the first phase.
+    assert sorted(p.parent.name for p in folder.rglob("*.ckpt")) == [
+        "final",
+        "fold0",
+        "fold1",
+        "fold2",
+    ]
 
 
 def test_the_finetuned_run_is_scored_and_compared_by_the_tools(finetuned_run):

@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -618,6 +619,9 @@ def _trainer(
             callback = OmegaConf.merge(callback, {"dirpath": str(run_dir / "checkpoints" / stages)})
         callbacks.append(instantiate(callback))
     overrides: dict[str, Any] = {} if max_epochs is None else {"max_epochs": max_epochs}
+    if not any(isinstance(callback, ModelCheckpoint) for callback in callbacks):
+        # Else Lightning adds its own, writing epoch=...ckpt files nothing reads.
+        overrides["enable_checkpointing"] = False
     if stages == "final":
         overrides["limit_val_batches"] = 0  # the final fit has no validation rows
     return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
