@@ -13,7 +13,6 @@ from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.losses import (
     AsimovLoss,
     BCELoss,
-    BCEThenAMSLoss,
     DeltaZBarLoss,
     SoftAMSLoss,
     delta_z,
@@ -143,8 +142,6 @@ def test_batch_normalised_soft_ams_skips_batches_without_enough_of_a_class():
         lambda: AsimovLoss(objective="z"),
         lambda: AsimovLoss(normalisation="full"),
         lambda: DeltaZBarLoss(eps=0.0),
-        lambda: BCEThenAMSLoss(warmup_epochs=-1),
-        lambda: BCEThenAMSLoss(alpha=1.5),
     ],
 )
 def test_bad_options_name_their_config_key(make):
@@ -281,55 +278,6 @@ def test_delta_z_bar_loss_is_the_extension_at_the_hinge_errors(batch):
 
 
 # --------------------------------------------------------------------------------------------
-# BCE, then AMS
-
-
-def test_bce_then_ams_follows_its_schedule(batch):
-    logits, target, weight = batch
-    ams_options = {"normalisation": "batch", "temperature": 2.0}
-    loss = BCEThenAMSLoss(warmup_epochs=2, alpha=0.25, ams=ams_options)
-    bce = float(BCELoss()(logits, target, weight))
-    ams_value = float(SoftAMSLoss(**ams_options)(logits, target, weight))
-    loss.set_epoch(1)
-    assert float(loss(logits, target, weight)) == pytest.approx(bce)
-    loss.set_epoch(2)
-    assert float(loss(logits, target, weight)) == pytest.approx(0.25 * bce + 0.75 * ams_value)
-    pure = BCEThenAMSLoss(warmup_epochs=0, ams=ams_options)
-    assert float(pure(logits, target, weight)) == pytest.approx(ams_value)
-
-
-class _EpochRecorder(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.epochs = []
-
-    def set_epoch(self, epoch):
-        self.epochs.append(epoch)
-
-    def forward(self, logits, target, weight):
-        return BCELoss()(logits, target, weight)
-
-
-@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
-def test_the_module_tells_a_scheduled_loss_each_epoch():
-    x = torch.randn(32, 4)
-    target = (x[:, 0] > 0).long()
-    loader = DataLoader(TensorDataset(x, target, torch.ones(32)), batch_size=16)
-    recorder = _EpochRecorder()
-    module = SignificanceClassifier(MLP(4, 1, 8, 0.0), recorder, partial(torch.optim.SGD, lr=0.1))
-    trainer = L.Trainer(
-        max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module, train_dataloaders=loader)
-    assert recorder.epochs == [0, 1, 2]
-
-
-# --------------------------------------------------------------------------------------------
 # Every loss: finite in awkward batches, exact gradients where smooth
 
 SIGNIFICANCE_LOSSES = {
@@ -339,7 +287,6 @@ SIGNIFICANCE_LOSSES = {
     "asimov-0.3-inv": AsimovLoss(0.3, objective="inv_z2"),
     "asimov-raw-breg0": AsimovLoss(0.1, b_reg=0.0, normalisation="raw"),
     "deltaz": DeltaZBarLoss(),
-    "bce-ams": BCEThenAMSLoss(warmup_epochs=0, alpha=0.5, ams={"normalisation": "batch"}),
 }
 
 

@@ -9,8 +9,6 @@ from tests.test_train import train
 NEW_LOSSES = {
     "asimov": ["loss=asimov", "loss.objective=inv_z2"],
     "deltaz": ["loss=deltaz"],
-    # One warm-up epoch of BCE, then the mixed loss: both phases run.
-    "bce_ams": ["loss=bce_ams", "loss.warmup_epochs=1", "loss.alpha=0.5"],
     "ams-options": [
         "loss=ams",
         "loss.normalisation=batch",
@@ -27,7 +25,7 @@ def test_train_runs_with_each_loss(tmp_path, overrides):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     oof = metrics["cv"]["oof"]
     assert 0.0 <= oof["oof/auroc"] <= 1.0 and oof["oof/ams_max"] >= 0.0
-    target = {"asimov": "AsimovLoss", "deltaz": "DeltaZBarLoss", "bce_ams": "BCEThenAMSLoss"}
+    target = {"asimov": "AsimovLoss", "deltaz": "DeltaZBarLoss"}
     name = overrides[0].split("=")[1]
     config = (run_dir / ".hydra" / "config.yaml").read_text()
     assert f"amsaware.losses.{target.get(name, 'SoftAMSLoss')}" in config

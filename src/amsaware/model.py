@@ -81,13 +81,6 @@ class SignificanceClassifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self._forward(x)
 
-    def on_train_epoch_start(self) -> None:
-        # A loss with a schedule (e.g. BCE warm-up, then AMS) learns the epoch here; the module
-        # needs no knowledge of which loss it holds.
-        set_epoch = getattr(self.loss, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(self.current_epoch)
-
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x, target, weight = batch
         loss = self.loss(self(x), target, weight)
