@@ -1,17 +1,28 @@
-"""Does an AMS-aware loss beat BCE on real data? The verdict behind docs/results.md.
+"""Does significance fine-tuning beat BCE on real events? The verdict behind docs/results.md.
 
-For every loss: an Optuna TPE search (seeded, the same number of trials for every loss) over
-the library's cross-validation, then 3-fold out-of-fold predictions for 3 fresh seeds at the
-best hyperparameters, the AMS at the cut chosen on those predictions (experiment.choose_cut),
-and a paired bootstrap of its difference to BCE. A HistGradientBoostingClassifier on the same
-folds is the baseline physicists would otherwise use.
-
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/loss_verdict.py \
-        --real ../shared/data/atlas-higgs-sample.csv.gz
+    python benchmarks/loss_verdict.py --real atlas-higgs-challenge-2014-v2.csv.gz --limit 12000
     python benchmarks/loss_verdict.py --page-only      # rewrite the page from the JSON
 
-Results per loss are cached (scores as .npz, summary in the JSON) so an interrupted run resumes.
-The paired bootstrap is written here, small and self-contained; it will move to amsaware.stats.
+Every model is a real `train.py` run (the config composed in-process, `run_experiment`), on
+the CERN file's first `--limit` events, with 3-fold out-of-fold predictions:
+
+- `bce`: `loss=bce`, the seed paper's BCE model (read from the fine-tuned runs' `pretrain/`,
+  which is exactly this model: the fine-tune starts from it);
+- `finetune_ams`: `loss=bce finetune=ams`;
+- `finetune_bce`: `loss=bce finetune=bce`, the control: the same phase (batch, learning rate,
+  epochs) under BCE, so the comparison isolates the loss;
+- `hgb`: scikit-learn's HistGradientBoostingClassifier on the same folds.
+
+Each is also bagged: the mean of its seeds' out-of-fold scores. Every seed splits the events
+differently, so that mean is R = 5 repeats of the CV, which is what `cv.repeats=5` averages
+(tests/test_finetune.py checks that a repeat is a run with seed + 1000).
+
+The fine-tune's keys (lr, batch size, epochs, temperature) come from an Optuna TPE search on
+`--search-seed`, never on the evaluated `--seeds`. Every AMS is taken at a cut chosen out of
+fold: each fold's selected fraction is the one `experiment.choose_cut` picks on the other folds'
+scores. The paired bootstrap resamples events (one draw shared by every model and seed) with
+those selections fixed. Runs are cached in `--cache` (one folder per run), so an interrupted
+verdict resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -22,233 +33,142 @@ import logging
 import platform
 import time
 import warnings
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import optuna
+import pandas as pd
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
 from sklearn.ensemble import HistGradientBoostingClassifier
-from torch.optim.lr_scheduler import MultiStepLR
 
 from amsaware import artifacts
-from amsaware.data.datamodule import stratified_folds
 from amsaware.data.formats import read_cern
-from amsaware.data.schema import B_TOT, S_TOT, EventTable
-from amsaware.experiment import choose_cut, cross_validate
-from amsaware.losses import (
-    AsimovLoss,
-    BCELoss,
-    BCEThenAMSLoss,
-    DeltaZBarLoss,
-    SoftAMSLoss,
-)
-from amsaware.metrics import ams, evaluate
-from amsaware.model import MLP, SignificanceClassifier
+from amsaware.data.schema import EventTable
+from amsaware.experiment import choose_cut, run_experiment
+from amsaware.metrics import ams, ams_of_selection, evaluate, select_top_fraction
 
 log = logging.getLogger("loss_verdict")
 REPO = Path(__file__).resolve().parents[1]
-SEARCH_SEED = 0
-EVAL_SEEDS = (1, 2, 3)
 FOLDS = 3
-REPORTED = ["oof/ams_max", "ams_at_cut", "cut_fraction", "oof/ams@0.5", "oof/auroc"]
-REPORTED += ["oof/auroc_weighted"]
-
-Params = dict[str, Any]
-#: bce_ams's best settings trained with alpha = 1 (pure BCE): isolates the AMS term's effect.
-CONTROL = "bce_ams_control"
-
-
-# --------------------------------------------------------------------------------------------
-# The losses compared and their search spaces (the network's space is common to all)
-
-
-def _temperature(trial: optuna.Trial) -> float:
-    return trial.suggest_float("temperature", 1.0, 20.0, log=True)
-
-
-def _ams_space(normalisation: str) -> Callable[[optuna.Trial], Params]:
-    def space(trial: optuna.Trial) -> Params:
-        return {
-            "normalisation": normalisation,
-            "temperature": _temperature(trial),
-            "squared": trial.suggest_categorical("squared", [False, True]),
-        }
-
-    return space
-
-
-def _asimov_space(f: float) -> Callable[[optuna.Trial], Params]:
-    def space(trial: optuna.Trial) -> Params:
-        return {
-            "sys_uncertainty": f,
-            "objective": trial.suggest_categorical("objective", ["neg_z2", "inv_z2"]),
-            "temperature": _temperature(trial),
-        }
-
-    return space
-
-
-def _deltaz_space(trial: optuna.Trial) -> Params:
-    return {"eps": S_TOT * trial.suggest_float("eps_over_s_tot", 0.1, 10.0, log=True)}
-
-
-def _bce_ams_space(trial: optuna.Trial) -> Params:
-    return {
-        "warmup_fraction": trial.suggest_float("warmup_fraction", 0.3, 0.9),
-        # lr * lr_factor once the AMS term starts (conf/loss/bce_ams.yaml: scheduler.gamma).
-        "lr_factor": trial.suggest_float("lr_factor", 0.01, 1.0, log=True),
-        "alpha": trial.suggest_float("alpha", 0.0, 0.9),
-        "ams": {
-            "normalisation": trial.suggest_categorical("normalisation", ["raw", "batch"]),
-            "temperature": _temperature(trial),
-        },
-    }
-
-
-def _warmup_epochs(params: Params, epochs: int) -> int:
-    return max(1, min(epochs - 1, round(params["warmup_fraction"] * epochs)))
-
-
-def _bce_ams(params: Params, epochs: int) -> BCEThenAMSLoss:
-    warmup = _warmup_epochs(params, epochs)
-    return BCEThenAMSLoss(warmup_epochs=warmup, alpha=params["alpha"], ams=params["ams"])
-
-
-def _scheduler(loss: Params, epochs: int) -> Callable | None:
-    """The learning-rate drop at the end of BCE-then-AMS's warm-up (none for other losses)."""
-    if "lr_factor" not in loss:
-        return None
-    milestone = _warmup_epochs(loss, epochs)
-    return partial(MultiStepLR, milestones=[milestone], gamma=loss["lr_factor"])
-
-
-#: name -> (description, search space of the loss options, loss from options and epochs)
-LOSSES: dict[str, tuple[str, Callable[[optuna.Trial], Params], Callable[..., torch.nn.Module]]]
-LOSSES = {
-    "bce": ("BCE, unweighted (the paper's baseline)", lambda trial: {}, lambda p, e: BCELoss()),
-    "ams_raw": (
-        "soft AMS, raw weights (the paper's loss)",
-        _ams_space("raw"),
-        lambda p, e: SoftAMSLoss(**p),
-    ),
-    "ams_batch": (
-        "soft AMS, batch rescaled to S_tot/B_tot",
-        _ams_space("batch"),
-        lambda p, e: SoftAMSLoss(**p),
-    ),
-    "asimov_0.1": ("Asimov Z_A, f = 0.1", _asimov_space(0.1), lambda p, e: AsimovLoss(**p)),
-    "asimov_0.3": ("Asimov Z_A, f = 0.3", _asimov_space(0.3), lambda p, e: AsimovLoss(**p)),
-    "deltaz": ("Delta-Z-bar (Lovasz hinge)", _deltaz_space, lambda p, e: DeltaZBarLoss(**p)),
-    "bce_ams": ("BCE warm-up, then (mixed) soft AMS", _bce_ams_space, _bce_ams),
+#: The fine-tune's space: the phase's own keys, pretraining held at loss=bce's values.
+SPACE = {
+    "finetune.optimizer.lr": ("float_log", 1e-5, 1e-3),
+    "finetune.batch_size": ("choice", [512, 1024, 2048, 4096]),
+    "finetune.max_epochs": ("choice", [10, 20, 40]),
+    "finetune.loss.temperature": ("float_log", 1.0, 5.0),
 }
-
-
-def network_space(trial: optuna.Trial) -> Params:
-    return {
-        "n_layers": trial.suggest_int("n_layers", 2, 4),
-        "hidden_size": trial.suggest_int("hidden_size", 64, 512, step=64),
-        "dropout": trial.suggest_float("dropout", 0.1, 0.4),
-        "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", [128, 256, 512, 1024]),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# One configuration: 3-fold out-of-fold scores through the library's cross_validate
-
-
-def oof_scores(
-    table: EventTable, name: str, net: Params, loss: Params, epochs: int, seed: int
-) -> np.ndarray:
-    make_loss = LOSSES[name][2]
-    n_features = table.features.shape[1]
-
-    def make_module() -> SignificanceClassifier:
-        return SignificanceClassifier(
-            net=MLP(n_features, net["n_layers"], net["hidden_size"], net["dropout"]),
-            loss=make_loss(loss, epochs),
-            optimizer=partial(torch.optim.Adam, lr=net["lr"]),
-            scheduler=_scheduler(loss, epochs),
-        )
-
-    def make_trainer(stage: str) -> L.Trainer:
-        return L.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,  # cross_validate scores the held-out fold itself
-            num_sanity_val_steps=0,
-        )
-
-    cv = cross_validate(table, FOLDS, net["batch_size"], seed, make_module, make_trainer)
-    return cv.scores
-
-
-def summarise(scores: np.ndarray, table: EventTable) -> dict[str, float]:
-    """The reported metrics of one set of out-of-fold scores (the library's metric code)."""
-    metrics = evaluate(
-        torch.from_numpy(scores),
-        torch.from_numpy(table.label.astype(np.int64)),
-        torch.from_numpy(table.weight),
-        "oof/",
-    )
-    cut = choose_cut(scores, table.label, table.weight)
-    metrics.update(ams_at_cut=cut.ams, ams_at_cut_smoothed=cut.ams_smoothed)
-    metrics.update(cut_fraction=cut.fraction, cut_threshold=cut.threshold)
-    return metrics
-
-
-def search(table: EventTable, name: str, n_trials: int, epochs: int) -> dict[str, Any]:
-    """TPE search (seeded) maximising the smoothed out-of-fold AMS at the chosen cut."""
-    loss_space = LOSSES[name][1]
-
-    def objective(trial: optuna.Trial) -> float:
-        net, loss = network_space(trial), loss_space(trial)
-        scores = oof_scores(table, name, net, loss, epochs, SEARCH_SEED)
-        if not np.isfinite(scores).all():
-            return 0.0
-        value = summarise(scores, table)["ams_at_cut_smoothed"]
-        log.info("%s trial %d: %.3f %s", name, trial.number, value, trial.params)
-        return value
-
-    study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=SEARCH_SEED)
-    )
-    study.optimize(objective, n_trials=n_trials)
-    best = study.best_trial
-    return {
-        "best_value": best.value,
-        "best_params": best.params,
-        "trials": [t.value for t in study.trials],
-    }
-
-
-def _split_params(name: str, params: Params) -> tuple[Params, Params]:
-    """Replay the search space on a fixed trial to get (network, loss) options."""
-    trial = optuna.trial.FixedTrial(params)
-    return network_space(trial), LOSSES[name][1](trial)
-
-
-def hgb_scores(table: EventTable, seed: int) -> np.ndarray:
-    """Out-of-fold scores of scikit-learn's gradient-boosted trees (NaN handled natively)."""
-    scores = np.full(len(table), np.nan)
-    for train, val in stratified_folds(table.label, FOLDS, seed):
-        model = HistGradientBoostingClassifier(random_state=seed)
-        model.fit(table.features[train], table.label[train])
-        scores[val] = model.predict_proba(table.features[val])[:, 1]
-    return scores
+#: The models compared: name -> (description, finetune group or None).
+MODELS = {
+    "bce": ("BCE (the seed paper's model)", None),
+    "finetune_ams": ("BCE, then the soft-AMS fine-tune", "ams"),
+    "finetune_bce": ("control: BCE, then a BCE fine-tune with the same settings", "bce"),
+    "hgb": ("HistGradientBoostingClassifier (scikit-learn defaults)", None),
+}
+#: (model, reference) pairs whose AMS difference is bootstrapped, for single models (the
+#: seed mean) and for their bagged ensembles.
+PAIRS = [
+    ("finetune_ams", "bce"),
+    ("finetune_ams", "finetune_bce"),
+    ("finetune_bce", "bce"),
+    ("hgb", "bce"),
+]
 
 
 # --------------------------------------------------------------------------------------------
-# Paired bootstrap (self-contained here; to be unified with amsaware.stats)
+# Runs: train.py's own configuration, composed in-process
+
+
+def train(folder: Path, overrides: list[str]) -> Path:
+    """One train.py run into `folder` (skipped when it already finished there)."""
+    if (folder / artifacts.METRICS).is_file():
+        return folder
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    run_experiment(cfg)
+    return folder
+
+
+def base_overrides(args: argparse.Namespace, seed: int) -> list[str]:
+    return [
+        "data=opendata",
+        f"data.path={Path(args.real).resolve()}",
+        "data.download=false",
+        f"data.limit={args.limit}",
+        "loss=bce",
+        f"seed={seed}",
+        "threads=1",
+        "final_fit=false",
+        "~logger",
+        "callbacks.model_checkpoint=null",
+        "callbacks.preprocessing=null",
+        "callbacks.progress_bar=null",
+        "+trainer.enable_progress_bar=false",
+    ]
+
+
+def finetune_overrides(group: str, settings: dict[str, Any]) -> list[str]:
+    keys = dict(settings)
+    if group != "ams":  # the control has no temperature
+        keys.pop("finetune.loss.temperature", None)
+    return [f"finetune={group}", *(f"{key}={value}" for key, value in keys.items())]
+
+
+def oof_scores(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A run's out-of-fold scores and folds (of its first repeat), in EventId order."""
+    frame = pd.read_csv(folder / artifacts.OOF_PREDICTIONS).sort_values("EventId")
+    return frame.score.to_numpy(), frame.fold.to_numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics with cuts chosen out of fold
+
+
+def out_of_fold_selection(
+    scores: np.ndarray, table: EventTable, fold: np.ndarray
+) -> tuple[np.ndarray, list[float]]:
+    """The events selected when each fold's cut (a fraction) is chosen on the other folds.
+
+    The cut a run reports is chosen and evaluated on the same out-of-fold scores, which
+    flatters it; here no event's selection depends on its own label.
+    """
+    selected = np.zeros(len(scores), dtype=bool)
+    fractions = []
+    for k in np.unique(fold):
+        inside, outside = fold == k, fold != k
+        cut = choose_cut(
+            scores[outside],
+            table.label[outside],
+            table.weight[outside],
+            s_tot=table.s_tot,
+            b_tot=table.b_tot,
+        )
+        chosen = select_top_fraction(torch.from_numpy(scores[inside]), cut.fraction).numpy()
+        selected[np.flatnonzero(inside)[chosen]] = True
+        fractions.append(cut.fraction)
+    return selected, fractions
+
+
+def summarise(scores: np.ndarray, table: EventTable, fold: np.ndarray) -> dict[str, float]:
+    label = torch.from_numpy(table.label.astype(np.int64))
+    weight = torch.from_numpy(table.weight)
+    metrics = evaluate(torch.from_numpy(scores), label, weight, "oof/", table.s_tot, table.b_tot)
+    selected, fractions = out_of_fold_selection(scores, table, fold)
+    at_cut = ams_of_selection(torch.from_numpy(selected), label, weight, table.s_tot, table.b_tot)
+    return {
+        "ams_oof_cut": float(at_cut),
+        "cut_fraction": float(np.mean(fractions)),
+        "oof/ams@15%": metrics["oof/ams@15%"],
+        "oof/ams_max": metrics["oof/ams_max"],
+        "oof/auroc": metrics["oof/auroc"],
+        "oof/auroc_weighted": metrics["oof/auroc_weighted"],
+    }
 
 
 def selection_ams_bootstrap(
@@ -257,12 +177,14 @@ def selection_ams_bootstrap(
     weight: np.ndarray,
     n_resamples: int = 1000,
     seed: int = 0,
+    totals: tuple[float, float] = (1.0, 1.0),
 ) -> dict[str, np.ndarray]:
     """AMS of fixed selections on event resamples (with replacement), the same for all keys.
 
-    Each resample's weights are rescaled per class to S_tot/B_tot, as every AMS here is.
+    Each resample's weights are rescaled per class to the totals, as every AMS here is.
     Pairing: every selection sees the same resampled events, so their differences cancel the
-    sampling noise they share. The cuts stay fixed (chosen once on the full OOF scores).
+    sampling noise they share. Hand-written because `amsaware.stats` bootstraps a cut given as
+    a score threshold, and these selections (a fraction per fold) are not one.
     """
     rng = np.random.default_rng(seed)
     n = len(label)
@@ -271,8 +193,8 @@ def selection_ams_bootstrap(
     for r in range(n_resamples):
         counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
         w = counts * weight
-        w_s = S_TOT / w[signal].sum()
-        w_b = B_TOT / w[~signal].sum()
+        w_s = totals[0] / w[signal].sum()
+        w_b = totals[1] / w[~signal].sum()
         for key, selected in selections.items():
             s = w_s * w[selected & signal].sum()
             b = w_b * w[selected & ~signal].sum()
@@ -280,46 +202,68 @@ def selection_ams_bootstrap(
     return out
 
 
-def paired_differences(
-    results: dict[str, Any],
-    runs: dict[str, list[np.ndarray]],
-    table: EventTable,
-    pairs: list[tuple[str, str]],
-) -> dict[str, dict[str, float]]:
-    """Bootstrap CI of (mean over seeds of AMS at cut) of A minus B's, for each pair (A, B).
-
-    All pairs share the same resamples. Keys of the result: "A" when B is BCE, else "A-B".
-    """
-    selections = {}
-    for name, seeds in runs.items():
-        for k, scores in enumerate(seeds):
-            fraction = results[name]["seeds"][k]["cut_fraction"]
-            selected = _top_fraction(scores, fraction)
-            selections[f"{name}/{k}"] = selected
-    boot = selection_ams_bootstrap(selections, table.label, table.weight)
-    mean = {
-        name: np.mean([boot[f"{name}/{k}"] for k in range(len(seeds))], axis=0)
-        for name, seeds in runs.items()
-    }
-    out = {}
-    for name, reference in pairs:
-        diff = mean[name] - mean[reference]
-        point = results[name]["mean"]["ams_at_cut"] - results[reference]["mean"]["ams_at_cut"]
-        out[name if reference == "bce" else f"{name}-{reference}"] = {
-            "difference": float(point),
-            "ci_low": float(np.quantile(diff, 0.025)),
-            "ci_high": float(np.quantile(diff, 0.975)),
-            "p_not_better": float(np.mean(diff <= 0.0)),
-            "n_resamples": len(diff),
-        }
-    return out
+def hgb_scores(table: EventTable, fold: np.ndarray, seed: int) -> np.ndarray:
+    """Out-of-fold scores of gradient-boosted trees on the runs' folds (NaN handled natively)."""
+    scores = np.full(len(table), np.nan)
+    for k in np.unique(fold):
+        model = HistGradientBoostingClassifier(random_state=seed)
+        model.fit(table.features[fold != k], table.label[fold != k])
+        scores[fold == k] = model.predict_proba(table.features[fold == k])[:, 1]
+    return scores
 
 
-def _top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
-    """The events of the top `fraction` of scores (ties broken as metrics.select_top_fraction)."""
-    from amsaware.metrics import select_top_fraction
+# --------------------------------------------------------------------------------------------
+# The search of the fine-tune's keys (on a seed that is not evaluated)
 
-    return select_top_fraction(torch.from_numpy(scores), fraction).numpy()
+
+def search(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
+    def suggest(trial: optuna.Trial) -> dict[str, Any]:
+        values = {}
+        for key, (kind, *bounds) in SPACE.items():
+            if kind == "float_log":
+                values[key] = trial.suggest_float(key, *bounds, log=True)
+            else:
+                values[key] = trial.suggest_categorical(key, bounds[0])
+        return values
+
+    def objective(trial: optuna.Trial) -> float:
+        settings = suggest(trial)
+        folder = cache / "search" / f"trial{trial.number}"
+        overrides = base_overrides(args, args.search_seed) + finetune_overrides("ams", settings)
+        train(folder, overrides)
+        value = json.loads((folder / artifacts.METRICS).read_text())["cut"]["ams_smoothed"]
+        log.info("search trial %d: %.3f %s", trial.number, value, settings)
+        return value
+
+    cache.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{cache / 'search.db'}"
+    study = optuna.create_study(
+        study_name="finetune",
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=args.search_seed),
+    )
+    # The recipe's defaults are the first point, so the search can only improve on them.
+    if len(study.trials) == 0:
+        study.enqueue_trial(dict(DEFAULTS))
+    remaining = args.trials - len([t for t in study.trials if t.state.is_finished()])
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining)
+    trials = [
+        {"number": t.number, "value": t.value, "params": t.params}
+        for t in study.trials
+        if t.value is not None
+    ]
+    return {"best": study.best_trial.params, "best_value": study.best_value, "trials": trials}
+
+
+DEFAULTS = [
+    ("finetune.optimizer.lr", 5e-5),
+    ("finetune.batch_size", 1024),
+    ("finetune.max_epochs", 20),
+    ("finetune.loss.temperature", 1.0),
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,120 +271,129 @@ def _top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    table = read_cern(args.real)
+    table = read_cern(args.real, weight_column="KaggleWeight", limit=args.limit)
+    table = table.subset(np.argsort(table.event_id, kind="stable"))  # the runs' CSV order
     cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = _load(args.json).get("losses", {}) if args.resume else {}
-    runs: dict[str, list[np.ndarray]] = {}
-    names = ["hgb", *LOSSES, CONTROL] if args.only is None else args.only
-    for name in names:
-        npz = cache / f"{name}.npz"
-        if name in results and npz.exists():
-            runs[name] = list(np.load(npz)["scores"])
-            log.info("%s: cached", name)
-            continue
-        started = time.process_time()
-        wall = time.perf_counter()
-        if name == "hgb":
-            entry: dict[str, Any] = {"description": "HistGradientBoostingClassifier (defaults)"}
-            seeds = [hgb_scores(table, s) for s in EVAL_SEEDS]
-        elif name == CONTROL:
-            if "bce_ams" not in results:
-                continue
-            # BCE-then-AMS's own settings with alpha = 1: the same network, lr and lr drop,
-            # pure BCE. What bce_ams gains over this is the AMS term's doing.
-            entry = {"description": "control: bce_ams's settings with alpha = 1 (pure BCE)"}
-            net = results["bce_ams"]["network"]
-            loss = {**results["bce_ams"]["loss"], "alpha": 1.0}
-            entry.update(network=net, loss=loss)
-            seeds = [oof_scores(table, "bce_ams", net, loss, args.epochs, s) for s in EVAL_SEEDS]
-        else:
-            entry = {"description": LOSSES[name][0]}
-            entry["search"] = search(table, name, args.trials, args.search_epochs)
-            net, loss = _split_params(name, entry["search"]["best_params"])
-            entry.update(network=net, loss=loss)
-            seeds = [oof_scores(table, name, net, loss, args.epochs, s) for s in EVAL_SEEDS]
-        entry["seeds"] = [summarise(s, table) for s in seeds]
-        keys = entry["seeds"][0]
-        entry["mean"] = {k: float(np.mean([m[k] for m in entry["seeds"]])) for k in keys}
-        entry["std"] = {k: float(np.std([m[k] for m in entry["seeds"]], ddof=1)) for k in keys}
-        entry["cpu_seconds"] = round(time.process_time() - started, 1)
-        entry["wall_seconds"] = round(time.perf_counter() - wall, 1)
-        np.savez(npz, scores=np.stack(seeds))
-        runs[name] = seeds
-        results[name] = entry
-        log.info("%s: %s", name, {k: round(v, 3) for k, v in entry["mean"].items()})
-        _save(args, results, None)
-    pairs = [(name, "bce") for name in runs if name != "bce"]
-    if CONTROL in runs:
-        pairs.append(("bce_ams", CONTROL))
-    comparisons = paired_differences(results, runs, table, pairs) if "bce" in runs else {}
-    return _save(args, results, comparisons)
-
-
-def _load(path: str) -> dict[str, Any]:
-    p = Path(path)
-    return json.loads(p.read_text()) if p.exists() else {}
-
-
-def _save(
-    args: argparse.Namespace, results: dict[str, Any], comparisons: dict[str, Any] | None
-) -> dict[str, Any]:
+    started = time.perf_counter()
+    searched = search(args, cache)
+    settings = searched["best"]
+    log.info("fine-tune settings from the search on seed %d: %s", args.search_seed, settings)
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in MODELS}
+    folds: list[np.ndarray] = []
+    for seed in args.seeds:
+        for group in ("ams", "bce"):
+            folder = cache / f"seed{seed}" / f"finetune_{group}"
+            train(folder, base_overrides(args, seed) + finetune_overrides(group, settings))
+            finetuned, fold = oof_scores(folder)
+            scores[f"finetune_{group}"].append(finetuned)
+            pretrained = oof_scores(folder / "pretrain")[0]
+            if group == "ams":
+                scores["bce"].append(pretrained)
+            else:  # both fine-tunes start from the same seeded BCE model
+                drift = float(np.max(np.abs(pretrained - scores["bce"][-1])))
+                log.info("seed %d: the two fine-tunes' BCE starts differ by %.2g", seed, drift)
+        folds.append(fold)
+        scores["hgb"].append(hgb_scores(table, fold, seed))
+        log.info("seed %d done after %.0f s", seed, time.perf_counter() - started)
+    # Each seed splits the events differently, so the mean of the seeds' out-of-fold scores
+    # is R = len(seeds) repeats of the CV: exactly what `cv.repeats` averages.
+    bagged = {name: [np.mean(runs, axis=0)] for name, runs in scores.items()}
     document = {
-        "data": str(Path(args.real).name),
+        "command": " ".join(
+            [
+                "python benchmarks/loss_verdict.py --real atlas-higgs-challenge-2014-v2.csv.gz",
+                f"--limit {args.limit} --seeds {' '.join(map(str, args.seeds))}",
+                f"--search-seed {args.search_seed} --trials {args.trials}",
+            ]
+        ),
         "protocol": {
+            "events": len(table),
             "folds": FOLDS,
-            "search_seed": SEARCH_SEED,
-            "eval_seeds": list(EVAL_SEEDS),
-            "trials_per_loss": args.trials,
-            "search_epochs": args.search_epochs,
-            "epochs": args.epochs,
-            "search_objective": "smoothed OOF AMS at the chosen cut",
+            "seeds": list(args.seeds),
+            "search_seed": args.search_seed,
+            "trials": args.trials,
             "bootstrap": "paired, events with replacement, 1000 resamples, seed 0, cuts fixed",
             "optuna": optuna.__version__,
             "torch": torch.__version__,
-            "machine": f"{platform.machine()}, CPU, 1 torch thread",
+            "machine": f"{platform.machine()}, 2 CPU cores, 1 torch thread per run",
+            "date": time.strftime("%Y-%m-%d"),
+            "wall_seconds": round(time.perf_counter() - started),
         },
-        "losses": results,
+        "search": searched,
+        "single": compare_models(scores, folds, table),
+        "bagged": compare_models(bagged, folds[:1], table),
     }
-    if comparisons is not None:
-        document["vs_bce"] = comparisons
     artifacts.write_json(document, Path(args.json))
     return document
 
 
-def write_page(document: dict[str, Any], path: Path) -> None:
-    """docs/results.md from the verdict's JSON: tables, the verdict sentence, the caveats."""
-    from verdict_page import render
-
-    batch_sizes = path.parent / "ams_batch_size.json"
-    extra = json.loads(batch_sizes.read_text()) if batch_sizes.exists() else None
-    with artifacts.atomic_path(path) as tmp:
-        Path(tmp).write_text(render(document, extra))
+def compare_models(
+    scores: dict[str, list[np.ndarray]], folds: list[np.ndarray], table: EventTable
+) -> dict[str, Any]:
+    """Each model's metrics per seed (mean and spread) and the paired bootstrap of PAIRS."""
+    models: dict[str, Any] = {}
+    selections: dict[str, np.ndarray] = {}
+    for name, runs in scores.items():
+        per_seed = [summarise(s, table, f) for s, f in zip(runs, folds, strict=True)]
+        keys = per_seed[0]
+        models[name] = {
+            "description": MODELS[name][0],
+            "seeds": per_seed,
+            "mean": {k: float(np.mean([m[k] for m in per_seed])) for k in keys},
+            "std": {
+                k: float(np.std([m[k] for m in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0
+                for k in keys
+            },
+        }
+        for i, (s, f) in enumerate(zip(runs, folds, strict=True)):
+            selections[f"{name}/{i}"] = out_of_fold_selection(s, table, f)[0]
+    boot = selection_ams_bootstrap(
+        selections, table.label, table.weight, totals=(table.s_tot, table.b_tot)
+    )
+    mean = {
+        name: np.mean([boot[f"{name}/{i}"] for i in range(len(folds))], axis=0) for name in scores
+    }
+    comparisons = {}
+    for name, reference in PAIRS:
+        diff = mean[name] - mean[reference]
+        a = [m["ams_oof_cut"] for m in models[name]["seeds"]]
+        b = [m["ams_oof_cut"] for m in models[reference]["seeds"]]
+        comparisons[f"{name} - {reference}"] = {
+            "difference": float(np.mean(a) - np.mean(b)),
+            "ci_low": float(np.quantile(diff, 0.025)),
+            "ci_high": float(np.quantile(diff, 0.975)),
+            "p_not_better": float(np.mean(diff <= 0.0)),
+            "seeds_better": int(sum(x > y for x, y in zip(a, b, strict=True))),
+            "per_seed": [float(x - y) for x, y in zip(a, b, strict=True)],
+        }
+    return {"models": models, "comparisons": comparisons}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sample = REPO.parent / "shared/data/atlas-higgs-sample.csv.gz"
-    parser.add_argument("--real", default=str(sample), help="the CERN-format real sample")
+    parser.add_argument("--real", required=True, help="a CERN-format file (the Open Data file)")
+    parser.add_argument("--limit", type=int, default=12000, help="its first N events")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--search-seed", type=int, default=0)
+    parser.add_argument("--trials", type=int, default=6, help="fine-tune search trials")
     parser.add_argument("--json", default=str(REPO / "docs/loss_verdict.json"))
     parser.add_argument("--page", default=str(REPO / "docs/results.md"))
     parser.add_argument("--cache", default=str(REPO / "logs/loss_verdict"))
-    parser.add_argument("--trials", type=int, default=8, help="search trials per loss")
-    parser.add_argument("--search-epochs", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of the evaluated runs")
-    parser.add_argument("--only", nargs="+", help="names to run (default: hgb and all losses)")
-    parser.add_argument("--resume", action="store_true", help="reuse cached results")
     parser.add_argument("--page-only", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "amsaware"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*log_every_n_steps.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
     torch.set_num_threads(1)
-    document = _load(args.json) if args.page_only else run(args)
-    write_page(document, Path(args.page))
+    document = json.loads(Path(args.json).read_text()) if args.page_only else run(args)
+    from verdict_page import render
+
+    with artifacts.atomic_path(Path(args.page)) as tmp:
+        Path(tmp).write_text(render(document))
     log.info("wrote %s and %s", args.json, args.page)
 
 

@@ -1,248 +1,167 @@
 """Render docs/results.md from the JSON that benchmarks/loss_verdict.py writes.
 
-Every number on the page comes from that JSON; the verdict sentence is derived from it too, so
-a re-run with other results rewrites the conclusion rather than leaving a stale one.
+Every number on the page comes from that JSON, and so does the verdict sentence: a re-run with
+other results rewrites the conclusion rather than leaving a stale one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-CONTROL = "bce_ams_control"
-AMS_AWARE = ("ams_raw", "ams_batch", "asimov_0.1", "asimov_0.3", "deltaz", "bce_ams")
+COLUMNS = [
+    ("ams_oof_cut", "AMS, cut out of fold"),
+    ("cut_fraction", "cut (fraction)"),
+    ("oof/ams@15%", "AMS at top 15%"),
+    ("oof/ams_max", "oof/ams_max"),
+    ("oof/auroc", "AUC"),
+    ("oof/auroc_weighted", "weighted AUC"),
+]
 
 
 def _pm(entry: dict[str, Any], key: str, digits: int = 3) -> str:
     return f"{entry['mean'][key]:.{digits}f} ± {entry['std'][key]:.{digits}f}"
 
 
+def _ci(d: dict[str, Any]) -> str:
+    return f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+
 def verdict(document: dict[str, Any]) -> str:
-    """The plain-words answer: which loss wins, by how much, and whether the CI excludes 0."""
-    losses, vs = document["losses"], document.get("vs_bce", {})
-    if "bce" not in losses or not vs:
-        return "The run is incomplete: no comparison with BCE yet."
-    bce = losses["bce"]["mean"]["ams_at_cut"]
-    aware = [name for name in AMS_AWARE if name in vs]
-    best = max(aware, key=lambda name: vs[name]["difference"])
-    d = vs[best]
-    winners = [name for name in aware if vs[name]["ci_low"] > 0]
-    lines = []
-    if winners:
-        names = ", ".join(f"`{n}`" for n in winners)
-        lines.append(
-            f"**{names} beat{'s' if len(winners) == 1 else ''} BCE** with a paired bootstrap "
-            "95% CI that excludes zero."
-        )
-    else:
-        lines.append(
-            "**No AMS-aware loss beats BCE** with a CI that excludes zero: the target of issue 4 "
-            "is not met on this evidence."
-        )
-    sign = "above" if d["difference"] > 0 else "below"
-    lines.append(
-        f"The best AMS-aware loss, `{best}`, reaches AMS {losses[best]['mean']['ams_at_cut']:.3f} "
-        f"at its chosen cut, {abs(d['difference']):.3f} {sign} BCE's {bce:.3f} "
-        f"(95% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}])."
+    """The plain-words answer to the test set for the fine-tune: beat BCE and the control in
+    at least 4 of 5 seeds, and beat the BCE model as a bagged ensemble too."""
+    c, n = document["single"]["comparisons"], len(document["protocol"]["seeds"])
+    vs_bce, vs_control = c["finetune_ams - bce"], c["finetune_ams - finetune_bce"]
+    bagged = document["bagged"]["comparisons"]["finetune_ams - bce"]
+    need = n - 1 if n >= 5 else n
+    single = vs_bce["seeds_better"] >= need and vs_control["seeds_better"] >= need
+    ensemble = bagged["difference"] > 0
+    head = (
+        "**The soft-AMS fine-tune beats BCE**"
+        f" (it beats BCE and its control in at least {need} of {n} seeds, and the BCE ensemble)."
+        if single and ensemble
+        else "**The soft-AMS fine-tune does not meet the bar** (beat BCE and its control in at "
+        f"least {need} of {n} seeds, and beat the BCE ensemble)."
     )
-    control = vs.get("bce_ams-bce_ams_control")
-    if control:
-        lines.append(
-            "Against its control (the same network, learning rate and learning-rate drop, "
-            f"alpha = 1, i.e. pure BCE), `bce_ams` differs by {control['difference']:+.3f} "
-            f"(CI [{control['ci_low']:+.3f}, {control['ci_high']:+.3f}]): "
-            + (
-                "the AMS term itself helps."
-                if control["ci_low"] > 0
-                else "the AMS term adds nothing measurable; what separates it from BCE is its "
-                "settings, which serve pure BCE just as well"
-                + (
-                    f" (the control: {vs[CONTROL]['difference']:+.3f} against BCE, CI "
-                    f"[{vs[CONTROL]['ci_low']:+.3f}, {vs[CONTROL]['ci_high']:+.3f}])."
-                    if CONTROL in vs
-                    else "."
-                )
-            )
-        )
-    if "hgb" in vs:
-        h = vs["hgb"]
-        lines.append(
-            f"Gradient-boosted trees (`hgb`, scikit-learn defaults, no search) reach "
-            f"{losses['hgb']['mean']['ams_at_cut']:.3f}: {h['difference']:+.3f} against BCE "
-            f"(CI [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}])."
-        )
+    lines = [
+        head,
+        f"Against BCE it is better in {vs_bce['seeds_better']} of {n} seeds, by "
+        f"{_ci(vs_bce)} (seed-mean difference of the AMS at the out-of-fold cut, paired "
+        "bootstrap 95% CI);",
+        f"against its control (the same phase under BCE) in {vs_control['seeds_better']} of "
+        f"{n}, by {_ci(vs_control)}.",
+        f"Bagged over the {n} seeds' splits, the fine-tuned ensemble against the BCE ensemble: "
+        f"{_ci(bagged)}.",
+        "A CI that excludes zero separates a difference from the events' noise: "
+        + (
+            "the single-model lead over BCE is outside it."
+            if vs_bce["ci_low"] > 0
+            else "the single-model difference from BCE is within it."
+        ),
+    ]
     return " ".join(lines)
 
 
-def render(document: dict[str, Any], batch_sizes: dict[str, Any] | None = None) -> str:
-    p, losses, vs = document["protocol"], document["losses"], document.get("vs_bce", {})
+def _table(section: dict[str, Any]) -> list[str]:
     out = [
-        "# Does an AMS-aware loss beat BCE? (issue 4)",
+        "| model | " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
+    for name, entry in section["models"].items():
+        cells = [_pm(entry, key) for key, _ in COLUMNS]
+        out.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    out += [
         "",
-        f"Data: `{document['data']}` (the CERN file's first 12,000 events, "
-        "weights `KaggleWeight`, every AMS with weights rescaled to the full-data totals).",
+        "| comparison | difference [95% CI] | P(Δ ≤ 0) | seeds better | per seed |",
+        "|---|---|---|---|---|",
+    ]
+    for pair, d in section["comparisons"].items():
+        per_seed = ", ".join(f"{x:+.2f}" for x in d["per_seed"])
+        out.append(
+            f"| {pair} | {_ci(d)} | {d['p_not_better']:.3f} | "
+            f"{d['seeds_better']} of {len(d['per_seed'])} | {per_seed} |"
+        )
+    return out
+
+
+def render(document: dict[str, Any]) -> str:
+    p, search = document["protocol"], document["search"]
+    models = document["single"]["models"]
+    out = [
+        "# Does significance fine-tuning beat BCE on real events?",
         "",
-        f"Re-run ({_cpu_minutes(losses)} CPU minutes measured for this page, one torch thread, "
-        "plus process start-up; cached per loss in `logs/loss_verdict/`, "
-        "`--resume` continues an interrupted run):",
+        f"Data: the CERN Open Data file's first {p['events']:,} events (the challenge's "
+        "training events; weights `KaggleWeight`, every AMS rescaled to the full-data totals). "
+        f"Measured {p['date']} on {p['machine']}, torch {p['torch']}, Optuna {p['optuna']}; "
+        f"{p['wall_seconds'] / 60:.0f} minutes of wall time on a machine shared with other jobs. "
+        "Re-run (runs are cached in `logs/loss_verdict/`, so an interrupted run resumes):",
         "",
-        "    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/loss_verdict.py \\",
-        "        --real atlas-higgs-sample.csv.gz \\",
-        f"        --trials {p['trials_per_loss']} --search-epochs {p['search_epochs']} "
-        f"--epochs {p['epochs']}",
+        f"    {document['command']}",
         "",
         "## Verdict",
         "",
         verdict(document),
         "",
-        "## Results",
+        "## Single models",
         "",
-        f"Out-of-fold predictions ({p['folds']} stratified folds) for {len(p['eval_seeds'])} "
-        f"seeds {p['eval_seeds']} (each seed also reshuffles the folds), mean ± standard "
-        "deviation over seeds. *AMS at cut*: the AMS at the cut `experiment.choose_cut` picks "
-        "on the out-of-fold curve (smoothed argmax in 5-50% of events), the number the "
-        "challenge's winners optimised. *Δ vs BCE*: difference of the seed-mean AMS at cut, "
-        "with a paired bootstrap 95% CI; *P(Δ ≤ 0)*: share of resamples where the loss does "
-        "not beat BCE.",
+        f"Out-of-fold predictions ({p['folds']} stratified folds) for seeds {p['seeds']} (each "
+        "seed also reshuffles the folds); mean ± standard deviation over seeds. *AMS, cut out "
+        "of fold*: each fold's events are cut at the fraction `experiment.choose_cut` picks on "
+        "the other folds' scores, so no event's selection depends on its own label. "
+        "Differences: seed-mean AMS at that cut, 95% CI from the "
+        f"{p['bootstrap']}.",
         "",
-        "| loss | AMS at cut | cut (fraction) | oof/ams_max | oof/ams@0.5 | oof/auroc | "
-        "oof/auroc_weighted | Δ vs BCE [95% CI] | P(Δ ≤ 0) | CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *_table(document["single"]),
+        "",
+        "Models: "
+        + "; ".join(f"`{name}` {entry['description']}" for name, entry in models.items())
+        + ".",
+        "",
+        "## Bagged ensembles",
+        "",
+        f"Each model's out-of-fold scores averaged over the {len(p['seeds'])} seeds. Every seed "
+        "splits the events differently, so this is the CV repeated on "
+        f"{len(p['seeds'])} splits, what `cv.repeats={len(p['seeds'])}` computes; one "
+        "ensemble per model, so no spread over seeds (cut out of fold on the first seed's "
+        "folds).",
+        "",
+        *_table(document["bagged"]),
     ]
-    order = [n for n in ("bce", *AMS_AWARE, CONTROL, "hgb") if n in losses]
-    for name in order:
-        e = losses[name]
-        if name in vs:
-            c = vs[name]
-            delta = f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
-            p_not = f"{c['p_not_better']:.3f}"
-        else:
-            delta, p_not = "—", "—"
-        out.append(
-            f"| `{name}` | {_pm(e, 'ams_at_cut')} | {_pm(e, 'cut_fraction', 2)} | "
-            f"{_pm(e, 'oof/ams_max')} | {_pm(e, 'oof/ams@0.5')} | {_pm(e, 'oof/auroc')} | "
-            f"{_pm(e, 'oof/auroc_weighted')} | {delta} | {p_not} | {e['cpu_seconds']:.0f} |"
-        )
+    best = ", ".join(f"`{k}={_value(v)}`" for k, v in search["best"].items())
     out += [
         "",
-        "Losses: " + "; ".join(f"`{n}` {losses[n]['description']}" for n in order) + ".",
+        "## The fine-tune's settings",
         "",
-        "## Protocol",
+        f"An Optuna TPE search of {p['trials']} trials on seed {p['search_seed']} (not "
+        "evaluated), maximising the run's smoothed out-of-fold AMS at its chosen cut "
+        "(`cut/ams_smoothed`), with the pretraining held at `loss=bce` (the seed paper's BCE "
+        "model, 10 epochs). The first trial is the default recipe of `conf/finetune/`. "
+        f"Best: {best} ({search['best_value']:.3f}).",
         "",
-        f"- **Search, equal budget per loss**: {p['trials_per_loss']} Optuna trials "
-        f"(TPE sampler, seed {p['search_seed']}, Optuna {p['optuna']}) per loss, each a "
-        f"{p['folds']}-fold cross-validation through `amsaware.experiment.cross_validate` at "
-        f"{p['search_epochs']} epochs, maximising the {p['search_objective']}. {_sampler_note(p)} "
-        "Common space: 2-4 layers, 64-512 "
-        "units, dropout 0.1-0.4, Adam lr 1e-4..1e-2 (log), batch {128, 256, 512, 1024}; plus "
-        "each loss's own options (temperature 1-20 log and AMS vs AMS² for the soft AMS; "
-        "-Z² vs 1/Z² and temperature for Asimov; eps/S_tot 0.1-10 for Delta-Z-bar; warm-up "
-        "share 0.3-0.9, learning-rate factor after it 0.01-1 (log), mix alpha 0-0.9, raw or "
-        "batch weights and temperature for BCE-then-AMS).",
-        f"- **Evaluation**: the best trial's settings, trained for {p['epochs']} epochs on "
-        f"fresh seeds {p['eval_seeds']} (search used seed {p['search_seed']}).",
-        f"- **Bootstrap**: {p['bootstrap']}. Each resample draws all events with replacement "
-        "(one draw shared by every loss and seed), rescales the weights per class to the "
-        "totals and recomputes each run's AMS at its fixed cut; the statistic is the seed-mean "
-        "AMS of the loss minus BCE's. Written in `benchmarks/loss_verdict.py`; to be unified "
-        "with `amsaware.stats` (issue 5).",
-        f"- Machine: {p['machine']}, torch {p['torch']}. CPU seconds include the search; the "
-        "machine was shared with other jobs, so wall times are not meaningful.",
+        "| trial | " + " | ".join(k.removeprefix("finetune.") for k in search["best"]) + " | "
+        "cut/ams_smoothed |",
+        "|---|" + "---|" * (len(search["best"]) + 1),
+    ]
+    for trial in sorted(search["trials"], key=lambda t: -t["value"]):
+        cells = [_value(trial["params"].get(k)) for k in search["best"]]
+        out.append(f"| {trial['number']} | " + " | ".join(cells) + f" | {trial['value']:.3f} |")
+    out += [
         "",
-        "## Caveats",
+        "## Protocol and caveats",
         "",
-        "- Search and evaluation use the same 12,000 events (different seeds and fold splits). "
-        "That favours every searched loss alike, but it is not nested CV: an apparent winner "
-        "by a small margin should be confirmed on fresh data (the CERN Open Data file).",
-        "- The bootstrap holds each run's cut fixed: it measures the sampling noise of the "
+        "- Every model is a `train.py` run composed in-process (`loss=bce finetune=ams|bce`, "
+        "`final_fit=false`). The BCE row is the fine-tuned runs' `pretrain/` result: exactly "
+        "the model each fine-tune starts from, so BCE, the fine-tune and the control are "
+        "paired model by model.",
+        "- The search and the evaluation use the same events (other seeds and fold splits): "
+        "not nested CV. Confirm a small lead on events none of this touched (the rest of the "
+        "CERN file: without `data.limit` a run scores its public and private sets).",
+        "- The bootstrap holds each run's selection fixed: it measures the noise of the "
         "events, not that of choosing the cut.",
-        f"- {p['trials_per_loss']} trials is a small search; a loss with more options "
-        "(BCE-then-AMS) gets fewer trials per option than BCE does.",
-        "",
-        "- The control reuses `bce_ams`'s searched settings; BCE's own search space has no "
-        "learning-rate drop, so part of `bce_ams`'s lead over `bce` is that option, not AMS.",
-        "",
-        *_next_steps(document),
-        "## Best settings found",
-        "",
-        "| loss | best search value | network | loss options | trial values |",
-        "|---|---|---|---|---|",
     ]
-    for name in order:
-        e = losses[name]
-        if "search" not in e:
-            continue
-        trials = ", ".join(f"{v:.2f}" for v in e["search"]["trials"] if v is not None)
-        network = ", ".join(f"{k}={_fmt(v)}" for k, v in e["network"].items())
-        options = ", ".join(f"{k}={_fmt(v)}" for k, v in e["loss"].items()) or "—"
-        out.append(
-            f"| `{name}` | {e['search']['best_value']:.3f} | {network} | {options} | {trials} |"
-        )
-    if batch_sizes:
-        out += _batch_size_section(batch_sizes)
-    out.append("")
-    return "\n".join(out)
+    return "\n".join(out) + "\n"
 
 
-def _batch_size_section(doc: dict[str, Any]) -> list[str]:
-    """The table of benchmarks/ams_batch_size.py: batch-normalised soft AMS vs batch size."""
-    net = ", ".join(f"{k}={_fmt(v)}" for k, v in doc["network"].items())
-    out = [
-        "",
-        "## What batch size the batch-normalised soft AMS needs",
-        "",
-        "`benchmarks/ams_batch_size.py`: `SoftAMSLoss(normalisation='batch')`, the seed "
-        f"paper's AMS network ({net}, its lr), seed {doc['seed']}, the same number of "
-        "gradient steps at every batch size, 3-fold out-of-fold on the same sample.",
-        "",
-        "| batch | epochs | steps per fold | AMS at cut | cut (fraction) | oof/ams_max | "
-        "oof/auroc | CPU s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in doc["rows"]:
-        out.append(
-            f"| {r['batch_size']} | {r['epochs']} | {r['steps']} | {r['ams_at_cut']:.3f} | "
-            f"{r['cut_fraction']:.3f} | {r['oof/ams_max']:.3f} | {r['oof/auroc']:.3f} | "
-            f"{r['cpu_seconds']:.0f} |"
-        )
-    return out
-
-
-def _cpu_minutes(losses: dict[str, Any]) -> str:
-    return f"{sum(e['cpu_seconds'] for e in losses.values()) / 60:.0f}"
-
-
-def _next_steps(document: dict[str, Any]) -> list[str]:
-    """What to try when no AMS-aware loss wins (empty when one does)."""
-    vs = document.get("vs_bce", {})
-    if any(vs[n]["ci_low"] > 0 for n in AMS_AWARE if n in vs):
-        return []
-    return [
-        "## What to try next",
-        "",
-        "- A two-stage fit: BCE, then a short batch-normalised soft-AMS fine-tune at a large "
-        "batch (the table below: full batches lift it from 1.74 to 2.54 from scratch) and a "
-        "small lr. One loss cannot change the batch size mid-run, so this needs a fine-tune "
-        "stage in `experiment.fit`.",
-        "- Give BCE the same learning-rate drop in its search, so the comparison isolates the "
-        "loss; more trials (TPE proper starts after 10); nested CV or the full CERN file to "
-        "confirm any winner.",
-        "",
-    ]
-
-
-def _sampler_note(p: dict[str, Any]) -> str:
-    """Optuna's TPE draws its first 10 trials at random (n_startup_trials)."""
-    if p["trials_per_loss"] <= 10:
-        return (
-            "TPE draws its first 10 trials at random, so this budget is a seeded random search, "
-            "the same draws of the common space for every loss."
-        )
-    return "TPE draws its first 10 trials at random and models the rest."
-
-
-def _fmt(value: Any) -> str:
+def _value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}={_fmt(v)}" for k, v in value.items()) + "}"
     return str(value)
