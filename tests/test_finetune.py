@@ -259,3 +259,35 @@ def test_every_finetune_option_composes(tmp_path):
         check_finetune(cfg.finetune, (1.0, 1.0))
     assert compose_run(tmp_path).get("finetune") is None
     assert OmegaConf.select(compose_run(tmp_path), "cv.repeats") == 1
+
+
+def test_finetune_composes_with_parallel_folds_and_both_ensembles(tmp_path):
+    metrics = run(
+        tmp_path, "finetune=ams", "finetune.max_epochs=1", "cv.parallel=true", "ensemble=both"
+    )
+    assert {"test", "test_folds", "pretrain"} <= set(metrics)
+    for stage in ["fold0", "fold1", "fold2", "final"]:
+        assert (tmp_path / "checkpoints" / stage / "last.ckpt").is_file()
+    fold_models = load_scorer(tmp_path, "folds")
+    written = pd.read_csv(tmp_path / "test_predictions_folds.csv")
+    assert len(written) == 600 and len(fold_models.models) == 3
+
+
+@pytest.mark.slow
+def test_finetune_composes_with_compile(tmp_path):
+    metrics = run(tmp_path, "finetune=ams", "finetune.max_epochs=1", "compile=default")
+    assert np.isfinite(metrics["cv"]["oof"]["oof/auroc"])
+    assert "pretrain" in metrics
+
+
+@pytest.mark.slow
+def test_finetune_under_ddp_writes_one_run_folder(tmp_path):
+    from tests.test_train import train
+
+    run_dir = tmp_path / "ddp"
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "threads=1"]
+    train(run_dir, *ddp, "finetune=ams", "finetune.max_epochs=1", "callbacks.progress_bar=null")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "pretrain" in metrics
+    assert len(pd.read_csv(run_dir / "pretrain" / "oof_predictions.csv")) == 1500
+    assert not list(run_dir.rglob("*.tmp"))
