@@ -92,7 +92,8 @@ def test_tensorboard_has_train_loss_and_every_val_metric_per_epoch(ams_run):
     events = EventAccumulator(str(ams_run[0] / "tensorboard" / "fold0"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", *(f"val/{name}" for name in METRIC_NAMES)} <= tags
+    assert {"train/loss", "val/loss", *(f"val/{name}" for name in METRIC_NAMES)} <= tags
+    assert len(events.Scalars("val/loss")) == 2
     assert len(events.Scalars("val/ams_max")) == 2  # one per epoch
 
 
@@ -109,7 +110,7 @@ def test_lightning_lines_are_not_printed_twice(ams_run):
     _, done = ams_run
     output = done.stdout + done.stderr
     assert "Tip:" not in output
-    assert output.count("fold 1/3") == 1
+    assert output.count("fold0 [1/3]: training on") == 1
 
 
 def test_bad_config_key_fails_with_a_clear_error(tmp_path):

@@ -32,6 +32,7 @@ from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
 from amsaware.metrics import ams_curve, ams_of_selection, evaluate, select_top_fraction
 from amsaware.model import SignificanceClassifier, predict_proba
 from amsaware.parallel import fit_folds_in_parallel
+from amsaware.progress import RunClock, StageProgressBar, stage_label
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,7 @@ def cross_validate(
     save_stage: StageWriter | None = None,
     repeats: int = 1,
     finetune: FineTune | None = None,
+    clock: RunClock | None = None,
 ) -> CrossValidation:
     """Train one model per stratified fold and score its held-out events (and `test`'s).
 
@@ -317,7 +319,7 @@ def cross_validate(
     second phase; the result's `pretrain` then holds the scores from before it.
     `parallel=True` trains the fold models at once as one batched model
     (`amsaware.parallel`); `save_stage` then writes each fold's checkpoint and preprocessing,
-    which the sequential path's callbacks write.
+    which the sequential path's callbacks write. `clock` logs each finished stage's time.
     """
     plans = plan_folds(table.label, n_folds, seed, repeats)
     totals = (table.s_tot, table.b_tot)
@@ -334,6 +336,8 @@ def cross_validate(
             make_trainer,
             finetune=finetune,
         )
+        if clock is not None:
+            clock.stage_done(stage_label([p.stage for p in plans], len(plans)), len(plans))
     for j, plan in enumerate(plans):
         if parallel:
             datamodule, net, logger = trained[j].datamodule, trained[j].net, trained[j].logger
@@ -342,9 +346,8 @@ def cross_validate(
                 save_stage(plan.stage, net, datamodule)
         else:
             log.info(
-                "fold %d/%d: training on %d events, validating on %d",
-                plan.index + 1,
-                len(plans),
+                "%s: training on %d events, validating on %d",
+                stage_label(plan.stage, len(plans)),
                 len(plan.train_index),
                 len(plan.val_index),
             )
@@ -357,6 +360,8 @@ def cross_validate(
                 pretrained_net = copy.deepcopy(module.net)
                 module = finetune.fit(module, datamodule, plan.stage)
             net, logger = module.net, module.logger
+            if clock is not None:
+                clock.stage_done(stage_label(plan.stage, len(plans)))
         x_val, y_val, w_val = datamodule.val_tensors
         if before is not None:
             before.add(plan, predict_proba(pretrained_net, x_val), y_val, w_val, None)
@@ -428,6 +433,7 @@ def final_fit(
     make_module: ModuleFactory,
     make_trainer: TrainerFactory,
     finetune: FineTune | None = None,
+    clock: RunClock | None = None,
 ) -> FinalFit | None:
     """Train on all training events (both phases with `finetune`) and select the top
     `cut.fraction` of the test events."""
@@ -436,6 +442,8 @@ def final_fit(
     module = fit(datamodule, make_module, make_trainer, "final", seed)
     if finetune is not None:
         module = finetune.fit(module, datamodule, "final")
+    if clock is not None:
+        clock.stage_done("final", final=True)
     if dataset.test is None:
         return None
     scores = predict_proba(module.net, datamodule.preprocess(dataset.test)).numpy()
@@ -573,7 +581,8 @@ def _factories(
         )
 
     def make_trainer(stages: str | list[str]) -> L.Trainer:
-        return _trainer(cfg, run_dir, stages, stage_files=not finetuning)
+        phase = "pretrain" if finetuning else None
+        return _trainer(cfg, run_dir, stages, stage_files=not finetuning, phase=phase)
 
     def save_stage(stage: str, net: nn.Module, datamodule: HiggsDataModule) -> None:
         callbacks = cfg.get("callbacks") or {}
@@ -594,12 +603,14 @@ def _trainer(
     stage_files: bool = True,
     max_epochs: int | None = None,
     extra_callbacks: Sequence[L.Callback] = (),
+    phase: str | None = None,
 ) -> L.Trainer:
     """One stage's trainer; for several trained at once (cv.parallel), a logger per stage
     and no per-stage callbacks (`save_stage` writes their files after the fit).
 
     `stage_files=False` leaves out the callbacks that write into the stage's folder
     (checkpoint, preprocessing): a first phase whose model is not the stage's final one.
+    A `StageProgressBar` is told the stage (and `phase`) it shows.
     """
     from hydra.utils import instantiate
 
@@ -618,6 +629,10 @@ def _trainer(
                 continue
             callback = OmegaConf.merge(callback, {"dirpath": str(run_dir / "checkpoints" / stages)})
         callbacks.append(instantiate(callback))
+    n_fold_models = int(cfg.cv.folds) * int(cfg.cv.get("repeats", 1))
+    for callback in callbacks:
+        if isinstance(callback, StageProgressBar):
+            callback.stage = stage_label(stages, n_fold_models, phase)
     overrides: dict[str, Any] = {} if max_epochs is None else {"max_epochs": max_epochs}
     if not any(isinstance(callback, ModelCheckpoint) for callback in callbacks):
         # Else Lightning adds its own, writing epoch=...ckpt files nothing reads.
@@ -693,9 +708,44 @@ def _finetune(
         )
 
     def make_trainer(stages: str | list[str], callbacks: list[L.Callback]) -> L.Trainer:
-        return _trainer(cfg, run_dir, stages, True, int(ft.max_epochs), callbacks)
+        phase = f"finetune={_choice('finetune') or ft.loss._target_.rsplit('.', 1)[-1]}"
+        return _trainer(cfg, run_dir, stages, True, int(ft.max_epochs), callbacks, phase)
 
     return FineTune(make_module, make_trainer, int(ft.batch_size), int(ft.max_epochs), save_stage)
+
+
+def _choice(group: str) -> str | None:
+    """The option Hydra selected for a config group (`loss=ams` -> "ams"), when under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
+
+
+def describe_run(cfg: DictConfig) -> str:
+    """The run's key choices in one line, logged at start: `loss=X` also sets the model size,
+    learning rate and batch size, which would otherwise go unseen."""
+    model = cfg.model
+    sizes = "x".join(str(model.get(key)) for key in ("n_layers", "hidden_size") if key in model)
+    parts = [
+        f"loss={_choice('loss') or cfg.loss._target_.rsplit('.', 1)[-1]}",
+        f"model={model._target_.rsplit('.', 1)[-1]}({sizes}, dropout={model.get('dropout')})",
+        f"lr={cfg.optimizer.get('lr')}",
+        f"batch={cfg.data.batch_size}",
+        f"epochs={cfg.trainer.max_epochs}",
+    ]
+    ft = cfg.get("finetune")
+    if ft:
+        name = _choice("finetune") or ft.loss._target_.rsplit(".", 1)[-1]
+        parts.append(
+            f"finetune={name}(lr={ft.optimizer.get('lr')}, batch={ft.batch_size}, "
+            f"epochs={ft.max_epochs})"
+        )
+    parts.append(f"data={_choice('data') or cfg.data._target_.rsplit('.', 1)[-1]}")
+    parts.append(f"cv={cfg.cv.folds} folds x {cfg.cv.get('repeats', 1)}")
+    parts.append(f"seed={cfg.seed}")
+    return " ".join(parts)
 
 
 def run_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -800,6 +850,7 @@ def _run(cfg: DictConfig) -> float:
     check_folds(cfg.cv.folds, repeats)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    log.info("run: %s", describe_run(cfg))
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     dataset = load_dataset(cfg)
@@ -813,6 +864,8 @@ def _run(cfg: DictConfig) -> float:
     cut_options = {**cfg.cut, "s_tot": totals[0], "b_tot": totals[1]}
 
     fold_test = dataset.test if cfg.final_fit and ensemble != "final" else None
+    final = bool(cfg.final_fit) and ensemble != "folds"
+    clock = RunClock(int(cfg.cv.folds) * int(repeats), int(cfg.cv.folds), final)
     cv = cross_validate(
         dataset.train,
         cfg.cv.folds,
@@ -825,6 +878,7 @@ def _run(cfg: DictConfig) -> float:
         save_stage=save_stage,
         repeats=repeats,
         finetune=finetune,
+        clock=clock,
     )
     train = dataset.train
     metrics: dict[str, Any] = {}
@@ -843,7 +897,7 @@ def _run(cfg: DictConfig) -> float:
         results = {}
         if ensemble != "folds":
             results["final"] = final_fit(
-                dataset, cut, batch_size, cfg.seed, make_module, make_trainer, finetune
+                dataset, cut, batch_size, cfg.seed, make_module, make_trainer, finetune, clock
             )
         if dataset.test is None:
             log.warning("%s has no test events to score: no submission written", train.source)

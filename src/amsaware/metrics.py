@@ -242,6 +242,22 @@ class _EventMetric(Metric):
         return dim_zero_cat(self.scores), dim_zero_cat(self.target), dim_zero_cat(self.weight)
 
 
+class ValidationEvents(_EventMetric):
+    """Every event's logit, label and weight (gathered from all processes under DDP), so a
+    loss can be computed once on a whole validation fold: a significance loss is a function
+    of the fold's totals, not a mean of per-batch values."""
+
+    def update(self, preds: Tensor, target: Tensor, weight: Tensor) -> None:
+        self.scores.append(preds.detach().reshape(-1))
+        self.target.append(target.detach().reshape(-1))
+        self.weight.append(weight.detach().reshape(-1))
+
+    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
+        if isinstance(self.scores, list) and not self.scores:  # no validation rows
+            return torch.empty(0), torch.empty(0), torch.empty(0)
+        return self._events()
+
+
 class WeightedAMS(_EventMetric):
     """AMS at the paper's cut (score >= 0.5), at the top 15%, and at its maximum over all cuts.
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from amsaware import losses
 from amsaware.data.schema import B_TOT, S_TOT
-from amsaware.metrics import classification_metrics
+from amsaware.metrics import ValidationEvents, classification_metrics
 
 Batch = tuple[Tensor, Tensor, Tensor]
+#: Validation metrics shown in the progress bar next to `train/loss`.
+PROGRESS_BAR_METRICS = ("val/ams_max",)
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -33,13 +39,130 @@ class MLP(nn.Sequential):
             width = hidden_size
         layers.append(nn.Linear(width, 1))
         super().__init__(*layers)
+        # Kept so a checkpoint can say how to rebuild the network (`describe_net`).
+        self.n_features, self.n_layers = n_features, n_layers
+        self.hidden_size, self.dropout = hidden_size, dropout
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x).squeeze(-1)
 
 
+#: The networks a checkpoint may rebuild, by class name. A checkpoint names one of these and
+#: its sizes; it never names a class to import, so loading a file cannot run arbitrary code.
+NETS: dict[str, type[nn.Module]] = {"MLP": MLP}
+#: The losses a checkpoint may rebuild (classes of `amsaware.losses`).
+LOSSES: dict[str, type[nn.Module]] = {
+    name: getattr(losses, name)
+    for name in ("BCELoss", "SoftAMSLoss", "AsimovLoss", "DeltaZBarLoss")
+}
+_NET_SIZES = ("n_features", "n_layers", "hidden_size", "dropout")
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return all(_plain(item) for item in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def describe_net(net: nn.Module) -> dict[str, Any] | None:
+    """The network as plain values (class name and sizes), or None if it is not in `NETS`."""
+    name = type(net).__name__
+    if NETS.get(name) is not type(net):
+        return None
+    return {"class": name} | {key: getattr(net, key) for key in _NET_SIZES}
+
+
+def build_net(spec: Mapping[str, Any]) -> nn.Module:
+    """The network `describe_net` described, built from the `NETS` allowlist."""
+    options = dict(spec)
+    name = options.pop("class", None)
+    if name not in NETS:
+        raise ValueError(
+            f"checkpoint hyperparameter net.class must be one of {list(NETS)}, got {name!r}"
+        )
+    return NETS[name](**options)
+
+
+def describe_loss(loss: nn.Module) -> dict[str, Any] | None:
+    """The loss as plain values (class name and constructor options), or None if it is not
+    one of `LOSSES` or keeps an option under another name than its constructor's."""
+    name = type(loss).__name__
+    if LOSSES.get(name) is not type(loss):
+        return None
+    options = {}
+    for key in inspect.signature(type(loss)).parameters:
+        if not hasattr(loss, key) or not _plain(getattr(loss, key)):
+            return None
+        options[key] = getattr(loss, key)
+    return {"class": name} | options
+
+
+def build_loss(spec: Mapping[str, Any]) -> nn.Module:
+    """The loss `describe_loss` described, built from the `LOSSES` allowlist."""
+    options = dict(spec)
+    name = options.pop("class", None)
+    if name not in LOSSES:
+        raise ValueError(
+            f"checkpoint hyperparameter loss.class must be one of {list(LOSSES)}, got {name!r}"
+        )
+    return LOSSES[name](**options)
+
+
+def _torch_class(name: Any, module: Any, base: type, key: str) -> type:
+    """A class of `module` (torch.optim or its lr_scheduler) deriving from `base`, by name."""
+    cls = getattr(module, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(
+            f"checkpoint hyperparameter {key}.class must name a class of {module.__name__}, "
+            f"got {name!r}"
+        )
+    return cls
+
+
+def _describe_partial(factory: Any, module: Any, base: type) -> dict[str, Any] | None:
+    """A `functools.partial` of a class of `module` (as Hydra's `_partial_: true` makes) as
+    plain values: the class name and its keyword options."""
+    if not isinstance(factory, functools.partial) or factory.args:
+        return None
+    cls = factory.func
+    if (
+        not (isinstance(cls, type) and issubclass(cls, base))
+        or getattr(module, cls.__name__, None) is not cls
+    ):
+        return None
+    if not all(_plain(value) for value in factory.keywords.values()):
+        return None
+    return {"class": cls.__name__} | dict(factory.keywords)
+
+
+def _build_partial(spec: Mapping[str, Any], module: Any, base: type, key: str) -> functools.partial:
+    options = dict(spec)
+    cls = _torch_class(options.pop("class", None), module, base, key)
+    return functools.partial(cls, **options)
+
+
+def _optimizer_spec(factory: Any) -> dict[str, Any] | None:
+    return _describe_partial(factory, torch.optim, torch.optim.Optimizer)
+
+
+def _scheduler_spec(factory: Any) -> dict[str, Any] | None:
+    return _describe_partial(
+        factory, torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler
+    )
+
+
 class SignificanceClassifier(L.LightningModule):
     """Trains `net` with `loss(logits, target, weight)`; logs `train/loss` and `val/...` per epoch.
+
+    `val/loss` is the loss of the whole validation fold taken as one batch, so a significance
+    loss sees the fold's totals rather than a mean of per-batch values. `train/loss` and the
+    validation AMS are shown in the progress bar.
+
+    The module saves its hyperparameters as plain values (network class and sizes, loss class
+    and options, optimizer and scheduler class and options), so
+    `SignificanceClassifier.load_from_checkpoint(path)` rebuilds it from a checkpoint; the
+    classes come from allowlists (`NETS`, `LOSSES`, torch.optim), never from a name in the file.
+    `net`, `loss`, `optimizer` and `scheduler` may be given as those plain descriptions too.
 
     Nothing in the step synchronises with the host: the running loss and the validation metrics
     accumulate on the device and are computed once per epoch.
@@ -55,16 +178,28 @@ class SignificanceClassifier(L.LightningModule):
 
     def __init__(
         self,
-        net: nn.Module,
-        loss: nn.Module,
-        optimizer: OptimizerFactory,
+        net: nn.Module | Mapping[str, Any],
+        loss: nn.Module | Mapping[str, Any],
+        optimizer: OptimizerFactory | Mapping[str, Any],
         s_tot: float = S_TOT,
         b_tot: float = B_TOT,
-        scheduler: SchedulerFactory | None = None,
+        scheduler: SchedulerFactory | Mapping[str, Any] | None = None,
         compile_mode: str | None = None,
         phase: int | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(net, Mapping):
+            net = build_net(net)
+        if isinstance(loss, Mapping):
+            loss = build_loss(loss)
+        if isinstance(optimizer, Mapping):
+            optimizer = _build_partial(optimizer, torch.optim, torch.optim.Optimizer, "optimizer")
+        if isinstance(scheduler, Mapping):
+            base = torch.optim.lr_scheduler.LRScheduler
+            scheduler = _build_partial(scheduler, torch.optim.lr_scheduler, base, "scheduler")
+        plain = {"s_tot": float(s_tot), "b_tot": float(b_tot)}
+        plain |= {"compile_mode": compile_mode, "phase": phase}
+        self._save_plain_hyperparameters(net, loss, optimizer, scheduler, plain)
         self.net = net
         self.phase = phase
         self.loss = loss
@@ -72,11 +207,38 @@ class SignificanceClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.train_loss = MeanMetric(nan_strategy="disable")  # no host sync per step
         self.val_metrics = classification_metrics("val/", s_tot, b_tot)
+        self.val_events = ValidationEvents()
         self.totals = (s_tot, b_tot)
         self.compile_mode = compile_mode
         self._forward = (
             net.forward if compile_mode is None else torch.compile(net.forward, mode=compile_mode)
         )
+
+    def _save_plain_hyperparameters(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        plain: dict[str, Any],
+    ) -> None:
+        """Save what rebuilds this module as plain values, when every part is describable.
+
+        A part outside the allowlists (a stacked fold-parallel network, an optimizer that is
+        not a partial of a torch.optim class) saves nothing: such a checkpoint is loaded with
+        `amsaware.inference.load_scorer` instead.
+        """
+        spec = {
+            "net": describe_net(net),
+            "loss": describe_loss(loss),
+            "optimizer": _optimizer_spec(optimizer),
+        }
+        if any(value is None for value in spec.values()):
+            return
+        scheduler_spec = None if scheduler is None else _scheduler_spec(scheduler)
+        if scheduler is not None and scheduler_spec is None:
+            return
+        self.save_hyperparameters(spec | {"scheduler": scheduler_spec} | plain, logger=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._forward(x)
@@ -88,18 +250,27 @@ class SignificanceClassifier(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss", self.train_loss.compute())
+        self.log("train/loss", self.train_loss.compute(), prog_bar=True)
         self.train_loss.reset()
         if self.phase is not None:
             self.log("phase", float(self.phase))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, target, weight = batch
-        self.val_metrics.update(preds=torch.sigmoid(self(x)), target=target, weight=weight)
+        logits = self(x)
+        self.val_metrics.update(preds=torch.sigmoid(logits), target=target, weight=weight)
+        self.val_events.update(logits, target, weight)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute())
+        values = self.val_metrics.compute()
+        shown = {name: values.pop(name) for name in PROGRESS_BAR_METRICS if name in values}
+        self.log_dict(values)
+        self.log_dict(shown, prog_bar=True)
         self.val_metrics.reset()
+        logits, target, weight = self.val_events.compute()
+        if len(logits):
+            self.log("val/loss", self.loss(logits, target, weight).float())
+        self.val_events.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         """The optimizer, and the per-epoch learning-rate scheduler when one is configured."""

@@ -297,7 +297,8 @@ def fit_folds_in_parallel(
         L.seed_everything(seed, verbose=False)
         nets.append(make_module().net)
     log.info(
-        "folds 1-%d in parallel: training on %s events",
+        "fold0-%d [%d at once]: training on %s events",
+        n_folds - 1,
         n_folds,
         "/".join(str(len(dm.train_table)) for dm in datamodules),
     )

@@ -1,0 +1,105 @@
+"""What the console says while a run trains: stage names in the progress bar, a time estimate.
+
+Stages keep the names of the run folder (`fold0`, `fold1`, ..., `final`: checkpoints,
+TensorBoard runs and metrics.json use them); the console adds a 1-based count, `fold0 [1/3]`,
+so a name always means the same model and the count says how far the run is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+log = logging.getLogger(__name__)
+
+
+def stage_label(stage: str | list[str], n_fold_models: int, phase: str | None = None) -> str:
+    """`fold0 [1/3]`, `final`, `fold0-2` (trained at once), plus the phase when there are two."""
+    if not isinstance(stage, str):
+        label = f"{stage[0]}-{stage[-1].removeprefix('fold')}" if len(stage) > 1 else stage[0]
+        label += f" [{len(stage)}/{n_fold_models} at once]"
+    elif stage.startswith("fold") and stage[4:].isdigit():
+        label = f"{stage} [{int(stage[4:]) + 1}/{n_fold_models}]"
+    else:
+        label = stage
+    return f"{label} {phase}" if phase else label
+
+
+class StageProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar naming the stage and epoch (`fold0 [1/3] epoch 2/10`) instead of
+    the logger's version (`v_num`), which Lightning cuts to its last 4 characters."""
+
+    def __init__(self, *args: Any, stage: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Set per trainer by `amsaware.experiment` (one trainer per stage and phase).
+        self.stage = stage
+
+    def _description(self, trainer: L.Trainer) -> str:
+        epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        return f"{self.stage} {epoch}" if self.stage else epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(self._description(trainer))
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class RunClock:
+    """Logs one line per finished stage: its time, the run's elapsed time and an estimate of
+    the time left, from the stages done so far.
+
+    Stages are weighted by their training events: with k folds a fold trains on (k-1)/k of the
+    events and the final fit on all of them, so the final fit counts k/(k-1) folds.
+    """
+
+    def __init__(
+        self,
+        n_fold_models: int,
+        n_folds: int,
+        final: bool,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.clock = clock
+        self.n_fold_models = n_fold_models
+        self.final_weight = n_folds / (n_folds - 1) if final else 0.0
+        self.total = n_fold_models + self.final_weight
+        self.done_weight = 0.0
+        self.started = self.last = clock()
+
+    def stage_done(self, label: str, n_fold_models: int = 1, final: bool = False) -> float:
+        """Record that `label` finished (`n_fold_models` folds, or the final fit); returns the
+        estimated seconds left."""
+        now = self.clock()
+        self.done_weight += self.final_weight if final else n_fold_models
+        elapsed = now - self.started
+        left = elapsed / self.done_weight * max(self.total - self.done_weight, 0.0)
+        log.info(
+            "%s done in %s; run: %s elapsed, about %s left",
+            label,
+            format_seconds(now - self.last),
+            format_seconds(elapsed),
+            format_seconds(left),
+        )
+        self.last = now
+        return left
+
+
+def format_seconds(seconds: float) -> str:
+    """`42 s`, `3 min 05 s`, `1 h 02 min`."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
