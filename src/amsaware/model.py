@@ -72,15 +72,20 @@ def describe_net(net: nn.Module) -> dict[str, Any] | None:
     return {"class": name} | {key: getattr(net, key) for key in _NET_SIZES}
 
 
-def build_net(spec: Mapping[str, Any]) -> nn.Module:
-    """The network `describe_net` described, built from the `NETS` allowlist."""
+def _build(spec: Mapping[str, Any], allowed: Mapping[str, type[nn.Module]], key: str) -> Any:
+    """`allowed[spec["class"]](**rest of spec)`, refusing any class outside `allowed`."""
     options = dict(spec)
     name = options.pop("class", None)
-    if name not in NETS:
+    if name not in allowed:
         raise ValueError(
-            f"checkpoint hyperparameter net.class must be one of {list(NETS)}, got {name!r}"
+            f"checkpoint hyperparameter {key}.class must be one of {list(allowed)}, got {name!r}"
         )
-    return NETS[name](**options)
+    return allowed[name](**options)
+
+
+def build_net(spec: Mapping[str, Any]) -> nn.Module:
+    """The network `describe_net` described, built from the `NETS` allowlist."""
+    return _build(spec, NETS, "net")
 
 
 def describe_loss(loss: nn.Module) -> dict[str, Any] | None:
@@ -99,13 +104,7 @@ def describe_loss(loss: nn.Module) -> dict[str, Any] | None:
 
 def build_loss(spec: Mapping[str, Any]) -> nn.Module:
     """The loss `describe_loss` described, built from the `LOSSES` allowlist."""
-    options = dict(spec)
-    name = options.pop("class", None)
-    if name not in LOSSES:
-        raise ValueError(
-            f"checkpoint hyperparameter loss.class must be one of {list(LOSSES)}, got {name!r}"
-        )
-    return LOSSES[name](**options)
+    return _build(spec, LOSSES, "loss")
 
 
 def _torch_class(name: Any, module: Any, base: type, key: str) -> type:
