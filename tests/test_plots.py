@@ -47,6 +47,7 @@ def test_every_figure_is_written_as_a_png(predictions, tmp_path):
         "roc.png": plots.roc_curves(scores, label),
         "roc_weighted.png": plots.roc_curves(scores, label, weight),
         "pr.png": plots.precision_recall_curves(scores, label),
+        "pr_weighted.png": plots.precision_recall_curves(scores, label, weight),
         "ams.png": plots.ams_curves(scores, label, weight, {"bce": 0.15, "ams": 0.2}),
         "scores.png": plots.score_distributions(scores, label, weight),
     }
@@ -81,3 +82,61 @@ def test_loggers_without_tensorboard_get_nothing(predictions, tmp_path):
     args = ("val/", scores["bce"], label, weight)
     assert plots.log_to_logger(None, *args) is False
     assert plots.log_to_logger(CSVLogger(str(tmp_path)), *args) is False
+
+
+def weighted_truth(scores, label, weight, threshold, totals=plots.TOTALS_DEFAULT):
+    """Signal and background yields (rescaled to totals) of `score >= threshold`, by hand."""
+    signal = label == 1
+    w = np.where(signal, weight * totals[0] / weight[signal].sum(), 0.0)
+    w += np.where(~signal, weight * totals[1] / weight[~signal].sum(), 0.0)
+    chosen = scores >= threshold
+    return w[chosen & signal].sum(), w[chosen & ~signal].sum()
+
+
+def test_pr_counts_are_weighted_yields_at_each_threshold(predictions):
+    scores, label, weight = predictions
+    s = scores["bce"]
+    counts = plots.weighted_pr_counts(s, label, weight, num_thresholds=11)
+    for i in (0, 3, 5, 9):
+        # Thresholds i/10; nudge off the bucket edge, where floating rounding could land.
+        sig, bkg = weighted_truth(s, label, weight, i / 10 + 1e-12)
+        assert counts["true_positive_counts"][i] == pytest.approx(sig, rel=1e-9)
+        assert counts["false_positive_counts"][i] == pytest.approx(bkg, rel=1e-9)
+        assert counts["precision"][i] == pytest.approx(sig / (sig + bkg), rel=1e-9)
+    total_sig = counts["true_positive_counts"][0]
+    np.testing.assert_allclose(
+        counts["true_positive_counts"] + counts["false_negative_counts"], total_sig
+    )
+    # Signal weighs ~1000x less than background here: weighted purity is far below the
+    # event-counting one, which is what an unweighted curve would wrongly show.
+    unweighted = np.mean(label[s >= 0.5])
+    assert counts["precision"][5] < unweighted / 50
+
+
+def test_the_pr_figure_weights_average_precision(predictions):
+    from sklearn.metrics import average_precision_score
+
+    scores, label, weight = predictions
+    figure = plots.precision_recall_curves({"bce": scores["bce"]}, label, weight)
+    text = figure.axes[0].get_legend().get_texts()[0].get_text()
+    w = plots._rescaled(label, weight, plots.TOTALS_DEFAULT)
+    expected = average_precision_score(label, scores["bce"], sample_weight=w)
+    assert text == f"bce (AP {expected:.4f})"
+    assert expected < 0.5 * average_precision_score(label, scores["bce"])
+
+
+def test_tensorboard_pr_curve_holds_the_weighted_counts(predictions, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+    from torch.utils.tensorboard import SummaryWriter
+
+    scores, label, weight = predictions
+    writer = SummaryWriter(str(tmp_path))
+    plots.log_to_tensorboard(writer, "val/", scores["ams"], label, weight)
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    data = tensor_util.make_ndarray(events.Tensors("val/pr_curve")[0].tensor_proto)
+    counts = plots.weighted_pr_counts(scores["ams"], label, weight)
+    np.testing.assert_allclose(data[0], counts["true_positive_counts"], rtol=1e-5)
+    np.testing.assert_allclose(data[4], counts["precision"], rtol=1e-5)

@@ -317,7 +317,9 @@ def write_figures(comparison: Comparison, out_dir: Path) -> list[Path]:
             comparison.sample.resampled, comparison.differences, STATISTICS
         ),
         "roc.png": plots.roc_curves(scores, label),
-        "precision_recall.png": plots.precision_recall_curves(scores, label),
+        "precision_recall.png": plots.precision_recall_curves(
+            scores, label, weight, comparison.totals
+        ),
         "ams_vs_fraction.png": plots.ams_curves(
             scores,
             label,

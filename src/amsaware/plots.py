@@ -26,6 +26,7 @@ from amsaware.metrics import ams_curve, rescaled_weights
 Scores = Mapping[str, np.ndarray]
 #: The full-data signal and background totals that weights are rescaled to (S_tot, B_tot).
 Totals = tuple[float, float]
+TOTALS_DEFAULT: Totals = (S_TOT, B_TOT)
 #: Per run, per stage (fold0, fold1, ...): metric name -> one value per epoch.
 History = Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]
 
@@ -175,20 +176,78 @@ def roc_curves(scores: Scores, label: np.ndarray, weight: np.ndarray | None = No
     return figure
 
 
-def precision_recall_curves(scores: Scores, label: np.ndarray) -> Figure:
-    """Precision-recall curves of events (unweighted), average precision in the legend."""
+def precision_recall_curves(
+    scores: Scores,
+    label: np.ndarray,
+    weight: np.ndarray | None = None,
+    totals: Totals = (S_TOT, B_TOT),
+) -> Figure:
+    """Precision-recall curves, average precision in the legend.
+
+    With `weight`, both are of event weights rescaled per class to `totals` (as the AMS is):
+    recall is the selected share of the signal yield and precision the signal purity s/(s+b)
+    of the selection at full-data scale, on a log axis since it starts at S/(S+B) ~ 0.2%.
+    Without, they count events.
+    """
     colours = _colours(list(scores))
+    label = np.asarray(label)
+    w = None if weight is None else _rescaled(label, weight, totals)
     with style():
         figure, (ax,) = _figure()
         for name, s in scores.items():
-            precision, recall, _ = precision_recall_curve(label, s)
-            ap = average_precision_score(label, s)
+            precision, recall, _ = precision_recall_curve(label, s, sample_weight=w)
+            ap = average_precision_score(label, s, sample_weight=w)
             ax.plot(recall, precision, color=colours[name], lw=2, label=f"{name} (AP {ap:.4f})")
-        ax.axhline(np.mean(label), color="grey", ls=":", lw=1, label="signal fraction")
-        ax.set(xlabel="Recall (signal efficiency)", ylabel="Precision (unweighted purity)")
-        ax.set(xlim=(0, 1), ylim=(0, 1.05))
-        ax.legend(loc="lower left")
+        if w is None:
+            base, purity = float(np.mean(label)), "unweighted purity"
+            ax.set(ylim=(0, 1.05))
+        else:
+            base, purity = totals[0] / (totals[0] + totals[1]), "weighted purity s/(s+b)"
+            ax.set_yscale("log")
+            ax.set_ylim(base / 2, 1.05)
+        ax.axhline(base, color="grey", ls=":", lw=1, label="signal fraction")
+        kind = "weighted " if w is not None else ""
+        ax.set(xlabel=f"Recall ({kind}signal efficiency)", ylabel=f"Precision ({purity})")
+        ax.set(xlim=(0, 1))
+        ax.legend(loc="upper right" if w is not None else "lower left")
     return figure
+
+
+def _rescaled(label: np.ndarray, weight: np.ndarray, totals: Totals) -> np.ndarray:
+    target = torch.from_numpy(np.asarray(label).astype(np.int64))
+    return rescaled_weights(target, torch.as_tensor(np.asarray(weight)), *totals).numpy()
+
+
+def weighted_pr_counts(
+    scores: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    num_thresholds: int = 127,
+    totals: Totals = (S_TOT, B_TOT),
+) -> dict[str, np.ndarray]:
+    """TensorBoard's PR-curve data (`add_pr_curve_raw`) with event weights rescaled to
+    `totals`: at thresholds i/(n-1) on the probability, the weighted true and false positives
+    and negatives of `score >= threshold`, with precision and recall."""
+    scores = np.asarray(scores, dtype=np.float64)
+    signal = np.asarray(label).astype(bool)
+    w = _rescaled(signal, weight, totals)
+    bucket = np.clip(np.floor(scores * (num_thresholds - 1)), 0, num_thresholds - 1).astype(int)
+    # Weight at or above each threshold: a reversed cumulative sum of per-bucket weights.
+    sig = np.bincount(bucket[signal], w[signal], minlength=num_thresholds)[::-1].cumsum()[::-1]
+    bkg = np.bincount(bucket[~signal], w[~signal], minlength=num_thresholds)[::-1].cumsum()[::-1]
+    tp, fp = sig, bkg
+    fn, tn = sig[0] - sig, bkg[0] - bkg
+    selected = tp + fp
+    precision = np.divide(tp, selected, out=np.ones_like(tp), where=selected > 0)
+    recall = np.divide(tp, sig[0], out=np.zeros_like(tp), where=sig[0] > 0)
+    return {
+        "true_positive_counts": tp,
+        "false_positive_counts": fp,
+        "true_negative_counts": tn,
+        "false_negative_counts": fn,
+        "precision": precision,
+        "recall": recall,
+    }
 
 
 def ams_curves(
@@ -373,6 +432,9 @@ def log_to_tensorboard(
 ) -> None:
     """ROC, AMS-vs-fraction and score-distribution figures plus a PR curve, into TensorBoard.
 
+    The PR curve is weighted as the AMS is (`weighted_pr_counts`): TensorBoard's own
+    `add_pr_curve` counts events, which says little when weights span six orders of magnitude.
+
     `writer` is a `SummaryWriter` (a Lightning TensorBoardLogger's `experiment`).
     """
     name = prefix.rstrip("/") or "scores"
@@ -386,5 +448,8 @@ def log_to_tensorboard(
     with style():
         for tag, figure in figures.items():
             writer.add_figure(f"{prefix}{tag}", figure, global_step=step)
-    writer.add_pr_curve(f"{prefix}pr_curve", np.asarray(label), runs[name], global_step=step)
+    counts = weighted_pr_counts(runs[name], label, weight, totals=totals)
+    writer.add_pr_curve_raw(
+        f"{prefix}pr_curve", **counts, global_step=step, num_thresholds=len(counts["recall"])
+    )
     writer.flush()
