@@ -29,6 +29,7 @@ from amsaware import artifacts, plots
 from amsaware.data.datamodule import HiggsDataModule, stratified_folds
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
+from amsaware.loggers import StageLoggers
 from amsaware.metrics import ams_curve, ams_of_selection, evaluate, select_top_fraction
 from amsaware.model import SignificanceClassifier, predict_proba
 from amsaware.parallel import fit_folds_in_parallel
@@ -359,7 +360,7 @@ def cross_validate(
             if finetune is not None:
                 pretrained_net = copy.deepcopy(module.net)
                 module = finetune.fit(module, datamodule, plan.stage)
-            net, logger = module.net, module.logger
+            net, logger = module.net, module.loggers
             if clock is not None:
                 clock.stage_done(stage_label(plan.stage, len(plans)))
         x_val, y_val, w_val = datamodule.val_tensors
@@ -558,6 +559,7 @@ def _factories(
     run_dir: Path,
     n_features: int,
     totals: tuple[float, float] = (S_TOT, B_TOT),
+    loggers: StageLoggers | None = None,
 ) -> tuple[ModuleFactory, TrainerFactory, StageWriter]:
     """The first phase's module and trainer factories and the stage writer.
 
@@ -582,7 +584,9 @@ def _factories(
 
     def make_trainer(stages: str | list[str]) -> L.Trainer:
         phase = "pretrain" if finetuning else None
-        return _trainer(cfg, run_dir, stages, stage_files=not finetuning, phase=phase)
+        return _trainer(
+            cfg, run_dir, stages, stage_files=not finetuning, phase=phase, loggers=loggers
+        )
 
     def save_stage(stage: str, net: nn.Module, datamodule: HiggsDataModule) -> None:
         callbacks = cfg.get("callbacks") or {}
@@ -604,22 +608,31 @@ def _trainer(
     max_epochs: int | None = None,
     extra_callbacks: Sequence[L.Callback] = (),
     phase: str | None = None,
+    loggers: StageLoggers | None = None,
 ) -> L.Trainer:
     """One stage's trainer; for several trained at once (cv.parallel), a logger per stage
     and no per-stage callbacks (`save_stage` writes their files after the fit).
 
     `stage_files=False` leaves out the callbacks that write into the stage's folder
     (checkpoint, preprocessing): a first phase whose model is not the stage's final one.
-    A `StageProgressBar` is told the stage (and `phase`) it shows.
+    A `StageProgressBar` is told the stage (and `phase`) it shows. `loggers` (default: a
+    fresh `StageLoggers` of `cfg.logger`) gives each stage its loggers.
     """
     from hydra.utils import instantiate
 
     together = not isinstance(stages, str)
+    if loggers is None:
+        loggers = StageLoggers(cfg.get("logger"))
     logger: Any = False
-    if cfg.get("logger"):
-        names = stages if together else [stages]
-        loggers = [instantiate(cfg.logger, version=name) for name in names]
-        logger = loggers if together else loggers[0]
+    if loggers and together:
+        if len(loggers.kinds()) > 1:
+            raise ValueError(
+                "cv.parallel=true logs each fold through one logger; choose one logger "
+                f"(logger=tensorboard|csv|mlflow|wandb), not {loggers.kinds()}"
+            )
+        logger = [item for name in stages for item in loggers.make(name)]
+    elif loggers:
+        logger = loggers.make(stages)
     callbacks = list(extra_callbacks)
     for callback in (cfg.get("callbacks") or {}).values():
         if callback is None:  # switched off, e.g. callbacks.model_checkpoint=null
@@ -688,6 +701,7 @@ def _finetune(
     run_dir: Path,
     totals: tuple[float, float],
     save_stage: StageWriter,
+    loggers: StageLoggers | None = None,
 ) -> FineTune | None:
     """The fine-tune phase of `cfg.finetune`, or None without one."""
     ft = cfg.get("finetune")
@@ -709,7 +723,7 @@ def _finetune(
 
     def make_trainer(stages: str | list[str], callbacks: list[L.Callback]) -> L.Trainer:
         phase = f"finetune={_choice('finetune') or ft.loss._target_.rsplit('.', 1)[-1]}"
-        return _trainer(cfg, run_dir, stages, True, int(ft.max_epochs), callbacks, phase)
+        return _trainer(cfg, run_dir, stages, True, int(ft.max_epochs), callbacks, phase, loggers)
 
     return FineTune(make_module, make_trainer, int(ft.batch_size), int(ft.max_epochs), save_stage)
 
@@ -785,28 +799,26 @@ def run_hparams(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
-def _log_hparams(cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """One `summary` run per run folder: its settings and final metrics for the HParams view."""
-    from hydra.utils import instantiate
-
+def _log_hparams(cfg: DictConfig, metrics: dict[str, Any], loggers: StageLoggers) -> None:
+    """One `summary` run per run folder and logger: its settings and final metrics (for
+    TensorBoard's HParams view, MLflow's and W&B's run tables)."""
     final = dict(metrics["cv"]["oof"]) | {"cut/fraction": metrics["cut"]["fraction"]}
     final |= metrics.get("test", {}) | metrics.get("test_folds", {})
     final = {name: value for name, value in final.items() if math.isfinite(value)}
-    logger = instantiate(cfg.logger, version="summary")
-    if isinstance(logger, TensorBoardLogger):
-        logger.log_hyperparams(run_hparams(cfg), final)
-    else:
-        logger.log_hyperparams(run_hparams(cfg))
-        logger.log_metrics(final)
-    logger.finalize("success")
+    for logger in loggers.make("summary"):
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(run_hparams(cfg), final)
+        else:
+            logger.log_hyperparams(run_hparams(cfg))
+            logger.log_metrics(final)
+        logger.finalize("success")
 
 
-def _log_oof_figures(cfg: DictConfig, scores: np.ndarray, train: EventTable, cut: Cut) -> None:
+def _log_oof_figures(
+    scores: np.ndarray, train: EventTable, cut: Cut, loggers: StageLoggers
+) -> None:
     """The out-of-fold ROC, AMS curve (cut marked) and score figures, as TensorBoard run `oof`."""
-    from hydra.utils import instantiate
-
-    if cfg.get("logger"):
-        logger = instantiate(cfg.logger, version="oof")
+    for logger in loggers.make("oof", only=("TensorBoardLogger",)):
         totals = (train.s_tot, train.b_tot)
         plots.log_to_logger(
             logger, "oof/", scores, train.label, train.weight, 0, cut.fraction, totals=totals
@@ -845,7 +857,7 @@ def run_experiment(cfg: DictConfig) -> float:
 
 def _run(cfg: DictConfig) -> float:
     check_cut_options(**cfg.cut)
-    ensemble = check_ensemble(cfg.get("ensemble", "final"))
+    check_ensemble(cfg.get("ensemble", "final"))
     repeats = cfg.cv.get("repeats", 1)
     check_folds(cfg.cv.folds, repeats)
     if cfg.get("threads"):
@@ -857,9 +869,22 @@ def _run(cfg: DictConfig) -> float:
     check_trainable(dataset.train, cfg.cv.folds)
     totals = (dataset.train.s_tot, dataset.train.b_tot)
     check_finetune(cfg.get("finetune"), totals)
-    factories = _factories(cfg, run_dir, len(dataset.train.feature_names), totals)
+    loggers = StageLoggers(cfg.get("logger"))
+    try:
+        return _run_with(cfg, dataset, run_dir, started, loggers)
+    finally:
+        loggers.close()
+
+
+def _run_with(
+    cfg: DictConfig, dataset: Dataset, run_dir: Path, started: float, loggers: StageLoggers
+) -> float:
+    ensemble = check_ensemble(cfg.get("ensemble", "final"))
+    repeats = cfg.cv.get("repeats", 1)
+    totals = (dataset.train.s_tot, dataset.train.b_tot)
+    factories = _factories(cfg, run_dir, len(dataset.train.feature_names), totals, loggers)
     make_module, make_trainer, save_stage = factories
-    finetune = _finetune(cfg, run_dir, totals, save_stage)
+    finetune = _finetune(cfg, run_dir, totals, save_stage, loggers)
     batch_size = int(cfg.data.batch_size)
     cut_options = {**cfg.cut, "s_tot": totals[0], "b_tot": totals[1]}
 
@@ -891,7 +916,7 @@ def _run(cfg: DictConfig) -> float:
     metrics = {"cv": summarise_cv(cv, train), "cut": asdict(cut)} | metrics
     log.info("out-of-fold: %s", _format(metrics["cv"]["oof"]))
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
-    _log_oof_figures(cfg, cv.scores, train, cut)
+    _log_oof_figures(cv.scores, train, cut, loggers)
 
     if cfg.final_fit:
         results = {}
@@ -917,8 +942,8 @@ def _run(cfg: DictConfig) -> float:
     # The totals every AMS of this run is rescaled to; compare.py reads them back.
     metrics["data"] = {"s_tot": totals[0], "b_tot": totals[1]}
     artifacts.write_json(metrics, run_dir / artifacts.METRICS)
-    if cfg.get("logger"):
-        _log_hparams(cfg, metrics)
+    if loggers:
+        _log_hparams(cfg, metrics, loggers)
     log.info("run folder: %s", run_dir)
     value = lookup_metric(metrics, cfg.optimized_metric)
     if not math.isfinite(value):

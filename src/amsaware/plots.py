@@ -411,13 +411,16 @@ def shap_beeswarm(
 
 
 def log_to_logger(logger: Any, *args: Any, **kwargs: Any) -> bool:
-    """`log_to_tensorboard` through a Lightning logger; False (nothing logged) unless it is one
-    with a TensorBoard writer (`logger=null`, or a CSV logger, log nothing)."""
-    writer = getattr(logger, "experiment", None) if logger is not None else None
-    if not (hasattr(writer, "add_figure") and hasattr(writer, "add_pr_curve")):
-        return False
-    log_to_tensorboard(writer, *args, **kwargs)
-    return True
+    """`log_to_tensorboard` through a Lightning logger (or a list of them, as a trainer's
+    `loggers`) into each one with a TensorBoard writer; False when there was none
+    (`logger=null`, CSV, MLflow or W&B loggers get no figures)."""
+    found = False
+    for item in logger if isinstance(logger, list | tuple) else [logger]:
+        writer = getattr(item, "experiment", None) if item is not None else None
+        if hasattr(writer, "add_figure") and hasattr(writer, "add_pr_curve_raw"):
+            log_to_tensorboard(writer, *args, **kwargs)
+            found = True
+    return found
 
 
 def log_to_tensorboard(

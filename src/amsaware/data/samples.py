@@ -231,8 +231,13 @@ def _tree_name(file: Any, path: Path, tree: str | None, where: str) -> str:
 def _columns_of(path: Path, kind: str, where: str) -> list[str]:
     """The column names of a Parquet or CSV file."""
     if kind == "parquet":
-        import pyarrow.parquet as pq
-
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ModuleNotFoundError(
+                f"{where}: {path} is a Parquet file; reading it needs pyarrow: "
+                "pip install 'amsaware[parquet]' (or pip install pyarrow)"
+            ) from None
         try:
             return list(pq.read_schema(path).names)
         except Exception as error:
