@@ -104,7 +104,7 @@ def test_the_run_line_shows_what_loss_ams_silently_sets(tmp_path):
     line = describe_run(compose_run(tmp_path, "loss=ams", "finetune=ams"))
     assert "loss=SoftAMSLoss" in line or "loss=ams" in line
     assert "model=MLP(2x448" in line
-    assert "lr=0.00107955" in line
+    assert "lr=0.00107956" in line and "dropout=0.186578" in line
     assert "batch=256" in line
     assert "epochs=2" in line
     assert "finetune=" in line and "data=" in line

@@ -72,11 +72,11 @@ def test_predictions_and_submission_follow_the_contract(ams_run):
     run_dir, _ = ams_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     oof = pd.read_csv(run_dir / "oof_predictions.csv")
-    assert list(oof.columns) == ["EventId", "fold", "label", "weight", "score"]
+    assert list(oof.columns) == ["EventId", "fold", "label", "weight", "score", "logit"]
     assert len(oof) == 1500 and oof.EventId.is_unique
     assert set(oof.fold) == {0, 1, 2} and oof.score.between(0, 1).all()
     test = pd.read_csv(run_dir / "test_predictions.csv")
-    assert list(test.columns) == ["EventId", "score"] and len(test) == 1100
+    assert list(test.columns) == ["EventId", "score", "logit"] and len(test) == 1100
     submission = pd.read_csv(run_dir / "submission.csv")
     assert list(submission.columns) == ["EventId", "RankOrder", "Class"]
     assert sorted(submission.RankOrder) == list(range(1, 1101))

@@ -73,21 +73,35 @@ def write_oof_predictions(
     label: np.ndarray,
     weight: np.ndarray,
     score: np.ndarray,
+    logit: np.ndarray | None = None,
 ) -> Path:
-    """`EventId,fold,label,weight,score` for every training event, in EventId order."""
-    frame = pd.DataFrame(
-        {"EventId": event_id, "fold": fold, "label": label, "weight": weight, "score": score}
-    ).sort_values("EventId", kind="stable")
+    """`EventId,fold,label,weight,score[,logit]` for every training event, in EventId order.
+
+    `logit` (the ranking key: it never rounds to a tie) is written last, so readers of the
+    older five columns keep working.
+    """
+    columns = {"EventId": event_id, "fold": fold, "label": label, "weight": weight, "score": score}
+    if logit is not None:
+        columns["logit"] = logit
+    frame = pd.DataFrame(columns).sort_values("EventId", kind="stable")
     path = Path(run_dir) / OOF_PREDICTIONS
     _write_frame(frame, path)
     return path
 
 
 def write_test_predictions(
-    run_dir: Path, event_id: np.ndarray, score: np.ndarray, name: str = TEST_PREDICTIONS
+    run_dir: Path,
+    event_id: np.ndarray,
+    score: np.ndarray,
+    name: str = TEST_PREDICTIONS,
+    logit: np.ndarray | None = None,
 ) -> Path:
+    """`EventId,score[,logit]` per test event."""
     path = Path(run_dir) / name
-    _write_frame(pd.DataFrame({"EventId": event_id, "score": score}), path)
+    columns = {"EventId": event_id, "score": score}
+    if logit is not None:
+        columns["logit"] = logit
+    _write_frame(pd.DataFrame(columns), path)
     return path
 
 

@@ -102,7 +102,7 @@ def load_run(path: Path | str, name: str | None = None) -> Run:
             f"{path / artifacts.METRICS} has no 'cut' section with 'fraction' and 'threshold'"
         )
     oof = artifacts.read_oof_predictions(path)
-    if list(oof.columns) != OOF_COLUMNS:
+    if list(oof.columns) not in (OOF_COLUMNS, [*OOF_COLUMNS, "logit"]):  # older runs: no logit
         raise RunFolderError(
             f"{path / artifacts.OOF_PREDICTIONS} has columns {list(oof.columns)}, "
             f"expected {OOF_COLUMNS}"

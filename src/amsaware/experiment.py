@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,13 @@ from amsaware.data.datamodule import HiggsDataModule, stratified_folds
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
 from amsaware.loggers import StageLoggers
-from amsaware.metrics import ams_curve, ams_of_selection, evaluate, select_top_fraction
-from amsaware.model import SignificanceClassifier, predict_proba
+from amsaware.metrics import (
+    ams_curve,
+    ams_of_selection,
+    evaluate,
+    select_top_fraction,
+)
+from amsaware.model import SignificanceClassifier, predict_logit
 from amsaware.parallel import fit_folds_in_parallel
 from amsaware.progress import RunClock, StageProgressBar, stage_label
 
@@ -63,6 +68,9 @@ class Cut:
     threshold: float
     ams: float
     ams_smoothed: float
+    #: The out-of-fold logit at the cut, where events were ranked by logits: the exact cut
+    #: where probabilities round to 1 (`score >= threshold` then selects the whole tie).
+    threshold_logit: float | None = None
 
 
 def check_cut_options(min_fraction: float, max_fraction: float, smoothing: float) -> None:
@@ -118,6 +126,16 @@ def choose_cut(
         ams=float(raw[best]),
         ams_smoothed=float(smoothed[best]),
     )
+
+
+def choose_cut_of(cv: CrossValidation, train: EventTable, options: dict[str, Any]) -> Cut:
+    """`choose_cut` on the out-of-fold scores, ranking events by their logits; the threshold
+    is reported as a probability, the score users see."""
+    cut = choose_cut(cv.ranking, train.label, train.weight, **options)
+    if cv.logits is None:
+        return cut
+    probability = float(1.0 / (1.0 + np.exp(-cut.threshold)))
+    return replace(cut, threshold=probability, threshold_logit=cut.threshold)
 
 
 def fit(
@@ -196,6 +214,15 @@ class CrossValidation:
     #: With `test`: the fold models' mean probability per test event (the fold ensemble).
     test_scores: np.ndarray | None = None
     pretrain: CrossValidation | None = None
+    #: The ranking keys of `scores` and `test_scores`: the logit of the (mean) probability,
+    #: which keeps apart events whose probability rounds to 1 (`metrics.logit_of_mean`).
+    logits: np.ndarray | None = None
+    test_logits: np.ndarray | None = None
+
+    @property
+    def ranking(self) -> np.ndarray:
+        """What cuts rank events by: the logits, or the scores where none were kept."""
+        return self.scores if self.logits is None else self.logits
 
 
 @dataclass(frozen=True)
@@ -254,6 +281,11 @@ class _Accumulator:
     fold: np.ndarray
     test_sum: np.ndarray | None
     n_models: int = 0
+    #: Per event, log sum_models p and log sum_models (1 - p): the logit of the mean probability.
+    log_p: np.ndarray | None = None
+    log_q: np.ndarray | None = None
+    test_log_p: np.ndarray | None = None
+    test_log_q: np.ndarray | None = None
 
     @classmethod
     def empty(cls, n_events: int, n_test: int | None, totals: tuple[float, float]):
@@ -269,8 +301,10 @@ class _Accumulator:
         )
 
     def add(
-        self, plan: _FoldPlan, p_val: torch.Tensor, y_val, w_val, p_test: np.ndarray | None
+        self, plan: _FoldPlan, z_val: torch.Tensor, y_val, w_val, z_test: np.ndarray | None
     ) -> dict[str, float]:
+        """Add one fold model's validation and test logits."""
+        p_val = torch.sigmoid(z_val)
         if not torch.isfinite(p_val).all():
             # Stop at the first diverged fold: the others would cost time and say nothing.
             raise DivergedError(
@@ -284,10 +318,19 @@ class _Accumulator:
         self.fold_metrics.append(metrics)
         self.score_sum[plan.val_index] += p_val.numpy()
         self.score_count[plan.val_index] += 1
+        if self.log_p is None:
+            self.log_p, self.log_q = np.full((2, self.n_events), -np.inf)
+        rows = plan.val_index
+        self.log_p[rows], self.log_q[rows] = _add_logits(
+            self.log_p[rows], self.log_q[rows], z_val.numpy()
+        )
         if plan.repeat == 0:
             self.fold[plan.val_index] = plan.index
-        if self.test_sum is not None and p_test is not None:
-            self.test_sum += p_test
+        if self.test_sum is not None and z_test is not None:
+            self.test_sum += 1.0 / (1.0 + np.exp(-z_test))
+            if self.test_log_p is None:
+                self.test_log_p, self.test_log_q = np.full((2, len(z_test)), -np.inf)
+            self.test_log_p, self.test_log_q = _add_logits(self.test_log_p, self.test_log_q, z_test)
         self.n_models += 1
         return metrics
 
@@ -296,7 +339,25 @@ class _Accumulator:
         seen = self.score_count > 0
         scores[seen] = self.score_sum[seen] / self.score_count[seen]
         test = None if self.test_sum is None else self.test_sum / self.n_models
-        return CrossValidation(self.fold_metrics, self.fold, scores, test, pretrain)
+        logits = np.full(self.n_events, np.nan)
+        if self.log_p is not None:
+            logits[seen] = self.log_p[seen] - self.log_q[seen]
+        test_logits = None
+        if test is not None and self.test_log_p is not None:
+            test_logits = self.test_log_p - self.test_log_q
+        return CrossValidation(
+            self.fold_metrics, self.fold, scores, test, pretrain, logits, test_logits
+        )
+
+
+def _add_logits(
+    log_p: np.ndarray, log_q: np.ndarray, logits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The running log sums of p and 1 - p with one more model's logits (`logit_of_mean`)."""
+    return (
+        np.logaddexp(log_p, -np.logaddexp(0.0, -logits)),
+        np.logaddexp(log_q, -np.logaddexp(0.0, logits)),
+    )
 
 
 def cross_validate(
@@ -365,13 +426,12 @@ def cross_validate(
                 clock.stage_done(stage_label(plan.stage, len(plans)))
         x_val, y_val, w_val = datamodule.val_tensors
         if before is not None:
-            before.add(plan, predict_proba(pretrained_net, x_val), y_val, w_val, None)
-        p_val = predict_proba(net, x_val)
-        p_test = None if test is None else predict_proba(net, datamodule.preprocess(test)).numpy()
-        after.add(plan, p_val, y_val, w_val, p_test)
-        plots.log_to_logger(
-            logger, "val/", p_val.numpy(), y_val.numpy(), w_val.numpy(), totals=totals
-        )
+            before.add(plan, predict_logit(pretrained_net, x_val), y_val, w_val, None)
+        z_val = predict_logit(net, x_val)
+        z_test = None if test is None else predict_logit(net, datamodule.preprocess(test)).numpy()
+        after.add(plan, z_val, y_val, w_val, z_test)
+        p_val = torch.sigmoid(z_val).numpy()
+        plots.log_to_logger(logger, "val/", p_val, y_val.numpy(), w_val.numpy(), totals=totals)
     return after.result(None if before is None else before.result())
 
 
@@ -421,9 +481,12 @@ def test_metrics(
 
 @dataclass(frozen=True)
 class FinalFit:
+    """Test scores (probabilities), the selection, metrics, and the logits that rank events."""
+
     scores: np.ndarray
     selected: np.ndarray
     metrics: dict[str, float] | None
+    logits: np.ndarray | None = None
 
 
 def final_fit(
@@ -447,12 +510,12 @@ def final_fit(
         clock.stage_done("final", final=True)
     if dataset.test is None:
         return None
-    scores = predict_proba(module.net, datamodule.preprocess(dataset.test)).numpy()
-    selected = select_top_fraction(torch.from_numpy(scores), cut.fraction).numpy()
+    logits = predict_logit(module.net, datamodule.preprocess(dataset.test))
+    scores = torch.sigmoid(logits).numpy()
+    selected = select_top_fraction(logits, cut.fraction).numpy()
     labelled = dataset.test.labelled
-    return FinalFit(
-        scores, selected, test_metrics(dataset.test, scores, selected) if labelled else None
-    )
+    metrics = test_metrics(dataset.test, scores, selected) if labelled else None
+    return FinalFit(scores, selected, metrics, logits.numpy())
 
 
 ENSEMBLES = ("final", "folds", "both")
@@ -464,12 +527,15 @@ def check_ensemble(ensemble: str) -> str:
     return ensemble
 
 
-def score_with_folds(test: EventTable, cut: Cut, scores: np.ndarray) -> FinalFit:
+def score_with_folds(
+    test: EventTable, cut: Cut, scores: np.ndarray, logits: np.ndarray | None = None
+) -> FinalFit:
     """The fold ensemble's test selection (top `cut.fraction`) and `test_folds/...` metrics."""
-    selected = select_top_fraction(torch.from_numpy(scores), cut.fraction).numpy()
+    ranking = scores if logits is None else logits
+    selected = select_top_fraction(torch.from_numpy(ranking), cut.fraction).numpy()
     labelled = test.labelled
     metrics = test_metrics(test, scores, selected, "test_folds/") if labelled else None
-    return FinalFit(scores, selected, metrics)
+    return FinalFit(scores, selected, metrics, logits)
 
 
 def write_test_results(
@@ -489,8 +555,12 @@ def write_test_results(
             if k == 0
             else (artifacts.TEST_PREDICTIONS_FOLDS, artifacts.SUBMISSION_FOLDS)
         )
-        artifacts.write_test_predictions(run_dir, test.event_id, result.scores, names[0])
-        artifacts.write_submission(run_dir, test.event_id, result.scores, result.selected, names[1])
+        artifacts.write_test_predictions(
+            run_dir, test.event_id, result.scores, names[0], logit=result.logits
+        )
+        # RankOrder follows the logit: probabilities that round to 1 would tie.
+        ranking = result.scores if result.logits is None else result.logits
+        artifacts.write_submission(run_dir, test.event_id, ranking, result.selected, names[1])
         if result.selected.any():
             low = float(result.scores[result.selected].min())
             metrics["thresholds"][f"threshold_{scorer}"] = low
@@ -741,11 +811,16 @@ def describe_run(cfg: DictConfig) -> str:
     """The run's key choices in one line, logged at start: `loss=X` also sets the model size,
     learning rate and batch size, which would otherwise go unseen."""
     model = cfg.model
+
+    def number(value: Any) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
     sizes = "x".join(str(model.get(key)) for key in ("n_layers", "hidden_size") if key in model)
+    sizes += f", dropout={number(model.get('dropout'))}" if "dropout" in model else ""
     parts = [
         f"loss={_choice('loss') or cfg.loss._target_.rsplit('.', 1)[-1]}",
-        f"model={model._target_.rsplit('.', 1)[-1]}({sizes}, dropout={model.get('dropout')})",
-        f"lr={cfg.optimizer.get('lr')}",
+        f"model={model._target_.rsplit('.', 1)[-1]}({sizes})",
+        f"lr={number(cfg.optimizer.get('lr'))}",
         f"batch={cfg.data.batch_size}",
         f"epochs={cfg.trainer.max_epochs}",
     ]
@@ -753,7 +828,7 @@ def describe_run(cfg: DictConfig) -> str:
     if ft:
         name = _choice("finetune") or ft.loss._target_.rsplit(".", 1)[-1]
         parts.append(
-            f"finetune={name}(lr={ft.optimizer.get('lr')}, batch={ft.batch_size}, "
+            f"finetune={name}(lr={number(ft.optimizer.get('lr'))}, batch={ft.batch_size}, "
             f"epochs={ft.max_epochs})"
         )
     parts.append(f"data={_choice('data') or cfg.data._target_.rsplit('.', 1)[-1]}")
@@ -910,9 +985,9 @@ def _run_with(
     if cv.pretrain is not None:
         metrics["pretrain"] = _write_pretrain(run_dir, cv.pretrain, train, cut_options)
     artifacts.write_oof_predictions(
-        run_dir, train.event_id, cv.fold, train.label, train.weight, cv.scores
+        run_dir, train.event_id, cv.fold, train.label, train.weight, cv.scores, cv.logits
     )
-    cut = choose_cut(cv.scores, train.label, train.weight, **cut_options)
+    cut = choose_cut_of(cv, train, cut_options)
     metrics = {"cv": summarise_cv(cv, train), "cut": asdict(cut)} | metrics
     log.info("out-of-fold: %s", _format(metrics["cv"]["oof"]))
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
@@ -928,7 +1003,9 @@ def _run_with(
             log.warning("%s has no test events to score: no submission written", train.source)
         else:
             if cv.test_scores is not None:
-                results["folds"] = score_with_folds(dataset.test, cut, cv.test_scores)
+                results["folds"] = score_with_folds(
+                    dataset.test, cut, cv.test_scores, cv.test_logits
+                )
             written = write_test_results(run_dir, dataset.test, results)
             metrics["cut"] |= written.pop("thresholds")
             metrics |= written
@@ -961,13 +1038,13 @@ def _write_pretrain(
     `pretrain` section, and `pretrain/` holding them as a run folder of their own
     (`oof_predictions.csv`, `metrics.json`), so `compare.py runs='[RUN/pretrain,RUN]'`
     bootstraps the fine-tune against its own starting point."""
-    cut = choose_cut(cv.scores, train.label, train.weight, **cut_options)
+    cut = choose_cut_of(cv, train, cut_options)
     section = {"cv": summarise_cv(cv, train), "cut": asdict(cut)}
     log.info("before the fine-tune, out-of-fold: %s", _format(section["cv"]["oof"]))
     folder = run_dir / PRETRAIN
     folder.mkdir(parents=True, exist_ok=True)
     artifacts.write_oof_predictions(
-        folder, train.event_id, cv.fold, train.label, train.weight, cv.scores
+        folder, train.event_id, cv.fold, train.label, train.weight, cv.scores, cv.logits
     )
     totals = {"s_tot": cut_options["s_tot"], "b_tot": cut_options["b_tot"]}
     artifacts.write_json(section | {"data": totals}, folder / artifacts.METRICS)

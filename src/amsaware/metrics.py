@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
@@ -220,6 +221,19 @@ def select_top_fraction(scores: Tensor, fraction: float, seed: int = 0) -> Tenso
     selected = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
     selected[order[:n_selected]] = True
     return selected
+
+
+def logit_of_mean(logits: np.ndarray) -> np.ndarray:
+    """logit(mean_i sigmoid(z_i)) over the models of axis 0, without rounding to +-inf.
+
+    The ranking key of a score averaged over several models (repeats, a fold ensemble): it
+    orders events as the mean probability does, and keeps apart events whose mean probability
+    rounds to exactly 1. log(mean p) - log(mean (1 - p)) with log p = -softplus(-z).
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    log_p = -np.logaddexp(0.0, -z)
+    log_q = -np.logaddexp(0.0, z)
+    return np.logaddexp.reduce(log_p, axis=0) - np.logaddexp.reduce(log_q, axis=0)
 
 
 class _EventMetric(Metric):

@@ -282,19 +282,26 @@ class SignificanceClassifier(L.LightningModule):
 
 
 @torch.no_grad()
-def predict_proba(net: nn.Module, features: Tensor, batch_size: int = 65536) -> Tensor:
-    """Signal probabilities of `net` in evaluation mode (dropout off), in large batches.
+def predict_logit(net: nn.Module, features: Tensor, batch_size: int = 65536) -> Tensor:
+    """Logits of `net` in evaluation mode (dropout off), in large batches, as float64.
 
-    The sigmoid is taken in float64: in float32 it rounds to exactly 1 from a logit of ~17 on,
-    and significance losses push many logits far beyond that, which would tie their ranks.
+    The logit is the ranking key: it does not saturate, while a significance loss pushes many
+    logits so far that their probabilities round to exactly 1, even in float64 (from ~37 on).
     """
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
     try:
-        chunks = [
-            torch.sigmoid(net(x.to(device)).double()).cpu() for x in features.split(batch_size)
-        ]
+        chunks = [net(x.to(device)).double().cpu() for x in features.split(batch_size)]
     finally:
         net.train(was_training)
-    return torch.cat(chunks) if chunks else features.new_zeros(0)
+    return torch.cat(chunks) if chunks else features.new_zeros(0, dtype=torch.float64)
+
+
+def predict_proba(net: nn.Module, features: Tensor, batch_size: int = 65536) -> Tensor:
+    """Signal probabilities of `net` in evaluation mode (dropout off), in large batches.
+
+    The sigmoid is taken in float64: in float32 it rounds to exactly 1 from a logit of ~17 on.
+    Rank by `predict_logit` where ties matter: float64 saturates too, from ~37 on.
+    """
+    return torch.sigmoid(predict_logit(net, features, batch_size))
