@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from amsaware.comparison import load_run
-from amsaware.experiment import CrossValidation, _add_logits, choose_cut_of
-from amsaware.metrics import logit_of_mean
+from amsaware.experiment import CrossValidation, choose_cut_of
+from amsaware.metrics import add_to_logit_sums, logit_of_mean
 from tests.test_finetune import run
 
 
@@ -55,8 +55,9 @@ def test_logit_of_mean_ranks_saturated_events_apart():
     assert key[3] == pytest.approx(np.log(mean / (1 - mean)), rel=1e-12)
     log_p, log_q = np.full((2, 4), -np.inf)
     for row in logits:
-        log_p, log_q = _add_logits(log_p, log_q, row)
+        log_p, log_q = add_to_logit_sums(log_p, log_q, row)
     np.testing.assert_allclose(log_p - log_q, key, rtol=1e-12)
+    assert np.array_equal(logit_of_mean(logits[:1]), logits[0])  # one model: its own logits
 
 
 def test_the_cut_splits_a_run_of_probabilities_that_round_to_one():
@@ -82,3 +83,15 @@ def _table(label):
     from types import SimpleNamespace
 
     return SimpleNamespace(label=label, weight=np.ones(len(label)))
+
+
+def test_predict_selects_by_the_logit_where_probabilities_tie():
+    from amsaware.inference import Scorer
+
+    logits = np.array([38.0, 41.0, 45.0, 50.0, 60.0, 1.0, 0.0, -3.0, 39.0, 44.0])
+    scores = 1 / (1 + np.exp(-logits))
+    scorer = Scorer("final", (), fraction=0.2, threshold=1.0, threshold_logit=44.5)
+    top = scorer.select(scores, "fraction", logits)
+    assert set(np.flatnonzero(top)) == {3, 4}  # the two largest logits, not a coin flip
+    assert set(np.flatnonzero(scorer.select(scores, "threshold", logits))) == {2, 3, 4}
+    assert scorer.select(scores, "threshold").sum() == 7  # without logits: the whole tie

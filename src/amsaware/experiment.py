@@ -31,6 +31,7 @@ from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
 from amsaware.loggers import StageLoggers
 from amsaware.metrics import (
+    add_to_logit_sums,
     ams_curve,
     ams_of_selection,
     evaluate,
@@ -134,7 +135,7 @@ def choose_cut_of(cv: CrossValidation, train: EventTable, options: dict[str, Any
     cut = choose_cut(cv.ranking, train.label, train.weight, **options)
     if cv.logits is None:
         return cut
-    probability = float(1.0 / (1.0 + np.exp(-cut.threshold)))
+    probability = float(torch.sigmoid(torch.tensor(cut.threshold, dtype=torch.float64)))
     return replace(cut, threshold=probability, threshold_logit=cut.threshold)
 
 
@@ -321,16 +322,18 @@ class _Accumulator:
         if self.log_p is None:
             self.log_p, self.log_q = np.full((2, self.n_events), -np.inf)
         rows = plan.val_index
-        self.log_p[rows], self.log_q[rows] = _add_logits(
+        self.log_p[rows], self.log_q[rows] = add_to_logit_sums(
             self.log_p[rows], self.log_q[rows], z_val.numpy()
         )
         if plan.repeat == 0:
             self.fold[plan.val_index] = plan.index
         if self.test_sum is not None and z_test is not None:
-            self.test_sum += 1.0 / (1.0 + np.exp(-z_test))
+            self.test_sum += torch.sigmoid(torch.from_numpy(z_test)).numpy()
             if self.test_log_p is None:
                 self.test_log_p, self.test_log_q = np.full((2, len(z_test)), -np.inf)
-            self.test_log_p, self.test_log_q = _add_logits(self.test_log_p, self.test_log_q, z_test)
+            self.test_log_p, self.test_log_q = add_to_logit_sums(
+                self.test_log_p, self.test_log_q, z_test
+            )
         self.n_models += 1
         return metrics
 
@@ -348,16 +351,6 @@ class _Accumulator:
         return CrossValidation(
             self.fold_metrics, self.fold, scores, test, pretrain, logits, test_logits
         )
-
-
-def _add_logits(
-    log_p: np.ndarray, log_q: np.ndarray, logits: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The running log sums of p and 1 - p with one more model's logits (`logit_of_mean`)."""
-    return (
-        np.logaddexp(log_p, -np.logaddexp(0.0, -logits)),
-        np.logaddexp(log_q, -np.logaddexp(0.0, logits)),
-    )
 
 
 def cross_validate(
@@ -564,6 +557,9 @@ def write_test_results(
         if result.selected.any():
             low = float(result.scores[result.selected].min())
             metrics["thresholds"][f"threshold_{scorer}"] = low
+            if result.logits is not None:
+                low_logit = float(result.logits[result.selected].min())
+                metrics["thresholds"][f"threshold_logit_{scorer}"] = low_logit
         if result.metrics is not None:
             section = "test" if scorer == "final" else "test_folds"
             metrics[section] = result.metrics

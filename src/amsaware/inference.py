@@ -37,8 +37,8 @@ from amsaware.data import samples
 from amsaware.data.formats import read_events
 from amsaware.data.preprocessing import FittedPreprocessing
 from amsaware.data.schema import MISSING, EventTable
-from amsaware.metrics import select_top_fraction
-from amsaware.model import predict_proba
+from amsaware.metrics import logit_of_mean, select_top_fraction
+from amsaware.model import predict_logit
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ class RunError(ValueError):
     """A run folder that cannot be applied as asked; the message says what is missing."""
 
 
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """torch's float64 sigmoid, as training computes the scores it writes."""
+    return torch.sigmoid(torch.from_numpy(logits)).numpy()
+
+
 @dataclass(frozen=True)
 class StageModel:
     """One trained stage (`final` or `fold<k>`): its network and fitted preprocessing."""
@@ -60,8 +65,11 @@ class StageModel:
     preprocessing: FittedPreprocessing
 
     def score(self, features: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.logit(features))
+
+    def logit(self, features: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(self.preprocessing.transform(features))
-        return predict_proba(self.net, x).numpy()
+        return predict_logit(self.net, x).numpy()
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class Scorer:
     models: tuple[StageModel, ...]
     fraction: float
     threshold: float | None
+    #: The run's cut on the logit (runs from before logits were kept have none).
+    threshold_logit: float | None = None
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -79,15 +89,29 @@ class Scorer:
 
     def score(self, table: EventTable) -> np.ndarray:
         """Signal probability per event: the model's, or the mean of the fold models'."""
-        check_features(table, self.feature_names)
-        return np.mean([model.score(table.features) for model in self.models], axis=0)
+        return self.score_and_logit(table)[0]
 
-    def select(self, scores: np.ndarray, cut: str = "threshold") -> np.ndarray:
-        """Pass/fail of the run's cut, by `threshold` or by `fraction` (module docstring)."""
+    def score_and_logit(self, table: EventTable) -> tuple[np.ndarray, np.ndarray]:
+        """The probability and the ranking key (`metrics.logit_of_mean`) of every event."""
+        check_features(table, self.feature_names)
+        logits = [model.logit(table.features) for model in self.models]
+        scores = np.mean([_sigmoid(z) for z in logits], axis=0)
+        return scores, logit_of_mean(np.stack(logits))
+
+    def select(
+        self, scores: np.ndarray, cut: str = "threshold", logits: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Pass/fail of the run's cut, by `threshold` or by `fraction` (module docstring).
+
+        With `logits`, events are ranked by them: probabilities that round to 1 do not tie.
+        """
         if cut not in CUTS:
             raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
         if cut == "fraction":
-            return select_top_fraction(torch.from_numpy(scores), self.fraction).numpy()
+            ranking = scores if logits is None else logits
+            return select_top_fraction(torch.from_numpy(ranking), self.fraction).numpy()
+        if logits is not None and self.threshold_logit is not None:
+            return logits >= self.threshold_logit
         if self.threshold is None:
             raise RunError(
                 f"the run's final model has no score threshold: the run scored no test events "
@@ -217,6 +241,7 @@ def load_scorer(run_dir: str | Path, ensemble: str | None = None) -> Scorer:
             )
         models = (load_stage(run_dir, "final", cfg),)
         threshold = cut.get("threshold_final")
+        threshold_logit = cut.get("threshold_logit_final")
     else:
         # With cv.repeats, R x k fold models: checkpoints/fold0 ... fold<R k - 1>.
         n_folds = int(cfg.cv.folds) * int(cfg.cv.get("repeats", 1))
@@ -232,16 +257,17 @@ def load_scorer(run_dir: str | Path, ensemble: str | None = None) -> Scorer:
             )
         models = tuple(load_stage(run_dir, f"fold{k}", cfg) for k in range(n_folds))
         threshold = cut.get("threshold_folds", cut["threshold"])
+        threshold_logit = cut.get("threshold_logit_folds", cut.get("threshold_logit"))
     names = {model.preprocessing.feature_names for model in models}
     if len(names) != 1:
         raise RunError(f"{run_dir}: the fold models were trained on different features")
-    return Scorer(name, models, float(cut["fraction"]), threshold)
+    return Scorer(name, models, float(cut["fraction"]), threshold, threshold_logit)
 
 
 def predict_table(scorer: Scorer, table: EventTable, cut: str = "threshold") -> pd.DataFrame:
     """`EventId,score,selected` (selected: 1 if the event passes the run's cut)."""
-    scores = scorer.score(table)
-    selected = scorer.select(scores, cut)
+    scores, logits = scorer.score_and_logit(table)
+    selected = scorer.select(scores, cut, logits)
     return pd.DataFrame(
         {"EventId": table.event_id, "score": scores, "selected": selected.astype(np.int8)}
     )

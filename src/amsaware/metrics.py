@@ -228,12 +228,25 @@ def logit_of_mean(logits: np.ndarray) -> np.ndarray:
 
     The ranking key of a score averaged over several models (repeats, a fold ensemble): it
     orders events as the mean probability does, and keeps apart events whose mean probability
-    rounds to exactly 1. log(mean p) - log(mean (1 - p)) with log p = -softplus(-z).
+    rounds to exactly 1. log(sum p) - log(sum (1 - p)) with log p = -softplus(-z).
     """
+    z = np.atleast_2d(np.asarray(logits, dtype=np.float64))
+    if len(z) == 1:  # one model: its own logits, exactly
+        return z[0].copy()
+    log_p, log_q = np.full((2, z.shape[1]), -np.inf)
+    for row in z:
+        log_p, log_q = add_to_logit_sums(log_p, log_q, row)
+    return log_p - log_q
+
+
+def add_to_logit_sums(
+    log_p: np.ndarray, log_q: np.ndarray, logits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The running log sums of p and 1 - p with one more model's logits; `log_p - log_q` is
+    `logit_of_mean` of the models so far (training and predict.py add them the same way, so
+    their ranking keys agree to the last bit)."""
     z = np.asarray(logits, dtype=np.float64)
-    log_p = -np.logaddexp(0.0, -z)
-    log_q = -np.logaddexp(0.0, z)
-    return np.logaddexp.reduce(log_p, axis=0) - np.logaddexp.reduce(log_q, axis=0)
+    return np.logaddexp(log_p, -np.logaddexp(0.0, -z)), np.logaddexp(log_q, -np.logaddexp(0.0, z))
 
 
 class _EventMetric(Metric):
