@@ -1,0 +1,19 @@
+"""Evaluate a finished run on a labelled file: `python eval.py run=RUN_DIR input=FILE`.
+
+Writes the scores (as predict.py) and eval_metrics.json beside them with every test/ metric;
+see conf/eval.yaml for every key.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from amsaware.evaluation import evaluate_file
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate_file(cfg.run, cfg.input, cfg.output, cfg.ensemble, cfg.cut, cfg.get("tree"))
+
+
+if __name__ == "__main__":
+    main()
