@@ -40,6 +40,7 @@ from amsaware.metrics import (
 from amsaware.model import SignificanceClassifier, predict_logit
 from amsaware.parallel import fit_folds_in_parallel
 from amsaware.progress import RunClock, StageProgressBar, stage_label
+from amsaware.stopping import EarlyStopping, median_epochs
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ ModuleFactory = Callable[[], SignificanceClassifier]
 TrainerFactory = Callable[[str | list[str]], L.Trainer]
 #: Writes a stage's checkpoint and preprocessing where its callbacks would have.
 StageWriter = Callable[[str, nn.Module, HiggsDataModule], None]
+#: The early-stopping callbacks of the fold stages, by (stage, phase): their best epochs set
+#: the final fit's epoch count.
+EarlyStops = dict[tuple[str, str | None], EarlyStopping]
 
 
 @dataclass(frozen=True)
@@ -626,6 +630,7 @@ def _factories(
     n_features: int,
     totals: tuple[float, float] = (S_TOT, B_TOT),
     loggers: StageLoggers | None = None,
+    early_stops: EarlyStops | None = None,
 ) -> tuple[ModuleFactory, TrainerFactory, StageWriter]:
     """The first phase's module and trainer factories and the stage writer.
 
@@ -651,7 +656,13 @@ def _factories(
     def make_trainer(stages: str | list[str]) -> L.Trainer:
         phase = "pretrain" if finetuning else None
         return _trainer(
-            cfg, run_dir, stages, stage_files=not finetuning, phase=phase, loggers=loggers
+            cfg,
+            run_dir,
+            stages,
+            stage_files=not finetuning,
+            phase=phase,
+            loggers=loggers,
+            early_stops=early_stops,
         )
 
     def save_stage(stage: str, net: nn.Module, datamodule: HiggsDataModule) -> None:
@@ -675,6 +686,7 @@ def _trainer(
     extra_callbacks: Sequence[L.Callback] = (),
     phase: str | None = None,
     loggers: StageLoggers | None = None,
+    early_stops: EarlyStops | None = None,
 ) -> L.Trainer:
     """One stage's trainer; for several trained at once (cv.parallel), a logger per stage
     and no per-stage callbacks (`save_stage` writes their files after the fit).
@@ -682,7 +694,9 @@ def _trainer(
     `stage_files=False` leaves out the callbacks that write into the stage's folder
     (checkpoint, preprocessing): a first phase whose model is not the stage's final one.
     A `StageProgressBar` is told the stage (and `phase`) it shows. `loggers` (default: a
-    fresh `StageLoggers` of `cfg.logger`) gives each stage its loggers.
+    fresh `StageLoggers` of `cfg.logger`) gives each stage its loggers. An `EarlyStopping`
+    callback is kept in `early_stops` per fold stage; the final fit, which has no validation,
+    gets none and trains for the folds' median best epoch count instead.
     """
     from hydra.utils import instantiate
 
@@ -708,6 +722,23 @@ def _trainer(
                 continue
             callback = OmegaConf.merge(callback, {"dirpath": str(run_dir / "checkpoints" / stages)})
         callbacks.append(instantiate(callback))
+    stopping = [c for c in callbacks if isinstance(c, EarlyStopping)]
+    if stopping and together:
+        raise ValueError(
+            "callbacks.early_stopping needs each fold's own trainer: use it with cv.parallel=false"
+        )
+    if stages == "final" and stopping:
+        callbacks = [c for c in callbacks if not isinstance(c, EarlyStopping)]
+        epochs = [
+            stop.epochs
+            for (_, stop_phase), stop in (early_stops or {}).items()
+            if stop_phase == phase and stop.epochs is not None
+        ]
+        if epochs:
+            max_epochs = median_epochs(epochs)
+            log.info("final fit%s: %d epochs, the folds' median best", _of(phase), max_epochs)
+    elif stopping and early_stops is not None and isinstance(stages, str):
+        early_stops[(stages, phase)] = stopping[0]
     n_fold_models = int(cfg.cv.folds) * int(cfg.cv.get("repeats", 1))
     for callback in callbacks:
         if isinstance(callback, StageProgressBar):
@@ -768,6 +799,7 @@ def _finetune(
     totals: tuple[float, float],
     save_stage: StageWriter,
     loggers: StageLoggers | None = None,
+    early_stops: EarlyStops | None = None,
 ) -> FineTune | None:
     """The fine-tune phase of `cfg.finetune`, or None without one."""
     ft = cfg.get("finetune")
@@ -789,9 +821,38 @@ def _finetune(
 
     def make_trainer(stages: str | list[str], callbacks: list[L.Callback]) -> L.Trainer:
         phase = f"finetune={_choice('finetune') or ft.loss._target_.rsplit('.', 1)[-1]}"
-        return _trainer(cfg, run_dir, stages, True, int(ft.max_epochs), callbacks, phase, loggers)
+        return _trainer(
+            cfg, run_dir, stages, True, int(ft.max_epochs), callbacks, phase, loggers, early_stops
+        )
 
     return FineTune(make_module, make_trainer, int(ft.batch_size), int(ft.max_epochs), save_stage)
+
+
+def _of(phase: str | None) -> str:
+    return f" ({phase})" if phase else ""
+
+
+def early_stopping_section(early_stops: EarlyStops) -> dict[str, Any]:
+    """metrics.json's `early_stopping`: per fold (and phase) the epochs up to the best one,
+    and the final fit's (their median)."""
+    first = next(iter(early_stops.values()))
+    folds: dict[str, int | None] = {}
+    phases: dict[str | None, list[int]] = {}
+    for (stage, phase), stop in early_stops.items():
+        folds[stage if phase is None else f"{stage}/{phase}"] = stop.epochs
+        if stop.epochs is not None:
+            phases.setdefault(phase, []).append(stop.epochs)
+    final = {
+        "final" if phase is None else f"final/{phase}": median_epochs(epochs)
+        for phase, epochs in phases.items()
+    }
+    return {
+        "monitor": first.monitor,
+        "mode": first.mode,
+        "restore_best": first.restore_best,
+        "fold_epochs": folds,
+        "final_epochs": final,
+    }
 
 
 def _choice(group: str) -> str | None:
@@ -953,9 +1014,11 @@ def _run_with(
     ensemble = check_ensemble(cfg.get("ensemble", "final"))
     repeats = cfg.cv.get("repeats", 1)
     totals = (dataset.train.s_tot, dataset.train.b_tot)
-    factories = _factories(cfg, run_dir, len(dataset.train.feature_names), totals, loggers)
+    early_stops: EarlyStops = {}
+    n_features = len(dataset.train.feature_names)
+    factories = _factories(cfg, run_dir, n_features, totals, loggers, early_stops)
     make_module, make_trainer, save_stage = factories
-    finetune = _finetune(cfg, run_dir, totals, save_stage, loggers)
+    finetune = _finetune(cfg, run_dir, totals, save_stage, loggers, early_stops)
     batch_size = int(cfg.data.batch_size)
     cut_options = {**cfg.cut, "s_tot": totals[0], "b_tot": totals[1]}
 
@@ -1012,6 +1075,8 @@ def _run_with(
         "ensemble": ensemble,
         "n_fold_models": len(cv.fold_metrics),
     }
+    if early_stops:
+        metrics["early_stopping"] = early_stopping_section(early_stops)
     # The totals every AMS of this run is rescaled to; compare.py reads them back.
     metrics["data"] = {"s_tot": totals[0], "b_tot": totals[1]}
     artifacts.write_json(metrics, run_dir / artifacts.METRICS)
