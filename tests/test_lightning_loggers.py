@@ -90,3 +90,16 @@ def test_parallel_folds_with_two_loggers_are_refused(tmp_path):
 def test_an_unknown_logger_class_is_refused_naming_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"logger.tensorboard._target_"):
         quiet_run(tmp_path, "logger.tensorboard._target_=builtins.dict")
+
+
+def test_a_missing_logger_package_names_the_extra(monkeypatch):
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from amsaware.loggers import StageLoggers
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    section = OmegaConf.create({"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger"}})
+    with pytest.raises(ModuleNotFoundError, match=r"logger\.wandb .*\[loggers\]"):
+        StageLoggers(section)

@@ -12,6 +12,7 @@ first's run (same TensorBoard/CSV folder, same MLflow run id, same W&B run objec
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,10 @@ STAGE_ARGUMENT = {
     # `version` would be the W&B run id: the same ids in every run folder would collide.
     "WandbLogger": "name",
 }
+
+
+#: The package each optional logger needs (the `loggers` extra).
+PACKAGES = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}
 
 
 def logger_configs(section: DictConfig | None) -> dict[str, DictConfig]:
@@ -63,6 +68,12 @@ class StageLoggers:
                 raise ValueError(
                     f"logger.{key}._target_ is {config._target_}: amsaware names each stage's "
                     f"run itself and knows how for {sorted(STAGE_ARGUMENT)}"
+                )
+            package = PACKAGES.get(_class_name(config))
+            if package and importlib.util.find_spec(package) is None:
+                raise ModuleNotFoundError(
+                    f"logger.{key} ({_class_name(config)}) needs {package}: "
+                    "pip install -e '.[loggers]' (or pip install 'amsaware[loggers]')"
                 )
         self._mlflow_runs: dict[tuple[str, str], str] = {}
         self._wandb_runs: dict[tuple[str, str], Any] = {}
