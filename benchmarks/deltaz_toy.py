@@ -409,13 +409,17 @@ def figure(result: dict) -> Figure:
             )[0]
             own = row["selection"]
             ax.plot(own["eff_signal"], own["z"], "o", color=line.get_color(), ms=8)
-        ax.set(xlabel="signal efficiency", ylabel="Z = s/√b", title="σ_A × 1 (dot: own cut)")
+        ax.set(
+            xlabel="signal efficiency",
+            ylabel="Z = s/√b",
+            title=r"$\sigma_A \times 1$ (dot: own cut)",
+        )
         ax.legend(fontsize=9)
     return fig
 
 
 def write_section(
-    page: Path, name: str, text: str, title: str = "# Reproducing the studies"
+    page: Path, name: str, text: str, title: str = "# Reproducing the two source studies"
 ) -> Path:
     """Put `text` between the page's `<!-- name:begin -->`/`<!-- name:end -->` markers
     (appended if absent), leaving every other section of the page as it is."""
@@ -609,7 +613,7 @@ def _overlap_lines(overlap: list[dict]) -> list[str]:
         "first steps, a cut worse than weighted BCE's at the same Z (last column). Claim 1 "
         "was shown, and holds, on well-separated processes; the Higgs data are in the "
         "overlapping regime, in line with Delta-Z-bar's poor showing on the real sample "
-        "(docs/results.md).",
+        "([results.md](results.md)).",
     ]
     return lines
 
