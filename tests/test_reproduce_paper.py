@@ -159,3 +159,37 @@ def test_tensors_are_writable_copies():
     scores, label, weight = rp._tensors(frame)
     scores += 1  # a read-only view would warn or fail here
     assert label.dtype == torch.int64 and weight.dtype == torch.float64
+
+
+def _row(statistic: str, observed: float, low: float, high: float) -> dict:
+    return {"statistic": statistic, "observed": observed, "ci_low": low, "ci_high": high}
+
+
+def test_verdicts_follow_the_bootstrap():
+    def result(half: tuple, chosen: tuple, auc: tuple, ams_half: float) -> dict:
+        boot = {
+            "paper_cut": [_row("ams@cut", *half)],
+            "chosen_cut": [_row("ams@cut", *chosen), _row("auroc", *auc)],
+        }
+        run = {"oof_auc": 0.88, "ams_0.5": 2.5, "ams_cut": 2.9}
+        return {
+            "bootstrap": [boot, boot],
+            "runs": {
+                "bce": [run, run],
+                "ams": [run | {"oof_auc": 0.84, "ams_0.5": ams_half, "ams_cut": 2.6}] * 2,
+            },
+        }
+
+    paper_like = "\n".join(
+        rp._verdict_lines(result((0.1, 0.05, 0.15), (-0.3, -0.5, -0.1), (-0.04, -0.05, -0.03), 2.6))
+    )
+    assert "*BCE has the higher AUC* (paper: 0.928 against 0.905): **holds**" in paper_like
+    assert "p > 0.5* (paper: +0.117, CI [+0.089, +0.145]): **holds**" in paper_like
+    assert "**Does not follow**: the paper's ranking comes from its p > 0.5 threshold" in paper_like
+    assert "needs the full CERN file" in paper_like
+    reversed_ = "\n".join(
+        rp._verdict_lines(result((-0.1, -0.2, 0.01), (-0.3, -0.5, 0.1), (-0.04, -0.05, 0.01), 2.4))
+    )
+    assert "p > 0.5* (paper: +0.117, CI [+0.089, +0.145]): **does not reproduce**" in reversed_
+    assert "higher AUC* (paper: 0.928 against 0.905): holds in direction only" in reversed_
+    assert "The ranking at the chosen cut agrees with the one at p > 0.5." in reversed_
