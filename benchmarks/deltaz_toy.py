@@ -428,7 +428,8 @@ def write_section(
     old = page.read_text() if page.exists() else f"{title}\n\n"
     if begin in old and end in old:
         head, rest = old.split(begin, 1)
-        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        new = head + block + ("\n" + tail if tail else "")
     else:
         new = old.rstrip("\n") + "\n\n" + block
     page.parent.mkdir(parents=True, exist_ok=True)
