@@ -278,6 +278,7 @@ def lock_run_folder(run_dir: Path) -> None:
             f"{run_dir}: another run is writing into this folder now (it holds {LOCK_FILE}); "
             "wait for it to end, or choose another hydra.run.dir"
         ) from None
+    handle.truncate(0)  # the holder's process id, for a person looking at a busy folder
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     _held[str(path)] = handle
