@@ -177,8 +177,10 @@ def check_trainable(table: EventTable, n_folds: int) -> None:
     _check_feature_magnitudes(table)
 
 
-#: An event may carry at most this share of its class's total weight ...
+#: An event may carry at most this share of its class's total weight (in a class of at least
+#: `MIN_EVENTS_FOR_SHARE` events: in a handful of events one may well carry half) ...
 MAX_WEIGHT_SHARE = 0.5
+MIN_EVENTS_FOR_SHARE = 10
 #: ... and at most this many times its class's median weight.
 MAX_WEIGHT_RATIO = 1e6
 #: |value| beyond which a feature cannot be standardised in float32 (the model's precision):
@@ -202,7 +204,7 @@ def _check_weight_shares(table: EventTable, in_class: np.ndarray, name: str) -> 
             f"{where}: the {name} events' weights sum to {total} (the largest is {top:g}); "
             "expected finite weights of the scale of the others."
         )
-    if len(rows) > 2 and top > MAX_WEIGHT_SHARE * total * (1 + 1e-12):
+    if len(rows) >= MIN_EVENTS_FOR_SHARE and top > MAX_WEIGHT_SHARE * total * (1 + 1e-12):
         raise DataFormatError(
             f"{where}: weight {top:g} is {top / total:.1%} of the {name} events' total "
             f"{total:g}; expected no event to carry more than half of its class's weight "
