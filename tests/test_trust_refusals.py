@@ -107,7 +107,7 @@ def test_one_event_outweighing_its_class_is_named_by_file_and_row(tmp_path, no_t
     frame.loc[row, "Weight"] = 1e300  # a typo that turned AMS 1.55 into 58.6
     path = tmp_path / "training.csv"
     frame.to_csv(path, index=False)
-    message = rf"training\.csv: column 'Weight', row {row + 1} \(line {row + 2}, EventId \d+\)"
+    message = rf"training\.csv: row {row + 1} \(line {row + 2}, EventId \d+\)"
     with pytest.raises(DataFormatError, match=message + r": weight 1e\+300 is 100\.0% of"):
         check_trainable(read_kaggle_train(path), 3)
     # and through the run: refused before the first fold

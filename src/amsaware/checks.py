@@ -298,7 +298,7 @@ def claim_run_folder(run_dir: str | Path, overwrite: bool = False, resume: bool 
         raise RunFolderError(
             f"{run_dir} already holds a run: {'; '.join(found)}. A second run would mix its "
             "checkpoints, metrics and TensorBoard files with these. Choose another "
-            "hydra.run.dir, or pass overwrite=true to delete them first."
+            "hydra.run.dir (hydra.sweep.dir in a sweep), or pass overwrite=true to delete them first."
         )
     log.warning("overwrite=true: deleting the earlier run in %s: %s", run_dir, "; ".join(found))
     for path in run_dir.iterdir():

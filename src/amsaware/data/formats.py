@@ -198,7 +198,7 @@ def _check_weight_shares(table: EventTable, in_class: np.ndarray, name: str) -> 
     total = float(weight.sum())
     heaviest = int(np.argmax(weight))
     top = float(weight[heaviest])
-    where = f"{table.source}: column 'Weight', {table.where(int(rows[heaviest]))}"
+    where = f"{table.source}: {table.where(int(rows[heaviest]))}"
     if not np.isfinite(total):
         raise DataFormatError(
             f"{where}: the {name} events' weights sum to {total} (the largest is {top:g}); "
