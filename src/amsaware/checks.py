@@ -187,7 +187,8 @@ def check_values(cfg: DictConfig) -> None:
         lr = optimizer.lr
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
             raise ConfigError(f"optimizer.lr is {lr!r}; expected a finite learning rate > 0")
-    highest = MAX_SEED - folds * repeats
+    # Repeat r's fold k trains with seed + 1000 r + k (experiment.repeat_seed).
+    highest = MAX_SEED - 1000 * (repeats - 1) - (folds - 1)
     for key, value in (
         ("seed", cfg.get("seed")),
         ("data.seed", (cfg.get("data") or {}).get("seed")),
@@ -196,8 +197,8 @@ def check_values(cfg: DictConfig) -> None:
             continue
         if not _integer(value) or not 0 <= value <= highest:
             raise ConfigError(
-                f"{key} is {value!r}; expected an integer from 0 to {highest} (fold k trains "
-                f"with seed + k, and seeds are unsigned 32-bit numbers)"
+                f"{key} is {value!r}; expected an integer from 0 to {highest} (fold k of repeat "
+                "r trains with seed + 1000 r + k, and seeds are unsigned 32-bit numbers)"
             )
     threads = cfg.get("threads")
     if threads is not None and (not _integer(threads) or threads < 1):
@@ -236,7 +237,7 @@ RUN_FILES = (
     "submission.csv",
     "submission_folds.csv",
 )
-RUN_FOLDERS = ("checkpoints", "tensorboard")
+RUN_FOLDERS = ("checkpoints", "tensorboard", "pretrain")
 #: Kept when `overwrite=true` empties a folder: this run's config and log, and the lock.
 KEPT = (".hydra", LOCK_FILE)
 
@@ -298,7 +299,8 @@ def claim_run_folder(run_dir: str | Path, overwrite: bool = False, resume: bool 
         raise RunFolderError(
             f"{run_dir} already holds a run: {'; '.join(found)}. A second run would mix its "
             "checkpoints, metrics and TensorBoard files with these. Choose another "
-            "hydra.run.dir (hydra.sweep.dir in a sweep), or pass overwrite=true to delete them first."
+            "hydra.run.dir (hydra.sweep.dir in a sweep), or pass overwrite=true to delete "
+            "them first."
         )
     log.warning("overwrite=true: deleting the earlier run in %s: %s", run_dir, "; ".join(found))
     for path in run_dir.iterdir():

@@ -120,7 +120,13 @@ def _is(value: Any, expected: _Type) -> bool:
 _OPTIONS: dict[str, dict[str, _Type]] = {
     "synthetic": {"n_train": int, "n_test": int, "generator": str, "seed": int},
     "kaggle": {"train_path": str, "test_path": (str, type(None))},
-    "opendata": {"path": str, "download": bool, "url": str, "sha1": str},
+    "opendata": {
+        "path": str,
+        "download": bool,
+        "url": str,
+        "sha1": str,
+        "limit": (int, type(None)),
+    },
     "samples": {
         "signal": dict,
         "background": dict,
