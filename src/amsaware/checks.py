@@ -1,7 +1,7 @@
 """What train.py refuses before any training: impossible settings, misspelt keys, a used folder.
 
 `check_run` runs first in every run. It checks the composed config against the project's own
-schema (`cv`, `cut`, `paths` and the top-level keys; a misspelt key, even one added with `+`,
+schema (`cv`, `cut` and the top-level keys; a misspelt key, even one added with `+`,
 is an error instead of a silently ignored setting), refuses values that cannot be meant
 (no epochs, fewer than two folds, a non-positive learning rate, a negative seed), claims the
 run folder (one run per folder, a lock held for the run's lifetime) and makes Ctrl-C end the
@@ -67,16 +67,9 @@ class CutSchema:
     smoothing: float = 0.02
 
 
-@dataclasses.dataclass(frozen=True)
-class PathsSchema:
-    """`paths`: where logs, data and this run's folder are."""
-
-    log_dir: str = "logs"
-    data_dir: str = "data"
-    output_dir: str = "."
-
-
-SECTIONS: dict[str, type] = {"cv": CVSchema, "cut": CutSchema, "paths": PathsSchema}
+#: The project's own sections with a fixed set of keys. (`paths` is open: a user may add a
+#: folder there for the interpolations of a data config of their own.)
+SECTIONS: dict[str, type] = {"cv": CVSchema, "cut": CutSchema}
 
 #: Top-level keys of train.yaml and its config groups. A new top-level setting is added here.
 TOP_LEVEL: frozenset[str] = frozenset(
@@ -213,16 +206,8 @@ def check_config(cfg: DictConfig) -> None:
     """The schema of the project's sections and the values that cannot be meant."""
     check_top_level(cfg)
     for name, schema in SECTIONS.items():
-        if name != "paths" or "output_dir" not in (cfg.get("paths") or {}):
-            check_section(cfg, name, schema)
-            continue
-        # paths.output_dir is Hydra's run folder, resolvable only inside a Hydra run.
-        check_section(OmegaConf.create({"paths": _without(cfg.paths, "output_dir")}), name, schema)
+        check_section(cfg, name, schema)
     check_values(cfg)
-
-
-def _without(section: DictConfig, key: str) -> dict:
-    return {k: v for k, v in OmegaConf.to_container(section).items() if k != key}
 
 
 # --- one run per folder ----------------------------------------------------------------------
