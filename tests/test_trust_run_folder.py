@@ -216,3 +216,11 @@ def test_predict_scores_match_the_runs_own(run, tmp_path):
     scores = pd.read_csv(predict_file(run, events_file(tmp_path), tmp_path / "s.csv"))
     own = pd.read_csv(run / artifacts.TEST_PREDICTIONS)
     np.testing.assert_allclose(scores.score, own.score, rtol=0, atol=1e-6)
+
+
+def test_absurd_sizes_in_a_run_config_allocate_nothing(copy):
+    """A hidden_size of 10^9 (4 GB a layer) is compared with the checkpoint before building."""
+    path = copy / ".hydra" / "config.yaml"
+    path.write_text(re.sub(r"hidden_size: \d+", "hidden_size: 1000000000", path.read_text()))
+    with pytest.raises(RunError, match=r"weights do not fit the model .*1000000000"):
+        load_scorer(copy, "final")

@@ -321,15 +321,23 @@ def load_stage(run_dir: str | Path, stage: str, cfg: RunConfig | None = None) ->
             "existed), so its inputs cannot be reproduced. Train it again."
         )
     preprocessing = artifacts.read_preprocessing(stats)
-    net = build_net(cfg, len(preprocessing.feature_names))
     weights = read_weights(checkpoint)
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as error:
+    n_features = len(preprocessing.feature_names)
+    # Shapes first, on the meta device (no memory): a config naming absurd sizes allocates
+    # nothing before it is found not to match the checkpoint.
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build_net(cfg, n_features).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if shapes != found:
+        differ = sorted(k for k in shapes.keys() | found.keys() if shapes.get(k) != found.get(k))
         raise RunError(
             f"{checkpoint}: the weights do not fit the model of .hydra/config.yaml "
-            f"({cfg.model.architecture} {cfg.model.options}): {error}"
-        ) from None
+            f"({cfg.model.architecture} {cfg.model.options}, {n_features} features): "
+            f"tensors {differ[:4]} differ (config {[shapes.get(k) for k in differ[:4]]}, "
+            f"checkpoint {[found.get(k) for k in differ[:4]]})"
+        )
+    net = build_net(cfg, n_features)
+    net.load_state_dict(weights)
     net.eval()
     return StageModel(stage, net, preprocessing)
 
