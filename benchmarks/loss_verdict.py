@@ -105,6 +105,7 @@ def base_overrides(args: argparse.Namespace, seed: int) -> list[str]:
         f"seed={seed}",
         "threads=1",
         "final_fit=false",
+        "overwrite=true",  # a run interrupted before its metrics.json is redone
         "~logger",
         "callbacks.model_checkpoint=null",
         "callbacks.preprocessing=null",

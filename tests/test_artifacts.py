@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from amsaware.artifacts import atomic_path, write_json
+from amsaware.artifacts import CorruptFileError, atomic_path, read_metrics, write_json
 
 
 def test_artifact_gets_the_permissions_of_a_new_file(tmp_path):
@@ -21,3 +21,23 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_as_the_destination_is_named(tmp_path):
+    with pytest.raises(IsADirectoryError, match=rf"{tmp_path}: is a directory"):
+        write_json({"a": 1.0}, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_folder_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match=rf"{blocker}/metrics\.json: cannot write it"):
+        write_json({"a": 1.0}, blocker / "metrics.json")
+
+
+@pytest.mark.parametrize("text", ['{"cut": ', "\xff\xfe", "[1, 2]"])
+def test_corrupt_json_is_named_as_corrupt(tmp_path, text):
+    (tmp_path / "metrics.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(CorruptFileError, match=rf"{tmp_path}/metrics\.json: corrupt"):
+        read_metrics(tmp_path)

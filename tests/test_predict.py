@@ -251,12 +251,14 @@ def test_damaged_run_folders_are_named(both_run, tmp_path):
     with pytest.raises(RunError, match=r"no checkpoints/final/preprocessing\.json"):
         load_scorer(broken, "final")
     config = broken / ".hydra" / "config.yaml"
-    config.write_text(config.read_text().replace("hidden_size: 384", "hidden_size: 100"))
+    original = config.read_text()
+    config.write_text(original.replace("hidden_size: 384", "hidden_size: 100"))
     with pytest.raises(RunError, match="weights do not fit the model"):
         load_stage(broken, "fold0")
     config.write_text(config.read_text().replace("amsaware.model.MLP", "os.system"))
-    with pytest.raises(RunError, match=r"not an importable class|not a torch\.nn\.Module"):
+    with pytest.raises(RunError, match=r"model._target_ .os\.system. is not a known architecture"):
         load_stage(broken, "fold0")
+    config.write_text(original)
     (broken / "metrics.json").unlink()
     with pytest.raises(RunError, match=r"no metrics\.json; the run did not finish"):
         load_scorer(broken)

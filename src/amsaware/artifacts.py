@@ -39,8 +39,15 @@ PREPROCESSING = "preprocessing.json"
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path next to `path`, renamed onto it only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory; expected the name of a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise type(error)(
+            error.errno, f"{path}: cannot write it ({error.strerror} in {path.parent})"
+        ) from None
     os.close(fd)
     # mkstemp makes the file private (0600); artifacts get the permissions of any new file.
     umask = os.umask(0)
@@ -152,17 +159,30 @@ def write_checkpoint(net: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def read_preprocessing(path: Path) -> FittedPreprocessing:
+class CorruptFileError(ValueError):
+    """A run folder's file that cannot be read back as written; the message names it."""
+
+
+def read_json(path: Path) -> Any:
+    """A JSON artifact, or an error naming the file as corrupt (never a bare decode error)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    return FittedPreprocessing.from_dict(data, source=str(path))
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"{path}: corrupt, not valid JSON ({error})") from None
+
+
+def read_preprocessing(path: Path) -> FittedPreprocessing:
+    return FittedPreprocessing.from_dict(read_json(path), source=str(path))
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / METRICS).read_text())
+    """metrics.json as written; a file that is no JSON object is reported as corrupt."""
+    path = Path(run_dir) / METRICS
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        raise CorruptFileError(f"{path}: corrupt, expected a JSON object of metrics")
+    return metrics
 
 
 def read_oof_predictions(run_dir: Path) -> pd.DataFrame:

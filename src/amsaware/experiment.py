@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from amsaware import artifacts, plots
+from amsaware.checks import check_run
 from amsaware.data.datamodule import HiggsDataModule, stratified_folds
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
@@ -988,6 +989,7 @@ def run_experiment(cfg: DictConfig) -> float:
 
 
 def _run(cfg: DictConfig) -> float:
+    check_run(cfg)  # schema, impossible values, one run per folder, Ctrl-C (amsaware.checks)
     check_cut_options(**cfg.cut)
     check_ensemble(cfg.get("ensemble", "final"))
     repeats = cfg.cv.get("repeats", 1)

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from amsaware import artifacts, plots
 from amsaware.data.formats import read_events
 from amsaware.data.schema import EventTable
+from amsaware.data.sources import load_source
 from amsaware.inference import (
     CUTS,
     RunError,
@@ -93,20 +94,24 @@ def run_events(run_dir: str | Path) -> Events:
     """The run's training events with their out-of-fold scores and out-of-fold selection.
 
     `oof_predictions.csv` holds no features, so the events are reloaded from the run's data
-    config (`.hydra/config.yaml`) and matched by EventId; labels must agree, or the data
-    changed since the run.
+    config (`.hydra/config.yaml`), through the project's own sources only, with options
+    checked (`amsaware.inference.load_config`), and matched by EventId; labels must agree, or
+    the data changed since the run.
     """
-    from amsaware.experiment import load_dataset
-
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
     metrics = load_metrics(run_dir)
     if not (run_dir / artifacts.OOF_PREDICTIONS).is_file():
         raise RunError(f"{run_dir}: no {artifacts.OOF_PREDICTIONS}; pass events with input=FILE")
     oof = artifacts.read_oof_predictions(run_dir)
-    source = OmegaConf.to_container(cfg.data, resolve=True)
+    source = {"_target_": cfg.data_source, **cfg.data}
+    options = dict(cfg.data)
+    # Only training events are explained: no test events to generate (the synthetic source's
+    # training events do not depend on them), as for a run without a final fit.
+    if options.get("n_test") and (cfg.data_source.endswith(".synthetic") or not cfg.final_fit):
+        options["n_test"] = 0
     try:
-        train = load_dataset(cfg).train
+        train = load_source(cfg.data_source, options).train
     except Exception as error:
         raise RunError(
             f"{run_dir}: could not reload the run's training events from its data config "

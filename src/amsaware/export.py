@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from amsaware import artifacts
 from amsaware.data.samples import placeholder_values
 from amsaware.data.schema import MISSING
-from amsaware.inference import Scorer, load_config, load_scorer, placeholder_of
+from amsaware.inference import Scorer, check_output, load_config, load_scorer, placeholder_of
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,23 @@ def _check_exporter() -> None:
         )
 
 
+def _inline_weights() -> dict[str, bool]:
+    """`external_data=False` where torch's exporter has the option (torch >= 2.6)."""
+    parameters = inspect.signature(torch.onnx.export).parameters
+    return {"external_data": False} if "external_data" in parameters else {}
+
+
+def _check_self_contained(written: Path, output: Path) -> None:
+    """No weights file beside the graph: remove one and say so (an older torch)."""
+    beside = Path(f"{written}.data")
+    if beside.exists():
+        beside.unlink()
+        raise RuntimeError(
+            f"{output}: this torch ({torch.__version__}) wrote the weights to a separate file; "
+            "a self-contained ONNX file needs torch >= 2.6"
+        )
+
+
 def _quiet_exporter() -> None:
     """Keep the exporter's per-pass INFO lines (and torchvision notices) out of the log."""
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):
@@ -99,8 +116,14 @@ def export_onnx(
     ensemble: str | None = None,
     opset: int = 20,
 ) -> Path:
-    """Write the run's scorer as an ONNX graph with a dynamic batch dimension (atomically)."""
+    """Write the run's scorer as one self-contained ONNX file, batch dimension dynamic.
+
+    The file is written atomically and holds its weights (no external data file), so it can
+    be copied anywhere on its own.
+    """
     _check_exporter()
+    if output_path is not None:
+        check_output(Path(output_path))
     scorer = load_scorer(run_dir, ensemble)
     placeholders = placeholder_values(placeholder_of(load_config(run_dir)), scorer.feature_names)
     module = RawFeatureScorer(scorer, placeholders).eval()
@@ -122,7 +145,11 @@ def export_onnx(
             opset_version=opset,
             dynamo=True,
             verbose=False,
+            # One self-contained file: the weights inside the graph, not in a `<name>.data`
+            # file beside it (which, written through the temporary name, would be orphaned).
+            **_inline_weights(),
         )
+        _check_self_contained(tmp, output)
     log.info(
         "%s: ONNX graph of the %s model(s) of %s; input %r float32 (n, %d) %s with NaN or the "
         "placeholder %s for undefined values, output %r float64 (n,)",

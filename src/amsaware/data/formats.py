@@ -173,6 +173,83 @@ def check_trainable(table: EventTable, n_folds: int) -> None:
                 f"{table.source}: column 'Weight': the {name} events' weights sum to 0; "
                 "expected a positive total per class (AMS rescales each class to its total)."
             )
+        _check_weight_shares(table, in_class, name)
+    _check_feature_magnitudes(table)
+
+
+#: An event may carry at most this share of its class's total weight (in a class of at least
+#: `MIN_EVENTS_FOR_SHARE` events: in a handful of events one may well carry half) ...
+MAX_WEIGHT_SHARE = 0.5
+MIN_EVENTS_FOR_SHARE = 10
+#: ... and at most this many times its class's median weight.
+MAX_WEIGHT_RATIO = 1e6
+#: |value| beyond which a feature cannot be standardised in float32 (the model's precision):
+#: its square, which the variance sums, overflows float32 (sqrt of 3.4e38).
+MAX_FEATURE_MAGNITUDE = float(np.sqrt(np.finfo(np.float32).max))
+#: A value this many interquartile ranges from its feature's median sets the scale alone.
+MAX_FEATURE_SPREAD = 1e6
+
+
+def _check_weight_shares(table: EventTable, in_class: np.ndarray, name: str) -> None:
+    """No event may stand for its class alone: a mistyped weight (1e300 for 1.3) would pass
+    the per-cell checks, then decide every AMS of the run."""
+    rows = np.flatnonzero(in_class)
+    weight = table.weight[rows]
+    total = float(weight.sum())
+    heaviest = int(np.argmax(weight))
+    top = float(weight[heaviest])
+    where = f"{table.source}: {table.where(int(rows[heaviest]))}"
+    if not np.isfinite(total):
+        raise DataFormatError(
+            f"{where}: the {name} events' weights sum to {total} (the largest is {top:g}); "
+            "expected finite weights of the scale of the others."
+        )
+    if len(rows) >= MIN_EVENTS_FOR_SHARE and top > MAX_WEIGHT_SHARE * total * (1 + 1e-12):
+        raise DataFormatError(
+            f"{where}: weight {top:g} is {top / total:.1%} of the {name} events' total "
+            f"{total:g}; expected no event to carry more than half of its class's weight "
+            "(a unit or typing error?)."
+        )
+    positive = weight[weight > 0]
+    median = float(np.median(positive)) if len(positive) else 0.0
+    if median > 0 and top > MAX_WEIGHT_RATIO * median:
+        raise DataFormatError(
+            f"{where}: weight {top:g} is {top / median:.3g} times the median {name} weight "
+            f"{median:g}; expected at most {MAX_WEIGHT_RATIO:g} times (a unit or typing error?)."
+        )
+
+
+def _check_feature_magnitudes(table: EventTable) -> None:
+    """Error for a value that cannot be standardised in float32; warning for one that would
+    set its feature's scale alone and flatten every other event's value (a 1e30 in a feature
+    of O(100) makes the fitted scale ~1e28)."""
+    features = table.features
+    magnitude = np.abs(features)
+    largest = np.nanmax(magnitude, axis=0, initial=0.0)
+    for j in np.flatnonzero(largest > MAX_FEATURE_MAGNITUDE):
+        k = int(np.nanargmax(magnitude[:, j]))
+        raise DataFormatError(
+            f"{table.source}: column {table.feature_names[j]!r}, {table.where(k)}: value "
+            f"{features[k, j]:g} is beyond {MAX_FEATURE_MAGNITUDE:.3g}, where standard scaling "
+            "in float32 overflows; expected a physical value (a unit or typing error?)."
+        )
+    for j, name in enumerate(table.feature_names):
+        column = features[:, j]
+        defined = column[~np.isnan(column)]
+        if len(defined) < 4:
+            continue
+        low, median, high = np.percentile(defined, [25, 50, 75])
+        spread = float(high - low)
+        distance = np.abs(column - median)
+        if spread > 0 and np.nanmax(distance) > MAX_FEATURE_SPREAD * spread:
+            k = int(np.nanargmax(distance))
+            warnings.warn(
+                f"{table.source}: column {name!r}, {table.where(k)}: value {column[k]:g} is "
+                f"{distance[k] / spread:.3g} interquartile ranges from the median {median:g}; "
+                "it alone will set the feature's scale and flatten every other event's value "
+                "(a unit or typing error?)",
+                stacklevel=3,
+            )
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -421,6 +498,7 @@ def _to_table(df: pd.DataFrame, path: str | Path, weight_column: str | None) -> 
         kaggle_set=kaggle_set,
         source=str(path),
         feature_names=FEATURES,
+        row=np.arange(len(df)),
     )
 
 

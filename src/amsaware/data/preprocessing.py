@@ -111,8 +111,10 @@ class FittedPreprocessing:
                 f"{source}: malformed preprocessing statistics ({type(error).__name__}: {error});"
                 " expected 'features': [{'name', 'fill', 'mean', 'scale'}, ...]"
             ) from None
+        largest = float(np.finfo(np.float32).max)  # transform computes in float32
         for key, values in columns.items():
-            bad = ~np.isfinite(values) | ((values <= 0) if key == "scale" else False)
+            bad = ~np.isfinite(values) | (np.abs(values) > largest)
+            bad |= (values < np.finfo(np.float32).tiny) if key == "scale" else False
             if bad.any():
                 k = int(np.argmax(bad))
                 raise ValueError(f"{source}: feature {names[k]!r}: invalid {key} {values[k]}")

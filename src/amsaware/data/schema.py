@@ -76,6 +76,8 @@ class EventTable:
     `s_tot`/`b_tot` are the full-data signal and background totals the weights stand for: AMS
     rescales any subset's weights to them. The challenge's constants unless a source knows
     better (a physicist's samples: the sums of their weights). `subset` keeps them.
+    `row` is each event's data row in its file (0-based), where a reader knows it, so that a
+    check after loading can name the row as the readers do.
     """
 
     event_id: np.ndarray
@@ -87,9 +89,17 @@ class EventTable:
     feature_names: tuple[str, ...] = FEATURES
     s_tot: float = S_TOT
     b_tot: float = B_TOT
+    row: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.event_id)
+
+    def where(self, k: int) -> str:
+        """Event `k` for a message: its file row and line where known, always its EventId."""
+        if self.row is None:
+            return f"EventId {self.event_id[k]}"
+        row = int(self.row[k])
+        return f"row {row + 1} (line {row + 2}, EventId {self.event_id[k]})"
 
     @property
     def labelled(self) -> bool:
@@ -108,6 +118,7 @@ class EventTable:
             label=take(self.label),
             weight=take(self.weight),
             kaggle_set=take(self.kaggle_set),
+            row=take(self.row),
         )
 
 

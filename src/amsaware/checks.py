@@ -1,0 +1,392 @@
+"""What train.py refuses before any training: impossible settings, misspelt keys, a used folder.
+
+`check_run` runs first in every run. It checks the composed config against the project's own
+schema (`cv`, `cut` and the top-level keys; a misspelt key, even one added with `+`,
+is an error instead of a silently ignored setting), refuses values that cannot be meant
+(no epochs, fewer than two folds, a non-positive learning rate, a negative seed), claims the
+run folder (one run per folder, a lock held for the run's lifetime) and makes Ctrl-C end the
+run with exit status 130 after logging where it stopped. Checks of the events themselves
+(weights, feature magnitudes) run after loading, in `amsaware.data.formats.check_trainable`.
+
+Every error is a `ConfigError` (a `ValueError`) naming the key, or a `RunFolderError` naming
+the folder and what is in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+#: Lightning's (and numpy's legacy) seed range; fold k trains with seed + k.
+MAX_SEED = 2**32 - 1
+LOCK_FILE = ".run.lock"
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be meant; the message names the key and what is allowed."""
+
+
+class RunFolderError(RuntimeError):
+    """The run folder already holds a run, or another run is writing into it."""
+
+
+# --- the schema of the project's own sections ------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CVSchema:
+    """`cv`: stratified k-fold cross-validation."""
+
+    folds: int = 3
+    parallel: bool = False
+    repeats: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CutSchema:
+    """`cut`: the window and smoothing of the out-of-fold AMS curve that chooses the cut."""
+
+    min_fraction: float = 0.05
+    max_fraction: float = 0.5
+    smoothing: float = 0.02
+
+
+#: The project's own sections with a fixed set of keys. (`paths` is open: a user may add a
+#: folder there for the interpolations of a data config of their own.)
+SECTIONS: dict[str, type] = {"cv": CVSchema, "cut": CutSchema}
+
+#: Top-level keys of train.yaml and its config groups. A new top-level setting is added here.
+TOP_LEVEL: frozenset[str] = frozenset(
+    {
+        # train.yaml's own settings
+        "seed",
+        "threads",
+        "compile",
+        "final_fit",
+        "ensemble",
+        "optimized_metric",
+        "overwrite",
+        "resume",
+        "cv",
+        "cut",
+        "optimizer",
+        "scheduler",
+        # config groups
+        "data",
+        "model",
+        "trainer",
+        "logger",
+        "callbacks",
+        "paths",
+        "loss",
+        "finetune",
+        "hydra",  # present when composed with return_hydra_config
+    }
+)
+
+
+def _kind(value: Any, expected: type) -> bool:
+    """Whether a config value has the schema's type (an int is a float; a bool is no number)."""
+    if expected is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if expected is float:
+        return isinstance(value, int | float)
+    return isinstance(value, expected)
+
+
+def _type_name(expected: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[expected]
+
+
+def check_section(cfg: DictConfig, name: str, schema: type) -> None:
+    """`cfg[name]` has only the schema's keys, each of the schema's type."""
+    section = cfg.get(name)
+    if section is None:
+        return
+    if not OmegaConf.is_dict(section):
+        raise ConfigError(f"{name} is {section!r}; expected a section with keys {_keys(schema)}")
+    fields = {field.name: field.type for field in dataclasses.fields(schema)}
+    unknown = sorted(set(section) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(f'{name}.{key}' for key in unknown)}; {name} has {_keys(schema)} "
+            "(a misspelt key would otherwise be ignored)"
+        )
+    types = {"int": int, "float": float, "bool": bool, "str": str}
+    for key, annotation in fields.items():
+        if key not in section:
+            continue
+        value = section[key]
+        expected = types[annotation if isinstance(annotation, str) else annotation.__name__]
+        if not _kind(value, expected):
+            raise ConfigError(f"{name}.{key} is {value!r}; expected {_type_name(expected)}")
+
+
+def _keys(schema: type) -> str:
+    return ", ".join(field.name for field in dataclasses.fields(schema))
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    unknown = sorted(set(cfg) - TOP_LEVEL)
+    if unknown:
+        raise ConfigError(
+            f"unknown top-level key{'s' if len(unknown) > 1 else ''} {unknown}; train.py knows "
+            f"{sorted(TOP_LEVEL - {'hydra'})} (a misspelt key would otherwise be ignored)"
+        )
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Values that would train nothing, forever, or fail deep inside a fold: refused by key."""
+    folds = cfg.cv.folds
+    if not _integer(folds) or folds < 2:
+        raise ConfigError(
+            f"cv.folds is {folds!r}; expected an integer >= 2 (the out-of-fold scores that "
+            "choose the cut need at least two folds)"
+        )
+    repeats = cfg.cv.get("repeats", 1)
+    if not _integer(repeats) or repeats < 1:
+        raise ConfigError(f"cv.repeats is {repeats!r}; expected an integer >= 1")
+    epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if not _integer(epochs) or epochs < 1:
+        raise ConfigError(
+            f"trainer.max_epochs is {epochs!r}; expected an integer >= 1 (0 trains nothing, "
+            "-1 trains until the process is killed)"
+        )
+    optimizer = cfg.get("optimizer") or {}
+    if "lr" in optimizer:
+        lr = optimizer.lr
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+            raise ConfigError(f"optimizer.lr is {lr!r}; expected a finite learning rate > 0")
+    # Repeat r's fold k trains with seed + 1000 r + k (experiment.repeat_seed).
+    highest = MAX_SEED - 1000 * (repeats - 1) - (folds - 1)
+    for key, value in (
+        ("seed", cfg.get("seed")),
+        ("data.seed", (cfg.get("data") or {}).get("seed")),
+    ):
+        if key == "data.seed" and value is None:
+            continue
+        if not _integer(value) or not 0 <= value <= highest:
+            raise ConfigError(
+                f"{key} is {value!r}; expected an integer from 0 to {highest} (fold k of repeat "
+                "r trains with seed + 1000 r + k, and seeds are unsigned 32-bit numbers)"
+            )
+    threads = cfg.get("threads")
+    if threads is not None and (not _integer(threads) or threads < 1):
+        raise ConfigError(f"threads is {threads!r}; expected an integer >= 1 or null")
+    for key in ("final_fit", "overwrite"):
+        value = cfg.get(key, False)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} is {value!r}; expected true or false")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The schema of the project's sections and the values that cannot be meant."""
+    check_top_level(cfg)
+    for name, schema in SECTIONS.items():
+        check_section(cfg, name, schema)
+    check_values(cfg)
+
+
+# --- one run per folder ----------------------------------------------------------------------
+
+#: What marks a folder as holding a run (Hydra's own .hydra/ and log files do not: Hydra writes
+#: them for the new run before it starts).
+RUN_FILES = (
+    "metrics.json",
+    "oof_predictions.csv",
+    "test_predictions.csv",
+    "test_predictions_folds.csv",
+    "submission.csv",
+    "submission_folds.csv",
+)
+RUN_FOLDERS = ("checkpoints", "tensorboard", "pretrain")
+#: Kept when `overwrite=true` empties a folder: this run's config and log, and the lock.
+KEPT = (".hydra", LOCK_FILE)
+
+_held: dict[str, IO[str]] = {}
+
+
+def previous_run(run_dir: Path) -> list[str]:
+    """What of an earlier run the folder holds, as relative paths (empty for a fresh folder)."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    for name in RUN_FOLDERS:
+        files = sorted(p for p in (run_dir / name).rglob("*") if p.is_file())
+        if files:
+            shown = ", ".join(str(p.relative_to(run_dir)) for p in files[:3])
+            more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+            found.append(f"{name}/ ({shown}{more})")
+    return found
+
+
+def lock_run_folder(run_dir: Path) -> None:
+    """Hold `<run>/.run.lock` until this process ends or locks its next run folder.
+
+    A second run into the same folder fails at once instead of interleaving its files with
+    the first's. The operating system drops the lock when the process ends, however it ends,
+    so a stale lock file never blocks a later run.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    for key in list(_held):  # a sequential sweep: this process's previous trial is done
+        if key != str(path):
+            _held.pop(key).close()
+    if str(path) in _held:
+        return
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunFolderError(
+            f"{run_dir}: another run is writing into this folder now (it holds {LOCK_FILE}); "
+            "wait for it to end, or choose another hydra.run.dir"
+        ) from None
+    handle.truncate(0)  # the holder's process id, for a person looking at a busy folder
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held[str(path)] = handle
+
+
+def claim_run_folder(run_dir: str | Path, overwrite: bool = False, resume: bool = False) -> None:
+    """Lock the run folder, then refuse it if it holds a run, or empty it with `overwrite`.
+
+    `resume` (continuing the folder's own run) is the one other way into a used folder.
+    """
+    run_dir = Path(run_dir)
+    lock_run_folder(run_dir)
+    found = previous_run(run_dir)
+    if not found or resume:
+        return
+    if not overwrite:
+        raise RunFolderError(
+            f"{run_dir} already holds a run: {'; '.join(found)}. A second run would mix its "
+            "checkpoints, metrics and TensorBoard files with these. Choose another "
+            "hydra.run.dir (hydra.sweep.dir in a sweep), or pass overwrite=true to delete "
+            "them first."
+        )
+    log.warning("overwrite=true: deleting the earlier run in %s: %s", run_dir, "; ".join(found))
+    for path in run_dir.iterdir():
+        if path.name in KEPT or path.suffix == ".log":
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _main_process() -> bool:
+    """False in the other processes of a DDP run: the main one owns the folder."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------
+
+
+def _stage_of(frame: FrameType | None) -> str:
+    """The stage ('fold1', 'final', ...) and function the main thread was in, from its stack."""
+    stage, where = None, None
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("amsaware."):
+            where = where or f"{module}.{frame.f_code.co_name}"
+            value = frame.f_locals.get("stage")
+            if stage is None and isinstance(value, str):
+                stage = value
+        frame = frame.f_back
+    if where is None:
+        return "before the protocol started"
+    return f"stage {stage} ({where})" if stage else where
+
+
+def _interrupted(run_dir: Path) -> Any:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+        log.error(
+            "interrupted (Ctrl-C) in %s; %s keeps only the files written in full before it "
+            "(every artifact is renamed into place when complete)",
+            _stage_of(frame),
+            run_dir,
+        )
+        raise SystemExit(INTERRUPTED)
+
+    return handler
+
+
+def exit_on_interrupt(run_dir: Path) -> None:
+    """Ctrl-C logs where the run stopped and exits 130 (Lightning would exit 1, silently).
+
+    Only in train.py's main thread: a library user's Ctrl-C stays a KeyboardInterrupt.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if not _under_hydra():
+        return
+    signal.signal(signal.SIGINT, _interrupted(run_dir))
+
+
+def _under_hydra() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()
+
+
+# --- the one call ----------------------------------------------------------------------------
+
+
+class RunFolderCallback(Callback):
+    """Hydra callback (conf/hydra/default.yaml): checks a training config and claims its run
+    folder before Hydra writes the new `.hydra/` config into it.
+
+    `check_run` at the start of the run repeats both (it is what library callers get), but by
+    then Hydra has replaced the folder's `.hydra/config.yaml`; refusing here keeps an earlier
+    run's config intact. Only for training configs (`cv` and `trainer`), and only in single
+    runs: each trial of a sweep is claimed by `check_run`.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "cv" not in config or "trainer" not in config:
+            return
+        task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            check_config(task)
+            if _main_process():
+                run_dir = Path(config.hydra.run.dir)
+                overwrite, resume = bool(config.get("overwrite")), bool(config.get("resume"))
+                claim_run_folder(run_dir, overwrite, resume)
+        except (ConfigError, RunFolderError) as error:
+            # Hydra turns a callback's exception into a warning and runs the job anyway.
+            raise SystemExit(f"{type(error).__name__}: {error}") from None
+
+
+def check_run(cfg: DictConfig) -> None:
+    """Everything refused before a run starts, then the run folder claimed (see module doc)."""
+    check_config(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    if _main_process():
+        claim_run_folder(run_dir, bool(cfg.get("overwrite", False)), bool(cfg.get("resume")))
+    exit_on_interrupt(run_dir)
