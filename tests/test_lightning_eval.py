@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from amsaware.evaluation import evaluate_file
 from amsaware.experiment import load_dataset
-from amsaware.inference import load_config
 from tests.conftest import REPO
 from tests.test_finetune import run
 from tests.test_predict import kaggle_frame
@@ -21,7 +21,7 @@ def evaluated_run(tmp_path_factory):
     metrics = run(folder / "run", "loss=ams")
     # The run's own test events (the synthetic source regenerates them from the seed), as the
     # CERN file: labels, KaggleWeight and alternating public ('b') and private ('v') sets.
-    test = load_dataset(load_config(folder / "run")).test
+    test = load_dataset(OmegaConf.load(folder / "run" / ".hydra" / "config.yaml")).test
     frame = kaggle_frame(test, with_labels=True)
     frame["KaggleWeight"] = frame["Weight"]
     frame["KaggleSet"] = np.where(np.arange(len(frame)) % 2 == 0, "b", "v")

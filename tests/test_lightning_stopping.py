@@ -3,9 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from amsaware.experiment import load_dataset
-from amsaware.inference import load_config, load_stage
+from amsaware.inference import load_stage
 from tests.test_finetune import run
 
 STOP = ["callbacks=early_stopping", "callbacks.progress_bar=null", "trainer.max_epochs=8"]
@@ -49,7 +50,7 @@ def test_the_fold_model_is_its_best_epoch_and_the_checkpoint_agrees(stopped):
     # The checkpoint was rewritten after the restore: it scores the fold's events as the
     # restored model did for oof_predictions.csv (the last epoch's weights would not).
     assert best + 1 < len(losses)  # the test needs a fold that trained past its best
-    train = load_dataset(load_config(folder)).train
+    train = load_dataset(OmegaConf.load(folder / ".hydra" / "config.yaml")).train
     oof = pd.read_csv(folder / "oof_predictions.csv")
     rows = oof[oof.fold == 0]
     index = pd.Series(np.arange(len(train)), index=train.event_id)[rows.EventId].to_numpy()

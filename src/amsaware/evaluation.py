@@ -19,6 +19,7 @@ from amsaware import artifacts
 from amsaware.experiment import test_metrics
 from amsaware.inference import (
     CUTS,
+    check_output,
     default_output,
     load_config,
     load_metrics,
@@ -43,6 +44,8 @@ def evaluate_file(
     them; returns the metrics."""
     if cut not in CUTS:
         raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
+    output = default_output(input_path) if output_path is None else Path(output_path)
+    check_output(output, input_path)
     scorer = load_scorer(run_dir, ensemble)
     table = read_input(load_config(run_dir), input_path, scorer.feature_names, tree)
     if not table.labelled:
@@ -56,9 +59,6 @@ def evaluate_file(
     scores, logits = scorer.score_and_logit(table)
     selected = scorer.select(scores, cut, logits)
     metrics = test_metrics(table, scores, selected)
-    output = default_output(input_path) if output_path is None else Path(output_path)
-    if output.resolve() == Path(input_path).resolve():
-        raise ValueError(f"output {output} would overwrite the input file")
     frame = pd.DataFrame(
         {"EventId": table.event_id, "score": scores, "selected": selected.astype("int8")}
     )
