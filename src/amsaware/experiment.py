@@ -30,6 +30,8 @@ from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
 from amsaware.metrics import ams_curve, ams_of_selection, evaluate, select_top_fraction
 from amsaware.model import SignificanceClassifier, predict_proba
 from amsaware.parallel import fit_folds_in_parallel
+from amsaware.pruning import fold_hook
+from amsaware.search import check_optimized_metric
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +153,14 @@ def cross_validate(
     test: EventTable | None = None,
     parallel: bool = False,
     save_stage: StageWriter | None = None,
+    on_fold: Callable[[int, dict[str, float]], None] | None = None,
 ) -> CrossValidation:
     """Train one model per stratified fold and score its held-out events (and `test`'s).
 
     `parallel=True` trains the k fold models at once as one batched model
     (`amsaware.parallel`); `save_stage` then writes each fold's checkpoint and preprocessing,
-    which the sequential path's callbacks write.
+    which the sequential path's callbacks write. `on_fold(k, metrics)` is called after each
+    fold with its validation metrics (a search's pruning may raise there to stop the run).
     """
     folds = stratified_folds(table.label, n_folds, seed)
     if parallel:
@@ -194,6 +198,8 @@ def cross_validate(
             )
         totals = (table.s_tot, table.b_tot)
         fold_metrics.append({"fold": k, **evaluate(p_val, y_val, w_val, "val/", *totals)})
+        if on_fold is not None:
+            on_fold(k, fold_metrics[-1])
         plots.log_to_logger(
             logger, "val/", p_val.numpy(), y_val.numpy(), w_val.numpy(), totals=totals
         )
@@ -520,6 +526,7 @@ def run_experiment(cfg: DictConfig) -> float:
 def _run(cfg: DictConfig) -> float:
     check_cut_options(**cfg.cut)
     ensemble = check_ensemble(cfg.get("ensemble", "final"))
+    check_optimized_metric(cfg.optimized_metric, bool(cfg.final_fit), ensemble)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     started = time.perf_counter()
@@ -542,6 +549,7 @@ def _run(cfg: DictConfig) -> float:
         fold_test,
         parallel=bool(cfg.cv.get("parallel", False)),
         save_stage=save_stage,
+        on_fold=fold_hook(cfg),
     )
     train = dataset.train
     artifacts.write_oof_predictions(
