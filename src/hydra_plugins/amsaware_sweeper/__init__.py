@@ -64,7 +64,8 @@ SAMPLERS = {
     "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": None},
     "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None},
 }
-PRUNERS = {
+PRUNERS: dict[str, dict[str, Any]] = {
+    "none": {},  # = hydra.sweeper.pruner=null: every trial runs to its end
     "median": {
         "_target_": "optuna.pruners.MedianPruner",
         "n_startup_trials": 5,
