@@ -18,12 +18,13 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from amsaware.experiment import lookup_metric
-from amsaware.pruning import TrialLink, TrialReporter
+from amsaware.pruning import TrialReporter
 from amsaware.search import (
     FAIL_REASON,
     PRUNED_AT,
     SearchConfigError,
     SearchFailedError,
+    TrialLink,
     best_run_command,
     check_optimized_metric,
     fold_metric,
@@ -548,3 +549,27 @@ def test_joblib_trials_report_to_the_study_through_its_storage(tmp_path):
     # The jobs ran in joblib's worker processes and reported each fold through the database.
     assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)
     assert (tmp_path / "sweep" / "optimization_results.yaml").exists()
+
+
+def test_trials_in_one_process_build_the_data_once_and_get_their_own_copy(monkeypatch):
+    import amsaware.search
+
+    calls = []
+
+    def load(source):
+        calls.append(source)
+        return {"events": [1, 2, 3], **source}
+
+    monkeypatch.setattr(amsaware.search, "trial_link", lambda: None)
+    amsaware.search.load_for_trial({"n": 1}, load)
+    amsaware.search.load_for_trial({"n": 1}, load)
+    assert len(calls) == 2, "outside a search every run loads its data"
+
+    link = TrialLink("s", None, 0, None)
+    monkeypatch.setattr(amsaware.search, "trial_link", lambda: link)
+    first = amsaware.search.load_for_trial({"n": 1}, load)
+    first["events"].append(4)  # a trial changing its data does not reach the next one
+    second = amsaware.search.load_for_trial({"n": 1}, load)
+    assert len(calls) == 3 and second == {"events": [1, 2, 3], "n": 1}
+    amsaware.search.load_for_trial({"n": 2}, load)
+    assert len(calls) == 4, "another data config is built anew"

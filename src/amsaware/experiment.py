@@ -31,7 +31,7 @@ from amsaware.metrics import ams_curve, ams_of_selection, evaluate, select_top_f
 from amsaware.model import SignificanceClassifier, predict_proba
 from amsaware.parallel import fit_folds_in_parallel
 from amsaware.pruning import fold_hook
-from amsaware.search import check_optimized_metric
+from amsaware.search import check_optimized_metric, load_for_trial
 
 log = logging.getLogger(__name__)
 
@@ -506,7 +506,7 @@ def load_dataset(cfg: DictConfig) -> Dataset:
     source.pop("batch_size", None)
     if not cfg.final_fit and source.get("n_test"):
         source["n_test"] = 0
-    return instantiate(source)
+    return load_for_trial(source, instantiate)
 
 
 def run_experiment(cfg: DictConfig) -> float:

@@ -22,43 +22,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig
 
 from amsaware.parallel import FoldParallelClassifier
-from amsaware.search import IN_MEMORY_STUDIES, PRUNED_AT, fold_metric
+from amsaware.search import IN_MEMORY_STUDIES, PRUNED_AT, TrialLink, fold_metric, trial_link
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrialLink:
-    """Where a search trial's run finds its Optuna trial (from the sweeper's overrides)."""
-
-    study_name: str
-    storage: str | None
-    number: int
-    pruner: Any
-
-
-def trial_link() -> TrialLink | None:
-    """The trial this run is, when the project's sweeper launched it; None otherwise."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    sweeper = HydraConfig.get().get("sweeper") or {}
-    if sweeper.get("trial") is None or not sweeper.get("study_name"):
-        return None
-    return TrialLink(
-        str(sweeper.study_name),
-        sweeper.get("storage"),
-        int(sweeper.trial),
-        sweeper.get("pruner"),
-    )
 
 
 class TrialReporter:

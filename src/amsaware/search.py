@@ -19,14 +19,17 @@ plugin, and so this module, for every `train.py --help` and shell completion.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
@@ -300,6 +303,58 @@ def open_study(
             f"    optuna storage upgrade --storage {shlex.quote(str(storage))}\n"
             f"(Optuna said: {error})"
         ) from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside a trial
+
+
+@dataclass(frozen=True)
+class TrialLink:
+    """Where a search trial's run finds its Optuna trial (from the sweeper's overrides)."""
+
+    study_name: str
+    storage: str | None
+    number: int
+    pruner: Any
+
+
+def trial_link() -> TrialLink | None:
+    """The trial this run is, when the project's sweeper launched it; None otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    sweeper = HydraConfig.get().get("sweeper") or {}
+    if sweeper.get("trial") is None or not sweeper.get("study_name"):
+        return None
+    return TrialLink(
+        str(sweeper.study_name), sweeper.get("storage"), int(sweeper.trial), sweeper.get("pruner")
+    )
+
+
+T = TypeVar("T")
+_TRIAL_DATA: dict[str, Any] = {}
+
+
+def load_for_trial(source: dict[str, Any], load: Callable[[dict[str, Any]], T]) -> T:
+    """`load(source)`, built once per process for the search trials it runs.
+
+    Trials of one search share their data config, and where several run in one process (Hydra's
+    basic launcher, a joblib worker) generating or reading the events again for each would
+    repeat seconds of work. The last data set is kept, keyed on the resolved data config, and
+    each trial gets its own deep copy, so nothing one trial does to it reaches the next.
+    Outside a search, `load(source)` as is.
+    """
+    if trial_link() is None:
+        return load(source)
+    key = json.dumps(source, sort_keys=True, default=str)
+    if key not in _TRIAL_DATA:
+        _TRIAL_DATA.clear()
+        _TRIAL_DATA[key] = load(source)
+    else:
+        log.info("data: the events this process built for an earlier trial")
+    return copy.deepcopy(_TRIAL_DATA[key])
 
 
 # ---------------------------------------------------------------------------------------------
