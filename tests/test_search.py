@@ -573,3 +573,20 @@ def test_trials_in_one_process_build_the_data_once_and_get_their_own_copy(monkey
     assert len(calls) == 3 and second == {"events": [1, 2, 3], "n": 1}
     amsaware.search.load_for_trial({"n": 2}, load)
     assert len(calls) == 4, "another data config is built anew"
+
+
+@pytest.mark.slow
+def test_submitit_jobs_are_pruned_through_the_studys_storage(tmp_path):
+    search(
+        tmp_path / "logs",
+        tmp_path / "sweep",
+        "hydra.sweeper.n_trials=2",
+        "cv.folds=3",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+    )
+    first, second = study(tmp_path / "logs").trials
+    assert first.state == COMPLETE and sorted(first.intermediate_values) == [0, 1, 2]
+    # The seeded second point is worse after its first fold (checked with this seed).
+    assert second.state == PRUNED and second.user_attrs[PRUNED_AT] == "fold 1 of 3"
