@@ -41,17 +41,12 @@ class TrialReporter:
 
         study = IN_MEMORY_STUDIES.get(link.study_name) if link.storage is None else None
         if study is None:
-            if link.storage is None:
-                raise RuntimeError(
-                    f"trial {link.number} of the in-memory study {link.study_name!r} runs in "
-                    "another process than the sweeper and cannot report to it: set "
-                    "hydra.sweeper.storage (e.g. sqlite:///logs/optuna/studies.db) to prune "
-                    "with this launcher, or hydra.sweeper.pruner=null"
-                )
             pruner = instantiate(link.pruner) if link.pruner else None
             study = optuna.load_study(
                 study_name=link.study_name, storage=link.storage, pruner=pruner
             )
+        # Optuna has no public call that attaches to an existing trial by its number; the
+        # storage's lookup is what its own distributed integrations use.
         storage = study._storage
         trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, link.number)
         self.trial = optuna.trial.Trial(study, trial_id)
@@ -79,6 +74,15 @@ class TrialReporter:
 def _reporter(cfg: DictConfig, unit: str, n_steps: int) -> TrialReporter | None:
     link = trial_link()
     if link is None or not link.pruner:
+        return None
+    if link.storage is None and link.study_name not in IN_MEMORY_STUDIES:
+        log.warning(
+            "trial %d of the in-memory study %r runs outside the sweeper's process and cannot "
+            "report to it, so it is not pruned: set hydra.sweeper.storage (e.g. "
+            "sqlite:///logs/optuna/studies.db) to prune with this launcher",
+            link.number,
+            link.study_name,
+        )
         return None
     metric = fold_metric(str(cfg.optimized_metric))
     if metric is None:

@@ -105,7 +105,8 @@ class AmsawareSweeper(Sweeper):
     """Runs `n_trials` trials of an Optuna study, `n_jobs` at a time (see the module doc)."""
 
     def __init__(self, **settings: Any) -> None:
-        self.settings = settings
+        # The settings are read from the composed config in `sweep`, where interpolations
+        # (`${seed}`, `${paths.log_dir}`) resolve.
         self.config: DictConfig | None = None
         self.launcher = None
         self.hydra_context: HydraContext | None = None
@@ -147,7 +148,8 @@ class AmsawareSweeper(Sweeper):
         study = search.open_study(
             settings.study_name, storage, directions, pruner=pruner or optuna.pruners.NopPruner()
         )
-        study.sampler = self._sampler(settings.sampler, len(study.trials), study.study_name)
+        sampler = self._sampler(settings.sampler, len(study.trials), study.study_name)
+        study.sampler = sampler or study.sampler
         if storage is None:
             search.IN_MEMORY_STUDIES[study.study_name] = study
         n_trials, n_jobs = int(settings.n_trials), max(1, int(settings.n_jobs))
