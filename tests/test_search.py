@@ -590,3 +590,10 @@ def test_submitit_jobs_are_pruned_through_the_studys_storage(tmp_path):
     assert first.state == COMPLETE and sorted(first.intermediate_values) == [0, 1, 2]
     # The seeded second point is worse after its first fold (checked with this seed).
     assert second.state == PRUNED and second.user_attrs[PRUNED_AT] == "fold 1 of 3"
+
+
+def test_without_a_pruner_trials_report_but_none_is_pruned(tmp_path):
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=8", pruner=False)
+    trials = stored_study(tmp_path).trials
+    assert [t.state for t in trials] == [COMPLETE] * 8
+    assert all(sorted(t.intermediate_values) == [0, 1, 2] for t in trials)

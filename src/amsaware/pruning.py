@@ -12,7 +12,9 @@ sweeper's study object in the same process).
 - `cv.parallel=true`: the `EpochPruning` callback reports the folds' mean of that metric after
   every validation epoch, at step = epoch.
 
-When the study's pruner says so, the run logs where it stopped and raises `optuna.TrialPruned`,
+Trials report whether or not a pruner is set (the values show in optuna-dashboard and let
+`benchmarks/search_cost.py --replay` try the pruners on a finished search). When the study's
+pruner says so, the run logs where it stopped and raises `optuna.TrialPruned`,
 which the sweeper records as a PRUNED trial (with `pruned_at` among its user attributes). The
 last fold or epoch is reported but never pruned: its trial is as good as finished.
 """
@@ -41,7 +43,8 @@ class TrialReporter:
 
         study = IN_MEMORY_STUDIES.get(link.study_name) if link.storage is None else None
         if study is None:
-            pruner = instantiate(link.pruner) if link.pruner else None
+            # No pruner configured: a NopPruner (load_study's default would be the median).
+            pruner = instantiate(link.pruner) if link.pruner else optuna.pruners.NopPruner()
             study = optuna.load_study(
                 study_name=link.study_name, storage=link.storage, pruner=pruner
             )
@@ -73,8 +76,8 @@ class TrialReporter:
 
 def _reporter(cfg: DictConfig, unit: str, n_steps: int) -> TrialReporter | None:
     link = trial_link()
-    if link is None or not link.pruner:
-        return None
+    if link is None:
+        return None  # not a search trial
     if link.storage is None and link.study_name not in IN_MEMORY_STUDIES:
         log.warning(
             "trial %d of the in-memory study %r runs outside the sweeper's process and cannot "
@@ -98,8 +101,8 @@ FoldHook = Callable[[int, Mapping[str, float]], None]
 
 
 def fold_hook(cfg: DictConfig) -> FoldHook | None:
-    """For `cross_validate(on_fold=...)`: reports each fold's metric in a search with a pruner
-    and sequential folds (with `cv.parallel` the `EpochPruning` callback reports instead)."""
+    """For `cross_validate(on_fold=...)`: reports each fold's metric in a search trial with
+    sequential folds (with `cv.parallel` the `EpochPruning` callback reports instead)."""
     if cfg.cv.get("parallel", False):
         return None
     reporter = _reporter(cfg, "fold", int(cfg.cv.folds))
@@ -114,7 +117,7 @@ def fold_hook(cfg: DictConfig) -> FoldHook | None:
 
 class EpochPruning(L.Callback):
     """Reports the folds' mean validation metric after each epoch of a fold-parallel fit
-    (`cv.parallel=true`) in a search with a pruner; does nothing anywhere else."""
+    (`cv.parallel=true`) in a search trial; does nothing anywhere else."""
 
     def __init__(self, optimized_metric: str) -> None:
         self.optimized_metric = optimized_metric
