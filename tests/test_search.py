@@ -183,16 +183,25 @@ def test_a_mistyped_or_unavailable_metric_is_rejected():
         check_optimized_metric("test/ams", final_fit=False)
 
 
-def test_a_study_written_by_an_old_optuna_says_how_to_upgrade_it(tmp_path):
-    storage = f"sqlite:///{tmp_path}/studies.db"
-    optuna.create_study(study_name="old", storage=storage)
-    with sqlite3.connect(tmp_path / "studies.db") as db:  # the tables Optuna 2.10 leaves
-        db.execute("UPDATE alembic_version SET version_num = 'v2.6.0.a'")
-        db.execute("UPDATE version_info SET library_version = '2.10.1'")
+def test_a_study_written_by_optuna_2_says_how_to_upgrade_it_and_then_resumes(tmp_path):
+    database = tmp_path / "logs" / "optuna" / "studies.db"
+    database.parent.mkdir(parents=True)
+    with sqlite3.connect(database) as db:
+        db.executescript((REPO / "tests" / "data" / "optuna2_study.sql").read_text())
+    storage = f"sqlite:///{database}"
     with pytest.raises(SearchConfigError) as error:
-        open_study("old", storage, ["maximize"])
-    assert f"optuna storage upgrade --storage {storage}" in str(error.value)
+        open_study("bce-synthetic", storage, ["maximize"])
+    command = f"optuna storage upgrade --storage {storage}"
+    assert command in str(error.value)
     assert "Optuna 2" in str(error.value)
+    cli = Path(sys.executable).parent / "optuna"
+    done = subprocess.run([str(cli), *command.split()[1:]], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The upgraded study continues: its 3 trials stay, new ones are numbered on.
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=2", pruner=False)
+    trials = stored_study(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert [t.state for t in trials] == [COMPLETE] * 5
 
 
 # ---------------------------------------------------------------------------------------------
