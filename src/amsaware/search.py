@@ -10,11 +10,13 @@ with its ask-and-tell API. This module holds what the sweeper and the trials sha
   so that a mistyped `optimized_metric` stops the search before the first trial trains;
 - `fold_metric`: which per-fold metric a trial reports to the pruner after each fold;
 - `open_study`: the study, with a clear message where the database predates Optuna 3;
+- `trial_link` / `load_for_trial`: inside a run, which trial it is (from the overrides the
+  sweeper gave it), and its data built once per process for all the trials run there;
 - `best_run.sh`: the exact `train.py` command that re-runs the study's best trial as an
   ordinary run (with the final fit).
 
-Importing this module is cheap (no torch, Lightning or Optuna): Hydra imports the sweeper
-plugin, and so this module, for every `train.py --help` and shell completion.
+Importing this module is cheap (no torch, Lightning or Optuna at import time), like the
+sweeper plugin that Hydra imports for every `train.py --help` and shell completion.
 """
 
 from __future__ import annotations
