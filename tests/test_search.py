@@ -4,9 +4,11 @@ like real runs), and the real `train.py -m hparams_search=optuna` on tiny trials
 import json
 import math
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import optuna
@@ -314,6 +316,14 @@ def test_resuming_continues_trial_numbers_without_reproposing_points(tmp_path):
     assert len(points) == 6, "a resumed study must not propose its first points again"
 
 
+def test_a_sweeper_joining_a_study_does_not_replay_another_seeds_points(tmp_path):
+    # Seed 1 joining at 1 trial must not draw what seed 2 drew at 0 (1 + 1 == 2 + 0).
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=1", "hydra.sweeper.sampler.seed=2", pruner=False)
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=1", "hydra.sweeper.sampler.seed=1", pruner=False)
+    first, second = stored_study(tmp_path).trials
+    assert first.params != second.params
+
+
 def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path):
     run_sweeper(
         tmp_path,
@@ -606,3 +616,78 @@ def test_without_a_pruner_trials_report_but_none_is_pruned(tmp_path):
     trials = stored_study(tmp_path).trials
     assert [t.state for t in trials] == [COMPLETE] * 8
     assert all(sorted(t.intermediate_values) == [0, 1, 2] for t in trials)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several sweeper processes on one study in a PostgreSQL server
+
+
+def _postgres_bin() -> Path | None:
+    """The folder of Debian's PostgreSQL server programs (initdb, pg_ctl, createdb)."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on a Unix socket (no TCP), with an empty database."""
+    pytest.importorskip("psycopg2", reason="pip install psycopg2-binary (the postgres extra)")
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL's server programs are not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="amsaware-pg-"))
+    root.chmod(0o777)
+    as_server = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data, socket, port = root / "data", str(root), "54329"
+
+    def server(*command: str) -> None:
+        done = subprocess.run([*as_server, *command], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    server(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    options = f"-p {port} -k {socket} -c listen_addresses=''"
+    # -l: the server writes to a file, not to pipes this test would wait on forever.
+    start = ["-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w", "start"]
+    server(str(bin_dir / "pg_ctl"), *start)
+    try:
+        server(str(bin_dir / "createdb"), "-h", socket, "-p", port, "-U", "postgres", "optuna")
+        yield f"postgresql+psycopg2://postgres@/optuna?host={socket}&port={port}"
+    finally:
+        server(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+WORKER = """
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from tests.test_search import run_sweeper
+run_sweeper(Path(sys.argv[1]), "hydra.sweeper.n_trials=8", f"hydra.sweeper.storage='{sys.argv[2]}'",
+            f"hydra.sweeper.sampler.seed={sys.argv[3]}")
+"""
+
+
+def test_two_sweeper_processes_fill_one_study_in_a_server_database(postgres_url, tmp_path):
+    env = os.environ | {"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+    # Seeds 1 and 2: a sampler reseeded by adding the trial count would collide (1+1 == 2+0).
+    logs = [tmp_path / f"{name}.log" for name in "ab"]
+    workers = []
+    for name, seed, log in zip("ab", "12", logs, strict=True):
+        with log.open("w") as out:  # the child keeps its own copy of the file
+            command = [sys.executable, "-c", WORKER, str(tmp_path / name), postgres_url, seed]
+            workers.append(
+                subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+            )
+    codes = [worker.wait(timeout=300) for worker in workers]
+    assert codes == [0, 0], "".join(log.read_text()[-2000:] for log in logs)
+    trials = optuna.load_study(study_name="bce-synthetic", storage=postgres_url).trials
+    assert sorted(t.number for t in trials) == list(range(16)), "no duplicate trial numbers"
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 16
+    # Both searches' pruners compared with the shared study: some trials were pruned, and the
+    # search that ended last names the study's best trial.
+    assert any(t.state == PRUNED for t in trials)
+    best = max((t for t in trials if t.state == COMPLETE), key=lambda t: t.value)
+    results = [OmegaConf.load(tmp_path / n / "sweep" / "optimization_results.yaml") for n in "ab"]
+    assert best.value in [r.best_value for r in results]
+    assert max(r.trials.study for r in results) == 16, "a sweeper sees the other one's trials"

@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import shlex
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -282,19 +283,30 @@ def open_study(
     database = sqlite_path(storage)
     if database is not None and create:
         database.parent.mkdir(parents=True, exist_ok=True)
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
     try:
         if not create:
             return optuna.load_study(
                 study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
             )
-        return optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            sampler=sampler,
-            pruner=pruner,
-            directions=directions,
-            load_if_exists=True,
-        )
+        for attempt in range(3):
+            try:
+                return optuna.create_study(
+                    study_name=study_name,
+                    storage=storage,
+                    sampler=sampler,
+                    pruner=pruner,
+                    directions=directions,
+                    load_if_exists=True,
+                )
+            except (IntegrityError, ProgrammingError):
+                # Sweeper processes starting together on a new server database race to create
+                # its tables; the loser finds them made a moment later.
+                if attempt == 2:
+                    raise
+                time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
     except RuntimeError as error:
         if "optuna storage upgrade" not in str(error):
             raise

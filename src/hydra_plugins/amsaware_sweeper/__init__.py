@@ -187,13 +187,18 @@ class AmsawareSweeper(Sweeper):
         return instantiate(node) if node else None
 
     def _sampler(self, node: Any, n_existing: int, study_name: str) -> Any:
-        """The sampler; a seeded one continuing a study is offset by the study's trial count,
-        since its random stream restarts with every command and would otherwise propose the
-        study's first points again (TPE's first trials are random draws)."""
+        """The sampler; a seeded one continuing a study is reseeded from (seed, the study's
+        trial count), since its random stream restarts with every command and would otherwise
+        propose the study's first points again (TPE's first trials are random draws). Mixing
+        the two (not adding them) keeps sweepers with seeds 1 and 2 that join a study at 1 and
+        0 trials from drawing the same stream."""
         if not node:
             return None
         if node.get("seed") is not None and n_existing:
-            seed = int(node.seed) + n_existing
+            import numpy as np
+
+            sequence = np.random.SeedSequence([int(node.seed), n_existing])
+            seed = int(sequence.generate_state(1)[0] >> 1)  # a non-negative 31-bit int
             log.info(
                 "study %r has %d trials: continuing it with sampler seed %d",
                 study_name,
