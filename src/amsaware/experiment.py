@@ -33,6 +33,8 @@ from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
 from amsaware.metrics import ams_curve, ams_of_selection, evaluate, select_top_fraction
 from amsaware.model import SignificanceClassifier, predict_proba
 from amsaware.parallel import fit_folds_in_parallel
+from amsaware.pruning import fold_hook
+from amsaware.search import check_optimized_metric, load_for_trial
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +312,7 @@ def cross_validate(
     save_stage: StageWriter | None = None,
     repeats: int = 1,
     finetune: FineTune | None = None,
+    on_fold: Callable[[int, dict[str, float]], None] | None = None,
 ) -> CrossValidation:
     """Train one model per stratified fold and score its held-out events (and `test`'s).
 
@@ -318,7 +321,8 @@ def cross_validate(
     second phase; the result's `pretrain` then holds the scores from before it.
     `parallel=True` trains the fold models at once as one batched model
     (`amsaware.parallel`); `save_stage` then writes each fold's checkpoint and preprocessing,
-    which the sequential path's callbacks write.
+    which the sequential path's callbacks write. `on_fold(k, metrics)` is called after each
+    fold with its validation metrics (a search's pruning may raise there to stop the run).
     """
     plans = plan_folds(table.label, n_folds, seed, repeats)
     totals = (table.s_tot, table.b_tot)
@@ -363,7 +367,9 @@ def cross_validate(
             before.add(plan, predict_proba(pretrained_net, x_val), y_val, w_val, None)
         p_val = predict_proba(net, x_val)
         p_test = None if test is None else predict_proba(net, datamodule.preprocess(test)).numpy()
-        after.add(plan, p_val, y_val, w_val, p_test)
+        metrics = after.add(plan, p_val, y_val, w_val, p_test)
+        if on_fold is not None:
+            on_fold(plan.index, metrics)
         plots.log_to_logger(
             logger, "val/", p_val.numpy(), y_val.numpy(), w_val.numpy(), totals=totals
         )
@@ -777,7 +783,7 @@ def load_dataset(cfg: DictConfig) -> Dataset:
     source.pop("batch_size", None)
     if not cfg.final_fit and source.get("n_test"):
         source["n_test"] = 0
-    return instantiate(source)
+    return load_for_trial(source, instantiate)
 
 
 def run_experiment(cfg: DictConfig) -> float:
@@ -800,6 +806,7 @@ def _run(cfg: DictConfig) -> float:
     ensemble = check_ensemble(cfg.get("ensemble", "final"))
     repeats = cfg.cv.get("repeats", 1)
     check_folds(cfg.cv.folds, repeats)
+    check_optimized_metric(cfg.optimized_metric, bool(cfg.final_fit), ensemble)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     started = time.perf_counter()
@@ -827,6 +834,7 @@ def _run(cfg: DictConfig) -> float:
         save_stage=save_stage,
         repeats=repeats,
         finetune=finetune,
+        on_fold=fold_hook(cfg),
     )
     train = dataset.train
     metrics: dict[str, Any] = {}
