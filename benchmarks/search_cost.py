@@ -17,6 +17,17 @@ The projected search is `trials x trial time`, scaled by 10 / `--epochs` when a 
 was measured (an overestimate: start-up and data do not grow with epochs).
 Targets (issue 6): the 50-trial search at full size under 60 minutes on 2 CPU cores and under
 5 minutes on one H100 (`--trainer gpu`).
+
+Pruners, replayed (how the default pruner of hparams_search=optuna was chosen):
+
+    python train.py -m hparams_search=optuna hydra/sweeper/pruner=none ...   # a search
+    python benchmarks/search_cost.py --replay STUDY --storage sqlite:///logs/optuna/studies.db
+
+replays the study's complete, unpruned trials in their order through each pruner (the values
+each trial reported after every fold) and prints, per pruner, the share of fold trainings it
+would have run, the best value among the trials it lets finish, and that trial's rank among
+all of them (1: the pruner keeps the search's best trial). A replay keeps the sampler's
+proposals as they were, which a live pruned search changes (TPE learns from pruned trials too).
 """
 
 from __future__ import annotations
@@ -78,8 +89,78 @@ def run_trial(
     }
 
 
+def pruners(n_steps: int) -> dict:
+    """The pruners `hydra.sweeper.pruner` offers, at their conf/ settings (see the sweeper)."""
+    import optuna
+
+    return {
+        "none": lambda: optuna.pruners.NopPruner(),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5),
+        "percentile": lambda: optuna.pruners.PercentilePruner(25.0, n_startup_trials=5),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=n_steps),
+    }
+
+
+def replay(trials: list, make_pruner, direction: str) -> dict:
+    """Run recorded trials (complete, with intermediate values) through a pruner, in order."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=direction, pruner=make_pruner())
+    ran = total = 0
+    kept = []
+    for recorded in trials:
+        trial = study.ask()
+        steps = sorted(recorded.intermediate_values.items())
+        total += len(steps)
+        for step, value in steps:
+            trial.report(value, step)
+            ran += 1
+            if step != steps[-1][0] and trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, recorded.value)
+            kept.append(recorded)
+    sign = -1 if direction == "maximize" else 1
+    order = sorted(trials, key=lambda t: sign * t.value)
+    best = min(kept, key=lambda t: sign * t.value)
+    return {
+        "work": round(ran / total, 3),
+        "finished": len(kept),
+        "best_value": best.value,
+        "best_rank": order.index(best) + 1,
+    }
+
+
+def replay_study(study_name: str, storage: str) -> None:
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = [
+        t
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        if t.intermediate_values
+    ]
+    if not trials:
+        raise SystemExit(f"study {study_name!r} has no complete trial with intermediate values")
+    n_steps = max(len(t.intermediate_values) for t in trials)
+    direction = study.direction.name.lower()
+    print(f"study {study_name!r}: {len(trials)} complete trials of {n_steps} steps, {direction}")
+    print(f"{'pruner':<20} {'work':>6} {'finished':>9} {'best value':>11} {'its rank':>9}")
+    for name, make in pruners(n_steps).items():
+        row = replay(trials, make, direction)
+        print(
+            f"{name:<20} {row['work']:>6.0%} {row['finished']:>9} "
+            f"{row['best_value']:>11.4f} {row['best_rank']:>9}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replay", metavar="STUDY", help="replay a study through the pruners")
+    parser.add_argument("--storage", default="sqlite:///logs/optuna/studies.db")
     parser.add_argument("--events", type=int, default=250_000)
     parser.add_argument("--epochs", type=int, default=PAPER_EPOCHS)
     parser.add_argument("--trials", type=int, default=50)
@@ -89,6 +170,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("search_cost.json"))
     args = parser.parse_args()
+    if args.replay:
+        replay_study(args.replay, args.storage)
+        return
 
     scale = PAPER_EPOCHS / args.epochs
     rows = []

@@ -58,7 +58,34 @@ def verdict(document: dict[str, Any]) -> str:
             else "the single-model difference from BCE is within it."
         ),
     ]
+    control = c["finetune_bce - bce"]
+    if control["ci_low"] > 0 and vs_control["ci_low"] <= 0:
+        lines.append(
+            f"Most of the gain is the second phase itself, not the loss: the control gains "
+            f"{control['difference']:+.3f} over BCE ({control['seeds_better']} of {n} seeds), "
+            "so the BCE model it starts from is not fully trained."
+        )
+    top15 = document["single"].get("comparisons_top15", {}).get("finetune_ams - finetune_bce")
+    if top15 is not None:
+        lines.append(
+            f"At a fixed top 15% of events, where no cut is chosen, the fine-tune against its "
+            f"control is {_ci(top15)}, better in {top15['seeds_better']} of {n} seeds."
+        )
     return " ".join(lines)
+
+
+def _comparisons(comparisons: dict[str, Any]) -> list[str]:
+    out = [
+        "| comparison | difference [95% CI] | P(Δ ≤ 0) | seeds better | per seed |",
+        "|---|---|---|---|---|",
+    ]
+    for pair, d in comparisons.items():
+        per_seed = ", ".join(f"{x:+.2f}" for x in d["per_seed"])
+        out.append(
+            f"| {pair} | {_ci(d)} | {d['p_not_better']:.3f} | "
+            f"{d['seeds_better']} of {len(d['per_seed'])} | {per_seed} |"
+        )
+    return out
 
 
 def _table(section: dict[str, Any]) -> list[str]:
@@ -69,17 +96,14 @@ def _table(section: dict[str, Any]) -> list[str]:
     for name, entry in section["models"].items():
         cells = [_pm(entry, key) for key, _ in COLUMNS]
         out.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    out += [
-        "",
-        "| comparison | difference [95% CI] | P(Δ ≤ 0) | seeds better | per seed |",
-        "|---|---|---|---|---|",
-    ]
-    for pair, d in section["comparisons"].items():
-        per_seed = ", ".join(f"{x:+.2f}" for x in d["per_seed"])
-        out.append(
-            f"| {pair} | {_ci(d)} | {d['p_not_better']:.3f} | "
-            f"{d['seeds_better']} of {len(d['per_seed'])} | {per_seed} |"
-        )
+    out += ["", "At the cut chosen out of fold:", "", *_comparisons(section["comparisons"])]
+    if "comparisons_top15" in section:
+        out += [
+            "",
+            "At a fixed top 15% of events (no cut to choose):",
+            "",
+            *_comparisons(section["comparisons_top15"]),
+        ]
     return out
 
 
@@ -92,7 +116,8 @@ def render(document: dict[str, Any]) -> str:
         f"Data: the CERN Open Data file's first {p['events']:,} events (the challenge's "
         "training events; weights `KaggleWeight`, every AMS rescaled to the full-data totals). "
         f"Measured {p['date']} on {p['machine']}, torch {p['torch']}, Optuna {p['optuna']}; "
-        f"{p['wall_seconds'] / 60:.0f} minutes of wall time on a machine shared with other jobs. "
+        f"the runs (search and evaluation) took {p['run_seconds'] / 60:.0f} minutes of wall time "
+        "on a machine shared with other jobs. "
         "Re-run (runs are cached in `logs/loss_verdict/`, so an interrupted run resumes):",
         "",
         f"    {document['command']}",
@@ -157,6 +182,8 @@ def render(document: dict[str, Any]) -> str:
         "CERN file: without `data.limit` a run scores its public and private sets).",
         "- The bootstrap holds each run's selection fixed: it measures the noise of the "
         "events, not that of choosing the cut.",
+        "- The earlier verdict over every loss trained alone (soft AMS, Asimov, Delta-Z-bar, "
+        "BCE-then-AMS: none beat BCE) is in the history: `git show 56f2bde:docs/results.md`.",
     ]
     return "\n".join(out) + "\n"
 

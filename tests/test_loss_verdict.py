@@ -96,7 +96,7 @@ def _section(per_seed, n_models=MODELS):
 def _document(per_seed_vs_bce, bagged_difference=0.05):
     protocol = {"events": 12000, "folds": 3, "seeds": [1, 2, 3, 4, 5], "search_seed": 0}
     protocol |= {"trials": 6, "bootstrap": "b", "optuna": "5", "torch": "t"}
-    protocol |= {"machine": "m", "date": "2026-11-30", "wall_seconds": 600}
+    protocol |= {"machine": "m", "date": "2026-11-30", "run_seconds": 600}
     search = {
         "best": {"finetune.optimizer.lr": 5e-5, "finetune.batch_size": 1024},
         "best_value": 3.2,
@@ -127,3 +127,11 @@ def test_the_page_shows_every_model_and_comparison():
         assert f"| {a} - {b} |" in page
     assert page.count("| finetune_ams - bce |") == 2  # single models and ensembles
     assert "`finetune.optimizer.lr=5e-05`" in page
+
+
+def test_the_verdict_says_when_the_control_explains_the_gain():
+    document = _document([0.1] * 5)
+    assert "the second phase itself" not in verdict(document)
+    control = dict(document["single"]["comparisons"]["finetune_bce - bce"], ci_low=0.05)
+    document["single"]["comparisons"]["finetune_bce - bce"] = control
+    assert "the second phase itself, not the loss" in verdict(document)

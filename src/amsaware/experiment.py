@@ -41,6 +41,8 @@ from amsaware.metrics import (
 from amsaware.model import SignificanceClassifier, predict_logit
 from amsaware.parallel import fit_folds_in_parallel
 from amsaware.progress import RunClock, StageProgressBar, stage_label
+from amsaware.pruning import fold_hook
+from amsaware.search import check_optimized_metric, load_for_trial
 from amsaware.stopping import EarlyStopping, median_epochs
 
 log = logging.getLogger(__name__)
@@ -370,6 +372,7 @@ def cross_validate(
     save_stage: StageWriter | None = None,
     repeats: int = 1,
     finetune: FineTune | None = None,
+    on_fold: Callable[[int, dict[str, float]], None] | None = None,
     clock: RunClock | None = None,
 ) -> CrossValidation:
     """Train one model per stratified fold and score its held-out events (and `test`'s).
@@ -379,7 +382,9 @@ def cross_validate(
     second phase; the result's `pretrain` then holds the scores from before it.
     `parallel=True` trains the fold models at once as one batched model
     (`amsaware.parallel`); `save_stage` then writes each fold's checkpoint and preprocessing,
-    which the sequential path's callbacks write. `clock` logs each finished stage's time.
+    which the sequential path's callbacks write. `on_fold(k, metrics)` is called after each
+    fold with its validation metrics (a search's pruning may raise there to stop the run).
+    `clock` logs each finished stage's time.
     """
     plans = plan_folds(table.label, n_folds, seed, repeats)
     totals = (table.s_tot, table.b_tot)
@@ -427,7 +432,9 @@ def cross_validate(
             before.add(plan, predict_logit(pretrained_net, x_val), y_val, w_val, None)
         z_val = predict_logit(net, x_val)
         z_test = None if test is None else predict_logit(net, datamodule.preprocess(test)).numpy()
-        after.add(plan, z_val, y_val, w_val, z_test)
+        metrics = after.add(plan, z_val, y_val, w_val, z_test)
+        if on_fold is not None:
+            on_fold(plan.index, metrics)
         p_val = torch.sigmoid(z_val).numpy()
         plots.log_to_logger(logger, "val/", p_val, y_val.numpy(), w_val.numpy(), totals=totals)
     return after.result(None if before is None else before.result())
@@ -971,7 +978,7 @@ def load_dataset(cfg: DictConfig) -> Dataset:
     source.pop("batch_size", None)
     if not cfg.final_fit and source.get("n_test"):
         source["n_test"] = 0
-    return instantiate(source)
+    return load_for_trial(source, instantiate)
 
 
 def run_experiment(cfg: DictConfig) -> float:
@@ -991,9 +998,10 @@ def run_experiment(cfg: DictConfig) -> float:
 def _run(cfg: DictConfig) -> float:
     check_run(cfg)  # schema, impossible values, one run per folder, Ctrl-C (amsaware.checks)
     check_cut_options(**cfg.cut)
-    check_ensemble(cfg.get("ensemble", "final"))
+    ensemble = check_ensemble(cfg.get("ensemble", "final"))
     repeats = cfg.cv.get("repeats", 1)
     check_folds(cfg.cv.folds, repeats)
+    check_optimized_metric(cfg.optimized_metric, bool(cfg.final_fit), ensemble)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     log.info("run: %s", describe_run(cfg))
@@ -1039,6 +1047,7 @@ def _run_with(
         save_stage=save_stage,
         repeats=repeats,
         finetune=finetune,
+        on_fold=fold_hook(cfg),
         clock=clock,
     )
     train = dataset.train

@@ -199,8 +199,10 @@ class FoldParallelClassifier(SignificanceClassifier):
         step_offset: int = 0,
     ) -> None:
         super().__init__(net, loss, optimizer, s_tot, b_tot, scheduler, compile_mode, phase)
-        #: The logging step this fit starts from (a fine-tune continues its folds' timelines).
+        #: The logging step this fit starts from (a fine-tune continues its folds' timelines),
+        #: and the epochs trained before it (a search's pruner counts epochs across phases).
         self.step_offset = step_offset
+        self.epoch_offset = 0
         k = net.n_models
         self.train_loss = nn.ModuleList(MeanMetric(nan_strategy="disable") for _ in range(k))
         self.val_metrics = nn.ModuleList(
@@ -312,7 +314,9 @@ def fit_folds_in_parallel(
     if finetune is not None and finetune.max_epochs > 0:
         pretrained = [net.cpu() for net in module.net.unstack()]
         steps = module.step_offset + module.global_step
+        epochs = trainer.current_epoch
         module = _parallel_module(module.net, finetune.make_module(module.net), steps)
+        module.epoch_offset = epochs
         trainer = finetune.make_trainer(stages, [])
         rebatched = [datamodule.rebatched(finetune.batch_size) for datamodule in datamodules]
         trainer.fit(module, datamodule=FoldParallelDataModule(rebatched))

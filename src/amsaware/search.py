@@ -1,41 +1,251 @@
-"""Hyperparameter search: Hydra's Optuna sweeper with what a long, resumable search needs.
+"""Hyperparameter search: the search space, the metric checks and the files a search leaves.
 
-`conf/hparams_search/optuna.yaml` selects `hydra_plugins.amsaware_sweeper.AmsawareSweeper`
-(Hydra loads sweepers only from the `hydra_plugins` package; the logic lives here). It runs the
-sweeper of
-`hydra-optuna-sweeper` unchanged (its sampler, search space syntax, storage and
-`optimization_results.yaml`) and adds three things the plugin lacks:
+`conf/hparams_search/optuna.yaml` selects the project's Hydra sweeper
+(`hydra_plugins.amsaware_sweeper`, where Hydra looks for plugins), which drives an Optuna study
+with its ask-and-tell API. This module holds what the sweeper and the trials share:
 
-- the SQLite file's folder is created, so the default persistent storage works on first use;
-- a search in which no trial succeeded ends with an error saying so, instead of Optuna's
-  "No trials are completed yet";
-- `best_run.sh` in the sweep folder: the exact `train.py` command that re-runs the best trial
-  of the study as an ordinary run (with the final fit).
+- `parse_space`: the `hydra.sweeper.params` grammar (`choice`, `range`, `interval`,
+  `tag(log, ...)`) read with Hydra's own override parser into Optuna distributions;
+- `metric_names` / `check_optimized_metric`: the metric names a run's metrics.json will have,
+  so that a mistyped `optimized_metric` stops the search before the first trial trains;
+- `fold_metric`: which per-fold metric a trial reports to the pruner after each fold;
+- `open_study`: the study, with a clear message where the database predates Optuna 3;
+- `trial_link` / `load_for_trial`: inside a run, which trial it is (from the overrides the
+  sweeper gave it), and its data built once per process for all the trials run there;
+- `best_run.sh`: the exact `train.py` command that re-runs the study's best trial as an
+  ordinary run (with the final fit).
 
-Trials that diverge or raise are turned into failed Optuna trials by the task function
-(`run_experiment` raises, `max_failure_rate: 1.0` lets the search go on).
+Importing this module is cheap (no torch, Lightning or Optuna at import time), like the
+sweeper plugin that Hydra imports for every `train.py --help` and shell completion.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
+import math
+import re
 import shlex
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
-from amsaware.artifacts import atomic_path
+if TYPE_CHECKING:
+    import optuna
+    from optuna.distributions import BaseDistribution
 
 log = logging.getLogger(__name__)
 
 BEST_RUN = "best_run.sh"
 RESULTS = "optimization_results.yaml"
+#: The study's user attributes the search writes: a failed trial's reason, where a pruned
+#: trial stopped, and each trial's run folder.
+FAIL_REASON = "fail_reason"
+PRUNED_AT = "pruned_at"
+RUN_DIR = "run_dir"
+
+#: Studies of in-memory searches (`hydra.sweeper.storage: null`) by name, so that trials run in
+#: the sweeper's own process (Hydra's basic launcher) can report to them for pruning.
+IN_MEMORY_STUDIES: dict[str, optuna.Study] = {}
 
 
 class SearchFailedError(RuntimeError):
     """Every trial of the study failed: there is no best trial to report."""
+
+
+class SearchConfigError(ValueError):
+    """A `hydra.sweeper.*` setting or `optimized_metric` that no search can run with."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The search space
+
+
+def parse_space(
+    params: Mapping[str, Any], arguments: Iterable[str] = ()
+) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    """Distributions of the swept keys, and the overrides every trial gets unchanged.
+
+    `params` is `hydra.sweeper.params` ({key: expression}); `arguments` are the command line's
+    task overrides, which come later and so win for the same key (`optimizer.lr=1e-3` fixes a
+    searched key, `optimizer.lr=choice(1e-3,1e-2)` searches a new one). The grammar:
+    `choice(a, b, ...)` is categorical; `range(a, b[, step])` takes integers (floats if any
+    bound is a float) from a to b, both included; `interval(a, b)` is a float interval and
+    `tag(int, interval(a, b))` an integer one; `tag(log, ...)` samples either on a log scale.
+    """
+    parser = OverridesParser.create()
+    lines = [f"{key}={value}" for key, value in params.items()] + list(arguments)
+    space: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
+    for line in lines:
+        try:
+            override = parser.parse_override(line)
+        except Exception as error:
+            raise SearchConfigError(
+                f"hydra.sweeper.params: cannot parse {line!r}: {error}"
+            ) from error
+        key = override.get_key_element()
+        space.pop(key, None)
+        fixed.pop(key, None)
+        if override.is_sweep_override():
+            space[key] = distribution(override)
+        else:
+            fixed[key] = line
+    return space, fixed
+
+
+def distribution(override: Override) -> BaseDistribution:
+    """The Optuna distribution of one sweep override (see `parse_space` for the grammar)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    key = override.get_key_element()
+    value = override.value()
+    tags = set(getattr(value, "tags", ()) or ())
+    unknown = tags - {"log", "int"}
+    if unknown:
+        raise SearchConfigError(
+            f"hydra.sweeper.params.{key}: unknown tag(s) {sorted(unknown)}; the search knows "
+            "tag(log, ...) and tag(int, interval(...))"
+        )
+    log_scale = "log" in tags
+    if isinstance(value, ChoiceSweep):
+        choices = list(value.list)
+        bad = [c for c in choices if c is not None and not isinstance(c, bool | int | float | str)]
+        if bad or not choices:
+            raise SearchConfigError(
+                f"hydra.sweeper.params.{key}: choice() needs one or more plain values "
+                f"(numbers, strings, booleans, null), got {choices!r}"
+            )
+        if log_scale:
+            raise SearchConfigError(f"hydra.sweeper.params.{key}: tag(log, ...) on a choice()")
+        return CategoricalDistribution(choices)
+    if isinstance(value, RangeSweep):
+        if value.start is None or value.stop is None:
+            raise SearchConfigError(f"hydra.sweeper.params.{key}: range() needs a start and a stop")
+        step = 1 if value.step is None else value.step
+        if all(isinstance(v, int) for v in (value.start, value.stop, step)):
+            if log_scale and step != 1:
+                raise SearchConfigError(
+                    f"hydra.sweeper.params.{key}: a log-scale range() must have step 1, got {step}"
+                )
+            return IntDistribution(value.start, value.stop, log=log_scale, step=step)
+        if log_scale:
+            raise SearchConfigError(
+                f"hydra.sweeper.params.{key}: a float range() has a step and cannot be log-scale; "
+                "use tag(log, interval(a, b))"
+            )
+        return FloatDistribution(float(value.start), float(value.stop), step=float(step))
+    if isinstance(value, IntervalSweep):
+        if "int" in tags:
+            low, high = value.start, value.end
+            if not (float(low).is_integer() and float(high).is_integer()):
+                raise SearchConfigError(
+                    f"hydra.sweeper.params.{key}: tag(int, interval(a, b)) needs integer ends, "
+                    f"got {low} and {high}"
+                )
+            return IntDistribution(int(low), int(high), log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    raise SearchConfigError(
+        f"hydra.sweeper.params.{key}: {override.input_line!r} is not a choice(), range() or "
+        "interval() (glob and other sweeps cannot be searched)"
+    )
+
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_./:@%+-]*$")
+
+
+def override_value(value: Any) -> str:
+    """`value` written so that Hydra's override parser reads it back as the same value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)  # inf, nan and full precision
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    if text and _PLAIN.match(text) and text.lower() not in ("null", "true", "false", "inf", "nan"):
+        try:
+            float(text)
+        except ValueError:
+            return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric names
+
+
+@cache
+def _base_metric_names() -> tuple[str, ...]:
+    """The names `amsaware.metrics.evaluate` gives its metrics (without a prefix)."""
+    import torch
+
+    from amsaware.metrics import evaluate
+
+    scores = torch.tensor([0.2, 0.9, 0.4, 0.7], dtype=torch.float64)
+    label = torch.tensor([0, 1, 0, 1])
+    weight = torch.ones(4, dtype=torch.float64)
+    return tuple(evaluate(scores, label, weight, ""))
+
+
+def metric_names(final_fit: bool = True, ensemble: str = "final") -> list[str]:
+    """Every metric name of metrics.json that `optimized_metric` may name, for a run with
+    these settings: `oof/...`, `val/...` (fold mean), `cut/...`, and `test/...` (final model)
+    or `test_folds/...` (fold ensemble) when the run scores the test events."""
+    base = _base_metric_names()
+    names = [f"{prefix}/{name}" for prefix in ("oof", "val") for name in base]
+    names += ["cut/ams", "cut/ams_smoothed", "cut/fraction", "cut/threshold"]
+    if final_fit:
+        scorers = {"final": ["test"], "folds": ["test_folds"], "both": ["test", "test_folds"]}
+        for prefix in scorers.get(ensemble, ["test"]):
+            names += [f"{prefix}/{name}" for name in base]
+            names += [f"{prefix}/ams", f"{prefix}/ams_public", f"{prefix}/ams_private"]
+            scorer = "final" if prefix == "test" else "folds"
+            names.append(f"cut/threshold_{scorer}")
+    return names
+
+
+def check_optimized_metric(name: str, final_fit: bool = True, ensemble: str = "final") -> str:
+    """`name` if a run with these settings writes it to metrics.json, else a clear error, so
+    that a typo stops a run (or a whole search) before its first fold trains."""
+    known = metric_names(final_fit, ensemble)
+    if name in known:
+        return name
+    hint = ""
+    if name in metric_names(True, "both"):
+        hint = (
+            f" ({name} exists only with final_fit=true"
+            + ("" if name.startswith("test/") else " and ensemble=folds or both")
+            + "; search trials skip the final fit)"
+        )
+    raise SearchConfigError(
+        f"optimized_metric {name!r} is not a metric of this run{hint}; known: {known}"
+    )
+
+
+def fold_metric(optimized_metric: str) -> str | None:
+    """The per-fold (`val/...`) metric whose value a trial reports after each fold or epoch:
+    `val/X` for `oof/X` or `val/X`, the fold's `val/ams_max` for the cut's AMS. None where no
+    fold-level counterpart exists (`cut/fraction`, test metrics): then nothing is pruned."""
+    section, _, name = optimized_metric.partition("/")
+    if section in ("oof", "val") and name in _base_metric_names():
+        return f"val/{name}"
+    if optimized_metric in ("cut/ams", "cut/ams_smoothed"):
+        return "val/ams_max"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The study
 
 
 def sqlite_path(storage: Any) -> Path | None:
@@ -44,6 +254,125 @@ def sqlite_path(storage: Any) -> Path | None:
         return None
     path = storage.removeprefix("sqlite:///")
     return None if path in ("", ":memory:") else Path(path)
+
+
+def absolute_storage(storage: str | None) -> str | None:
+    """The storage URL with a relative SQLite path made absolute, so that trials started in
+    another folder (a cluster job) reach the same file."""
+    path = sqlite_path(storage)
+    if path is None or path.is_absolute():
+        return storage
+    return f"sqlite:///{path.resolve()}"
+
+
+def open_study(
+    study_name: str | None,
+    storage: str | None,
+    directions: list[str],
+    sampler: Any = None,
+    pruner: Any = None,
+    create: bool = True,
+) -> optuna.Study:
+    """The study `study_name` in `storage` (created if `create`, else it must exist).
+
+    An SQLite file whose tables an older Optuna wrote (e.g. the Optuna 2.10 of this project's
+    earlier versions) is refused with the one command that upgrades it in place.
+    """
+    import optuna
+
+    database = sqlite_path(storage)
+    if database is not None and create:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    try:
+        if not create:
+            return optuna.load_study(
+                study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
+            )
+        for attempt in range(3):
+            try:
+                return optuna.create_study(
+                    study_name=study_name,
+                    storage=storage,
+                    sampler=sampler,
+                    pruner=pruner,
+                    directions=directions,
+                    load_if_exists=True,
+                )
+            except (IntegrityError, ProgrammingError):
+                # Sweeper processes starting together on a new server database race to create
+                # its tables; the loser finds them made a moment later.
+                if attempt == 2:
+                    raise
+                time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
+    except RuntimeError as error:
+        if "optuna storage upgrade" not in str(error):
+            raise
+        raise SearchConfigError(
+            f"the study database {storage} was written by an older Optuna and its tables must "
+            f"be upgraded before this search can use it. Back the file up (the upgraded file "
+            f"cannot be opened by Optuna 2 any more), then run once:\n"
+            f"    optuna storage upgrade --storage {shlex.quote(str(storage))}\n"
+            f"(Optuna said: {error})"
+        ) from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside a trial
+
+
+@dataclass(frozen=True)
+class TrialLink:
+    """Where a search trial's run finds its Optuna trial (from the sweeper's overrides)."""
+
+    study_name: str
+    storage: str | None
+    number: int
+    pruner: Any
+
+
+def trial_link() -> TrialLink | None:
+    """The trial this run is, when the project's sweeper launched it; None otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    sweeper = HydraConfig.get().get("sweeper") or {}
+    if sweeper.get("trial") is None or not sweeper.get("study_name"):
+        return None
+    return TrialLink(
+        str(sweeper.study_name), sweeper.get("storage"), int(sweeper.trial), sweeper.get("pruner")
+    )
+
+
+T = TypeVar("T")
+_TRIAL_DATA: dict[str, Any] = {}
+
+
+def load_for_trial(source: dict[str, Any], load: Callable[[dict[str, Any]], T]) -> T:
+    """`load(source)`, built once per process for the search trials it runs.
+
+    Trials of one search share their data config, and where several run in one process (Hydra's
+    basic launcher, a joblib worker) generating or reading the events again for each would
+    repeat seconds of work. The last data set is kept, keyed on the resolved data config, and
+    each trial gets its own deep copy, so nothing one trial does to it reaches the next.
+    Outside a search, `load(source)` as is.
+    """
+    if trial_link() is None:
+        return load(source)
+    key = json.dumps(source, sort_keys=True, default=str)
+    if key not in _TRIAL_DATA:
+        _TRIAL_DATA.clear()
+        _TRIAL_DATA[key] = load(source)
+    else:
+        log.info("data: the events this process built for an earlier trial")
+    return copy.deepcopy(_TRIAL_DATA[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# The best run
 
 
 def best_run_command(
@@ -56,19 +385,16 @@ def best_run_command(
     settings (`hydra.*`, `hydra/launcher=...`) belong to the sweep and are dropped.
     """
     parser = OverridesParser.create()
+    searched = {key.lstrip("+~") for key in best_params}
     kept = []
     for text in task_overrides:
         override = parser.parse_override(text)
         key = override.get_key_element().lstrip("+~")
-        if key in best_params or key == "hparams_search" or key.split("/")[0].startswith("hydra"):
+        if key in searched or key == "hparams_search" or key.split("/")[0].startswith("hydra"):
             continue
         kept.append(text)
-    chosen = [f"{key}={_value(value)}" for key, value in best_params.items()]
+    chosen = [f"{key}={override_value(value)}" for key, value in best_params.items()]
     return shlex.join(["python", script, *kept, *chosen])
-
-
-def _value(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def write_best_run(
@@ -80,10 +406,13 @@ def write_best_run(
     metric: str,
 ) -> Path:
     """Write `best_run.sh` (executable): the command re-running the study's best trial."""
+    from amsaware.artifacts import atomic_path
+
     command = best_run_command(task_overrides, best_params)
+    value = f"{best_value:.6g}" if math.isfinite(best_value) else str(best_value)
     text = (
         "#!/bin/sh\n"
-        f"# Best trial of study {study_name!r}: {metric} = {best_value:.6g}.\n"
+        f"# Best trial of study {study_name!r}: {metric} = {value}.\n"
         "# Re-runs it as an ordinary training run (cross-validation, cut, final fit).\n"
         "# Run from the project folder; extra overrides are passed on: sh best_run.sh seed=1\n"
         f'{command} "$@"\n'

@@ -1,86 +1,337 @@
-"""Hydra's Optuna sweeper plus a clear all-failed error and `best_run.sh` (amsaware.search).
+"""The project's Hydra sweeper: an Optuna study driven with its ask-and-tell API.
 
-Hydra instantiates sweepers only from the `hydra_plugins` namespace, hence this small module.
+Hydra instantiates sweepers only from the `hydra_plugins` namespace, hence this package; the
+parts a trial also needs live in `amsaware.search` and `amsaware.pruning`. Hydra imports this
+module for every command (also `train.py --help`), so it imports Optuna, torch and the rest of
+the library only when a sweep starts.
+
+Per batch of `n_jobs` trials the sweeper asks the study for trials, launches them through the
+configured launcher (each run gets its trial's parameters and `hydra.sweeper.trial`,
+`study_name` and `storage`, through which it reports to its trial for pruning) and tells the
+study how each ended: COMPLETE with the returned value, PRUNED, or FAIL with the error as the
+trial's `fail_reason` user attribute.
+
+No `from __future__ import annotations` here: Hydra's plugin scan executes this module without
+registering it in sys.modules, where dataclasses cannot resolve string annotations.
 """
 
-from __future__ import annotations
-
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import optuna
-from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from omegaconf import OmegaConf
-
-from amsaware.search import RESULTS, SearchFailedError, sqlite_path, write_best_run
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 
-class AmsawareSweeper(OptunaSweeper):
-    """`hydra_optuna_sweeper`'s OptunaSweeper, plus the storage folder, a clear all-failed
-    error and `best_run.sh` (see the module docstring)."""
+@dataclass
+class AmsawareSweeperConf:
+    """`hydra.sweeper.*` (see docs/search.md)."""
+
+    _target_: str = "hydra_plugins.amsaware_sweeper.AmsawareSweeper"
+    _recursive_: bool = False  # the sweeper builds the sampler and pruner itself
+    defaults: list[Any] = field(
+        default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": None}]
+    )
+    sampler: Any = None
+    pruner: Any = None
+    #: "maximize" or "minimize", or a list of them for several objectives.
+    direction: Any = "maximize"
+    #: A database URL (sqlite:///FILE, postgresql://...) or null for an in-memory study.
+    storage: Any = None
+    study_name: str | None = None
+    n_trials: int = 20
+    #: Trials launched at once (set the launcher's parallelism to match).
+    n_jobs: int = 1
+    #: Stop the search once more than this fraction of its finished trials failed.
+    max_failure_rate: float = 0.0
+    params: dict[str, str] | None = None
+    #: Set by the sweeper in each trial's overrides: the run's Optuna trial number.
+    trial: int | None = None
+
+
+# Samplers and pruners, selected with hydra/sweeper/sampler=NAME, hydra/sweeper/pruner=NAME;
+# any of their constructor arguments can be set as hydra.sweeper.sampler.KEY=VALUE.
+SAMPLERS = {
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None, "n_startup_trials": 10},
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
+    "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": None},
+    "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": None},
+    "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None},
+}
+PRUNERS: dict[str, dict[str, Any]] = {
+    "none": {},  # = hydra.sweeper.pruner=null: every trial runs to its end
+    "median": {
+        "_target_": "optuna.pruners.MedianPruner",
+        "n_startup_trials": 5,
+        "n_warmup_steps": 0,
+        "interval_steps": 1,
+        "n_min_trials": 1,
+    },
+    "percentile": {
+        "_target_": "optuna.pruners.PercentilePruner",
+        "percentile": 25.0,
+        "n_startup_trials": 5,
+        "n_warmup_steps": 0,
+    },
+    "successive_halving": {
+        "_target_": "optuna.pruners.SuccessiveHalvingPruner",
+        "min_resource": "auto",
+        "reduction_factor": 4,
+        "min_early_stopping_rate": 0,
+    },
+    "hyperband": {
+        "_target_": "optuna.pruners.HyperbandPruner",
+        "min_resource": 1,
+        "max_resource": "auto",
+        "reduction_factor": 3,
+    },
+}
+
+store = ConfigStore.instance()
+store.store(group="hydra/sweeper", name="amsaware_optuna", node=AmsawareSweeperConf)
+for _name, _node in SAMPLERS.items():
+    store.store(group="hydra/sweeper/sampler", name=_name, node=_node)
+for _name, _node in PRUNERS.items():
+    store.store(group="hydra/sweeper/pruner", name=_name, node=_node)
+
+
+class AmsawareSweeper(Sweeper):
+    """Runs `n_trials` trials of an Optuna study, `n_jobs` at a time (see the module doc)."""
+
+    def __init__(self, **settings: Any) -> None:
+        # The settings are read from the composed config in `sweep`, where interpolations
+        # (`${seed}`, `${paths.log_dir}`) resolve.
+        self.config: DictConfig | None = None
+        self.launcher = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def sweep(self, arguments: list[str]) -> None:
-        impl = self.sweeper
-        database = sqlite_path(impl.storage)
-        if database is not None:
-            database.parent.mkdir(parents=True, exist_ok=True)
-        sweep_dir = Path(impl.config.hydra.sweep.dir)
-        self._reseed_for_resume()
-        try:
-            impl.sweep(arguments)
-        except ValueError as error:
-            if impl.job_idx == 0 or self._completed_trials() != 0:
-                raise  # not the "no completed trial" ending
-            where = f" in {impl.storage}" if impl.storage else ""
-            raise SearchFailedError(
-                f"every trial of study {impl.study_name!r}{where} failed, so there is no best "
-                f"trial; each trial's reason is in its train.log under {sweep_dir}/ (a diverged "
-                "training, e.g. a too large optimizer.lr, or an error in the config)"
-            ) from error
-        results = OmegaConf.load(sweep_dir / RESULTS)
-        if "best_params" not in results:
-            return  # multi-objective: a Pareto front, no single best trial
-        path = write_best_run(
-            sweep_dir,
-            impl.config.hydra.overrides.task,
-            OmegaConf.to_container(results.best_params),
-            float(results.best_value),
-            impl.study_name,
-            str(impl.config.get("optimized_metric", "objective")),
+        """Run the search: `n_trials` more trials of the study, then the best-run files."""
+        import optuna
+
+        from amsaware import search
+
+        assert self.config is not None and self.launcher is not None
+        cfg = self.config
+        settings = cfg.hydra.sweeper
+        storage = settings.storage
+        if storage is not None and not isinstance(storage, str):
+            raise search.SearchConfigError(
+                f"hydra.sweeper.storage must be a database URL or null, got {storage!r}"
+            )
+        storage = search.absolute_storage(storage)
+        directions = _directions(settings.direction)
+        space, fixed = search.parse_space(settings.params or {}, arguments)
+        metric = str(cfg.get("optimized_metric", "objective"))
+        if "optimized_metric" in cfg:
+            search.check_optimized_metric(
+                metric, bool(cfg.get("final_fit", True)), str(cfg.get("ensemble", "final"))
+            )
+        pruner = self._instantiate(settings.pruner)
+        if pruner is not None and search.fold_metric(metric) is None:
+            log.warning("optimized_metric %s has no per-fold value: nothing is pruned", metric)
+        study = search.open_study(
+            settings.study_name, storage, directions, pruner=pruner or optuna.pruners.NopPruner()
         )
-        log.info("re-run the best trial: sh %s", path)
-
-    def _reseed_for_resume(self) -> None:
-        """Offset a seeded sampler by the study's trial count when continuing a study.
-
-        The sampler's random stream restarts with every command, so a resumed study would
-        otherwise propose its first trials' points again (TPE's first 10 are random draws).
-        """
-        impl = self.sweeper
-        sampler_cfg = impl.config.hydra.sweeper.sampler
-        if impl.storage is None or sampler_cfg.get("seed") is None:
-            return
+        sampler = self._sampler(settings.sampler, len(study.trials), study.study_name)
+        study.sampler = sampler or study.sampler
+        if storage is None:
+            search.IN_MEMORY_STUDIES[study.study_name] = study
+        n_trials, n_jobs = int(settings.n_trials), max(1, int(settings.n_jobs))
+        log.info(
+            "study %r (%s): %d trials so far, running %d more, %d at a time; space: %s",
+            study.study_name,
+            storage or "in memory",
+            len(study.trials),
+            n_trials,
+            n_jobs,
+            ", ".join(space),
+        )
+        states: list[optuna.trial.TrialState] = []
         try:
-            study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
-        except KeyError:  # a new study
-            return
-        if study.trials:
-            seed = int(sampler_cfg.seed) + len(study.trials)
-            impl.sampler = instantiate(sampler_cfg, seed=seed)
+            while len(states) < n_trials:
+                batch = [study.ask(space) for _ in range(min(n_jobs, n_trials - len(states)))]
+                jobs = [_job_overrides(t, fixed, study.study_name, storage) for t in batch]
+                try:
+                    returns = self.launcher.launch(jobs, initial_job_idx=len(states))
+                except BaseException as error:  # Ctrl-C, a launcher error: close the trials
+                    for trial in batch:
+                        trial.set_user_attr(search.FAIL_REASON, f"{type(error).__name__}: {error}")
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                    raise
+                for trial, job in zip(batch, returns, strict=True):
+                    states.append(_tell(study, trial, job, directions))
+                _check_failure_rate(states, float(settings.max_failure_rate), study)
+        finally:
+            search.IN_MEMORY_STUDIES.pop(study.study_name, None)
+        self._finish(study, states, storage, metric, directions)
+
+    def _instantiate(self, node: Any) -> Any:
+        from hydra.utils import instantiate
+
+        return instantiate(node) if node else None
+
+    def _sampler(self, node: Any, n_existing: int, study_name: str) -> Any:
+        """The sampler; a seeded one continuing a study is reseeded from (seed, the study's
+        trial count), since its random stream restarts with every command and would otherwise
+        propose the study's first points again (TPE's first trials are random draws). Mixing
+        the two (not adding them) keeps sweepers with seeds 1 and 2 that join a study at 1 and
+        0 trials from drawing the same stream."""
+        if not node:
+            return None
+        if node.get("seed") is not None and n_existing:
+            import numpy as np
+
+            sequence = np.random.SeedSequence([int(node.seed), n_existing])
+            seed = int(sequence.generate_state(1)[0] >> 1)  # a non-negative 31-bit int
             log.info(
                 "study %r has %d trials: continuing it with sampler seed %d",
-                impl.study_name,
-                len(study.trials),
+                study_name,
+                n_existing,
                 seed,
             )
+            node = OmegaConf.merge(node, {"seed": seed})
+        return self._instantiate(node)
 
-    def _completed_trials(self) -> int:
-        """Completed trials of the study (all runs of it, where it is persistent)."""
-        impl = self.sweeper
-        if impl.storage is None:
-            return 0  # in memory, only this run's trials exist, and best_trial found none
-        study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
-        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    def _finish(
+        self, study: Any, states: list[Any], storage: str | None, metric: str, directions: list
+    ) -> None:
+        """Summary, the all-failed error, `optimization_results.yaml` and `best_run.sh`."""
+        import optuna
+
+        from amsaware import search
+
+        assert self.config is not None
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        count = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if s in states}
+        log.info("this search: %s", ", ".join(f"{n} {state}" for state, n in count.items()))
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not complete:
+            where = f" in {storage}" if storage else ""
+            raise search.SearchFailedError(
+                f"every trial of study {study.study_name!r}{where} failed or was pruned, so there "
+                f"is no best trial; each trial's reason is in its train.log under {sweep_dir}/ "
+                "and in the study (user attribute fail_reason): a diverged training (e.g. a too "
+                "large optimizer.lr) or an error in the config"
+            )
+        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name}
+        results["trials"] = {"this_search": count, "study": len(study.trials)}
+        if len(directions) > 1:
+            results["solutions"] = [
+                {"number": t.number, "params": t.params, "values": t.values}
+                for t in study.best_trials
+            ]
+            OmegaConf.save(OmegaConf.create(results), sweep_dir / search.RESULTS)
+            return
+        best = study.best_trial
+        results |= {"best_trial": best.number, "best_params": best.params, "best_value": best.value}
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / search.RESULTS)
+        path = search.write_best_run(
+            sweep_dir,
+            self.config.hydra.overrides.task,
+            best.params,
+            float(best.value),
+            study.study_name,
+            metric,
+        )
+        log.info("best trial of the study: #%d, %s = %.6g", best.number, metric, best.value)
+        log.info("re-run the best trial: sh %s", path)
+
+
+def _directions(direction: Any) -> list[str]:
+    from amsaware.search import SearchConfigError
+
+    directions = [direction] if isinstance(direction, str) else list(direction)
+    bad = [d for d in directions if str(d).lower() not in ("maximize", "minimize")]
+    if bad or not directions:
+        raise SearchConfigError(
+            f"hydra.sweeper.direction must be maximize or minimize (or a list of them), got "
+            f"{direction!r}"
+        )
+    return [str(d).lower() for d in directions]
+
+
+def _job_overrides(
+    trial: Any, fixed: dict[str, str], study_name: str, storage: str | None
+) -> list[str]:
+    """A trial's overrides: the fixed ones, its parameters, and where it finds its trial."""
+    from amsaware.search import override_value
+
+    return [
+        *fixed.values(),
+        *(f"{key}={override_value(value)}" for key, value in trial.params.items()),
+        f"hydra.sweeper.trial={trial.number}",
+        f"hydra.sweeper.study_name={override_value(study_name)}",
+        f"hydra.sweeper.storage={override_value(storage)}",
+    ]
+
+
+def _tell(study: Any, trial: Any, job: Any, directions: list[str]) -> Any:
+    """Record how a trial's run ended; returns its state."""
+    import math
+
+    import optuna
+    from hydra.core.utils import JobStatus
+
+    from amsaware import search
+
+    TrialState = optuna.trial.TrialState
+    run_dir = OmegaConf.select(job.hydra_cfg or {}, "hydra.runtime.output_dir")
+    if run_dir:
+        trial.set_user_attr(search.RUN_DIR, str(run_dir))
+    if job.status == JobStatus.COMPLETED:
+        values = job.return_value
+        values = list(values) if isinstance(values, list | tuple) else [values]
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) == len(directions) and all(math.isfinite(v) for v in values):
+            study.tell(trial, values)
+            return TrialState.COMPLETE
+        error: BaseException = ValueError(
+            f"the run returned {job.return_value!r}, not {len(directions)} finite number(s)"
+        )
+    else:
+        error = job._return_value  # the exception the run raised (JobReturn keeps it here)
+    if isinstance(error, optuna.TrialPruned):
+        study.tell(trial, state=TrialState.PRUNED)
+        log.info("trial %d pruned: %s", trial.number, error)
+        return TrialState.PRUNED
+    reason = f"{type(error).__name__}: {error}"
+    trial.set_user_attr(search.FAIL_REASON, reason)
+    study.tell(trial, state=TrialState.FAIL)
+    log.warning("trial %d failed: %s", trial.number, reason)
+    return TrialState.FAIL
+
+
+def _check_failure_rate(states: list[Any], max_failure_rate: float, study: Any) -> None:
+    """Stop the search once more than `max_failure_rate` of its finished trials failed."""
+    import optuna
+
+    from amsaware.search import FAIL_REASON, SearchFailedError
+
+    failed = states.count(optuna.trial.TrialState.FAIL)
+    if failed and failed / len(states) > max_failure_rate:
+        last = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))[-1]
+        raise SearchFailedError(
+            f"{failed} of the {len(states)} trials of this search failed, more than "
+            f"hydra.sweeper.max_failure_rate={max_failure_rate}; the last one's reason: "
+            f"{last.user_attrs.get(FAIL_REASON)}"
+        )

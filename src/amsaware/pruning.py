@@ -1,0 +1,143 @@
+"""Pruning: a search trial reports its progress to its Optuna trial, which may stop it.
+
+The sweeper (`hydra_plugins.amsaware_sweeper`) asks Optuna for a trial and launches the run
+with `hydra.sweeper.trial=<number>` (plus the study's name and storage) among its overrides, so
+the run finds its trial wherever it runs: in the sweeper's process, in a joblib worker or in a
+SLURM job. Reports go through the study's storage (or, for an in-memory study, straight to the
+sweeper's study object in the same process).
+
+- Sequential folds: `fold_hook(cfg)` is handed to `cross_validate`, which calls it after each
+  fold with the fold's metrics; the fold's value of the metric `optimized_metric` is built
+  from (`val/ams_max` for `oof/ams_max`) is reported at step = fold index.
+- `cv.parallel=true`: the `EpochPruning` callback reports the folds' mean of that metric after
+  every validation epoch, at step = epoch.
+
+Trials report whether or not a pruner is set (the values show in optuna-dashboard and let
+`benchmarks/search_cost.py --replay` try the pruners on a finished search). When the study's
+pruner says so, the run logs where it stopped and raises `optuna.TrialPruned`,
+which the sweeper records as a PRUNED trial (with `pruned_at` among its user attributes). The
+last fold or epoch is reported but never pruned: its trial is as good as finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+
+import lightning as L
+from omegaconf import DictConfig
+
+from amsaware.parallel import FoldParallelClassifier
+from amsaware.search import IN_MEMORY_STUDIES, PRUNED_AT, TrialLink, fold_metric, trial_link
+
+log = logging.getLogger(__name__)
+
+
+class TrialReporter:
+    """Reports a run's intermediate values to its Optuna trial and stops it when pruned."""
+
+    def __init__(self, link: TrialLink, metric: str, n_steps: int, unit: str) -> None:
+        import optuna
+        from hydra.utils import instantiate
+
+        study = IN_MEMORY_STUDIES.get(link.study_name) if link.storage is None else None
+        if study is None:
+            # No pruner configured: a NopPruner (load_study's default would be the median).
+            pruner = instantiate(link.pruner) if link.pruner else optuna.pruners.NopPruner()
+            study = optuna.load_study(
+                study_name=link.study_name, storage=link.storage, pruner=pruner
+            )
+        # Optuna has no public call that attaches to an existing trial by its number; the
+        # storage's lookup is what its own distributed integrations use.
+        storage = study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, link.number)
+        self.trial = optuna.trial.Trial(study, trial_id)
+        self.metric = metric
+        self.n_steps = n_steps
+        self.unit = unit
+
+    def report(self, step: int, value: float) -> None:
+        """Report `value` at `step` (0-based); raise `optuna.TrialPruned` if the pruner says so."""
+        import optuna
+
+        self.trial.report(value, step)
+        if step + 1 >= self.n_steps or not self.trial.should_prune():
+            return
+        where = f"{self.unit} {step + 1} of {self.n_steps}"
+        self.trial.set_user_attr(PRUNED_AT, where)
+        message = (
+            f"trial {self.trial.number} pruned after {where}: {self.metric} = {value:.4g} is "
+            "not promising against earlier trials at that point"
+        )
+        log.warning(message)
+        raise optuna.TrialPruned(message)
+
+
+def _reporter(cfg: DictConfig, unit: str, n_steps: int) -> TrialReporter | None:
+    link = trial_link()
+    if link is None:
+        return None  # not a search trial
+    if link.storage is None and link.study_name not in IN_MEMORY_STUDIES:
+        log.warning(
+            "trial %d of the in-memory study %r runs outside the sweeper's process and cannot "
+            "report to it, so it is not pruned: set hydra.sweeper.storage (e.g. "
+            "sqlite:///logs/optuna/studies.db) to prune with this launcher",
+            link.number,
+            link.study_name,
+        )
+        return None
+    metric = fold_metric(str(cfg.optimized_metric))
+    if metric is None:
+        log.warning(
+            "optimized_metric %s has no per-fold counterpart: this trial is not pruned",
+            cfg.optimized_metric,
+        )
+        return None
+    return TrialReporter(link, metric, n_steps, unit)
+
+
+FoldHook = Callable[[int, Mapping[str, float]], None]
+
+
+def fold_hook(cfg: DictConfig) -> FoldHook | None:
+    """For `cross_validate(on_fold=...)`: reports each fold's metric in a search trial with
+    sequential folds (with `cv.parallel` the `EpochPruning` callback reports instead)."""
+    if cfg.cv.get("parallel", False):
+        return None
+    reporter = _reporter(cfg, "fold", int(cfg.cv.folds))
+    if reporter is None:
+        return None
+
+    def on_fold(k: int, metrics: Mapping[str, float]) -> None:
+        reporter.report(k, float(metrics[reporter.metric]))
+
+    return on_fold
+
+
+class EpochPruning(L.Callback):
+    """Reports the folds' mean validation metric after each epoch of a fold-parallel fit
+    (`cv.parallel=true`) in a search trial; does nothing anywhere else."""
+
+    def __init__(self, optimized_metric: str) -> None:
+        self.optimized_metric = optimized_metric
+        self._reporter: TrialReporter | None = None
+        self._looked = False
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs before the module's own hook, which computes, logs and resets the metrics.
+        if trainer.sanity_checking:
+            return
+        if not isinstance(pl_module, FoldParallelClassifier):
+            return  # a single model's fit: sequential folds report per fold instead
+        if not self._looked:
+            self._looked = True
+            cfg = DictConfig({"optimized_metric": self.optimized_metric, "cv": {}})
+            self._reporter = _reporter(cfg, "epoch", int(trainer.max_epochs or 0))
+        if self._reporter is None:
+            return
+        name = self._reporter.metric
+        values = [float(metrics.compute()[name]) for metrics in pl_module.val_metrics]
+        value = math.fsum(values) / len(values)
+        # A fine-tune's epochs continue the first phase's count (FoldParallelClassifier).
+        self._reporter.report(trainer.current_epoch + pl_module.epoch_offset, value)
