@@ -291,3 +291,57 @@ def test_finetune_under_ddp_writes_one_run_folder(tmp_path):
     assert "pretrain" in metrics
     assert len(pd.read_csv(run_dir / "pretrain" / "oof_predictions.csv")) == 1500
     assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_the_finetune_searches_tune_the_phase_or_both(tmp_path):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from amsaware.search import parse_space
+
+    def space(search):
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=[f"hparams_search={search}", "loss=bce", "finetune=ams"],
+                return_hydra_config=True,
+            )
+        return parse_space(cfg.hydra.sweeper.params)[0], cfg
+
+    phase, cfg = space("optuna_finetune")
+    assert phase == {
+        "finetune.optimizer.lr": FloatDistribution(1e-5, 1e-3, log=True),
+        "finetune.batch_size": CategoricalDistribution([512, 1024, 2048, 4096]),
+        "finetune.max_epochs": CategoricalDistribution([10, 20, 40]),
+        "finetune.loss.temperature": FloatDistribution(1.0, 5.0, log=True),
+    }
+    assert cfg.final_fit is False and cfg.hydra.sweeper.n_trials == 50
+    both, _ = space("optuna_both")
+    assert {"model.n_layers", "optimizer.lr", "finetune.optimizer.lr"} <= set(both)
+    paper, _ = space("optuna")  # the paper's search is unchanged by the shared base
+    assert set(paper) == {
+        "model.n_layers",
+        "model.hidden_size",
+        "model.dropout",
+        "optimizer.lr",
+        "data.batch_size",
+    }
+
+
+@pytest.mark.slow
+def test_a_finetune_search_tunes_the_phase_keys(tmp_path):
+    from tests.test_search import search, study
+
+    logs = tmp_path / "logs"
+    search(
+        logs,
+        tmp_path / "sweep",
+        "hparams_search=optuna_finetune",
+        "loss=bce",
+        "finetune=ams",
+        "finetune.max_epochs=1",
+        "hydra.sweeper.n_trials=2",
+    )
+    trials = study(logs, "bce-ams-synthetic").trials
+    assert len(trials) == 2
+    assert {"finetune.optimizer.lr", "finetune.batch_size"} <= set(trials[0].params)
+    assert "finetune.max_epochs" not in trials[0].params  # fixed on the command line

@@ -105,7 +105,7 @@ def fold_hook(cfg: DictConfig) -> FoldHook | None:
     sequential folds (with `cv.parallel` the `EpochPruning` callback reports instead)."""
     if cfg.cv.get("parallel", False):
         return None
-    reporter = _reporter(cfg, "fold", int(cfg.cv.folds))
+    reporter = _reporter(cfg, "fold", int(cfg.cv.folds) * int(cfg.cv.get("repeats", 1)))
     if reporter is None:
         return None
 
