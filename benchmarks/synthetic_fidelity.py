@@ -125,6 +125,15 @@ def data_overrides(source: str | Path, n_events: int | None) -> list[str]:
     return ["data=synthetic", f"data.generator={source}", f"data.n_train={n_events}"]
 
 
+def test_metrics(metrics: dict) -> dict[str, float]:
+    """Test AUC and AMS at the chosen cut, of the final fit or (ensemble=folds) the folds'."""
+    test = metrics.get("test") or metrics.get("test_folds")
+    if test is None:
+        raise ValueError("the run scored no test events (final_fit=false?)")
+    prefix = "test/" if "test" in metrics else "test_folds/"
+    return {"test_ams": test[f"{prefix}ams"], "test_auroc": test[f"{prefix}auroc"]}
+
+
 def model_metrics(metrics: dict) -> dict[str, float]:
     oof = metrics["cv"]["oof"]
     return {
@@ -230,7 +239,7 @@ def fidelity(args: argparse.Namespace) -> dict:
     for model in args.models:
         run_dir = args.workdir / f"real-{args.real.name}-{model}-seed{args.seed}-e{args.epochs}"
         overrides = [f"loss={model}", *data_overrides(args.real, None), *common]
-        metrics = train_run(run_dir, overrides, args.threads, reuse=True)
+        metrics = train_run(run_dir, [*overrides, *args.override], args.threads, reuse=True)
         real_models[model] = model_metrics(metrics)
     result["real_models"] = real_models
     result["generators"] = {}
@@ -243,7 +252,7 @@ def fidelity(args: argparse.Namespace) -> dict:
         models = {}
         for model in args.models:
             run_dir = args.workdir / f"{generator}-{model}"
-            overrides = [f"loss={model}", *data_overrides(path, None), *common]
+            overrides = [f"loss={model}", *data_overrides(path, None), *common, *args.override]
             models[model] = model_metrics(train_run(run_dir, overrides, args.threads))
         disc = discriminator_auc(real, synth, args.seed)
         result["generators"][generator] = {
@@ -259,7 +268,12 @@ def fidelity(args: argparse.Namespace) -> dict:
 
 def sizes(args: argparse.Namespace) -> dict:
     """`train.py loss=bce` on growing synthetic training sets, with test events."""
-    result: dict = {"seed": args.seed, "epochs": args.epochs, "runs": []}
+    result: dict = {
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "overrides": list(args.override),
+        "runs": [],
+    }
     for generator in args.generator:
         for n in args.sizes:
             run_dir = args.workdir / f"size-{generator}-{n}"
@@ -268,6 +282,7 @@ def sizes(args: argparse.Namespace) -> dict:
                 *data_overrides(generator, n),
                 f"seed={args.seed}",
                 f"trainer.max_epochs={args.epochs}",
+                *args.override,
             ]
             start = time.perf_counter()
             metrics = train_run(run_dir, overrides, args.threads)
@@ -275,8 +290,7 @@ def sizes(args: argparse.Namespace) -> dict:
                 "generator": generator,
                 "n_train": n,
                 **model_metrics(metrics),
-                "test_ams": metrics["test"]["test/ams"],
-                "test_auroc": metrics["test"]["test/auroc"],
+                **test_metrics(metrics),
                 "wall_s": round(time.perf_counter() - start, 1),
             }
             if n == 250_000:
@@ -348,6 +362,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per train.py run")
     parser.add_argument("--workdir", type=Path, default=Path("logs/synthetic_fidelity"))
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--override",
+        nargs="+",
+        default=[],
+        help="extra train.py overrides for every run, e.g. cv.parallel=true ensemble=folds",
+    )
     args = parser.parse_args(argv)
     if args.sizes is None and args.real is None:
         parser.error("give --real FILE (fidelity at equal size) or --sizes (AMS versus size)")

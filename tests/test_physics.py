@@ -127,7 +127,7 @@ def test_process_mix_resembles_the_real_class_balances(events):
     for k, proc in enumerate(physics.PROCESSES):
         share = weight[background & (process == k)].sum() / weight[background].sum()
         if proc.label == 0:
-            assert 0.02 < share < 0.8, proc.name
+            assert 0.02 < share < 0.85, proc.name
     # weights fall with the jet multiplicity, as in the real background (3.75 -> 0.58 there)
     jets = events[0][:, PRI["PRI_jet_num"]]
     mean_by_jets = [weight[background & (jets == j)].mean() for j in range(4)]
@@ -143,11 +143,12 @@ def test_process_mix_resembles_the_real_class_balances(events):
 
 def test_z_tautau_events_weigh_less_than_w_jets_ones(events):
     # in the real background, low-mT (Z -> tau tau-like) events weigh ~0.6 of high-mT ones
+    # on average, and those bins mix both processes: a Z event weighs less still
     _, _, weight, process = events
     names = [p.name for p in physics.PROCESSES]
     z = weight[process == names.index("Ztautau")].mean()
     w = weight[process == names.index("Wjets")].mean()
-    assert 0.4 < z / w < 0.8
+    assert 0.3 < z / w < 0.6
 
 
 def test_visible_shares_follow_their_spectra():
