@@ -84,6 +84,8 @@ def train_run(run_dir: Path, overrides: list[str], threads: int, reuse: bool = F
             f"hydra.run.dir={run_dir}",
             f"threads={threads}",
             "~logger",
+            # without a logger, Lightning's own checkpoints (cv.parallel) go to its root dir
+            f"++trainer.default_root_dir={run_dir}",
             *overrides,
         ]
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
