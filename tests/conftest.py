@@ -3,12 +3,15 @@
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from amsaware.data.schema import EventTable
 from amsaware.data.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = REPO.parent / "shared" / "data" / "atlas-higgs-sample.csv.gz"
+#: The generator of train.py's default data, for tests that rebuild a run's events.
+DEFAULT_GENERATOR: str = OmegaConf.load(REPO / "conf" / "data" / "synthetic.yaml").generator
 
 
 @pytest.fixture(scope="session")

@@ -196,7 +196,7 @@ def test_jet_pair_mass_is_the_massless_lower_bound_of_the_stored_one(recomputed)
 
 
 def test_missing_mass_tracks_the_stored_mmc(recomputed):
-    # measured: undefined in the same events for 97.1% of them, within 10% for 69.6%, and the
+    # measured: undefined in the same events for 97.1% of them, within 10% for 67.9%, and the
     # medians per class within 1.5%
     stored, ours, labels = recomputed
     k = DER["DER_mass_MMC"]

@@ -27,8 +27,12 @@ from amsaware import explain as ex
 
 SEED = 42  # train.yaml's seed, which the synthetic source also uses
 N_TRAIN, N_TEST = 600, 300
+#: Pinned, not train.py's default: the region sizes below (a cut selecting fewer events than
+#: explain.n_events) hold for these events.
+GENERATOR = "copula"
 TINY_RUN = [
     "experiment=smoke",
+    f"data.generator={GENERATOR}",
     f"data.n_train={N_TRAIN}",
     f"data.n_test={N_TEST}",
     "cv.folds=2",
@@ -96,7 +100,7 @@ def test_explain_py_writes_every_output_for_the_runs_own_events(run, tmp_path):
         np.testing.assert_allclose(total, frame.output_logit, rtol=0, atol=1e-4)
     # The explained output is the final model's logit (the run's scorer), event by event.
     scorer = load_scorer(run, "final")
-    train_events = make_dataset(N_TRAIN, N_TEST, "copula", SEED).train
+    train_events = make_dataset(N_TRAIN, N_TEST, GENERATOR, SEED).train
     rows = pd.Index(train_events.event_id).get_indexer(every.EventId)
     logit = ex.scorer_output(scorer, train_events.features[rows], "logit")
     np.testing.assert_allclose(every.output_logit, logit, rtol=0, atol=1e-5)
@@ -108,13 +112,13 @@ def test_explain_py_writes_every_output_for_the_runs_own_events(run, tmp_path):
 @pytest.mark.parametrize("space", ex.SPACES)
 def test_attributions_are_additive(run, ensemble, space):
     scorer = load_scorer(run, ensemble)
-    features = make_dataset(N_TRAIN, N_TEST, "copula", SEED).test.features
+    features = make_dataset(N_TRAIN, N_TEST, GENERATOR, SEED).test.features
     assert np.isnan(features[:40]).any()  # undefined values go through the imputers
     found = ex.explain_features(scorer, features[:40], features[100:130], "deep", space)
     assert np.isfinite(found.values).all()
     assert found.additivity_error() < 1e-5
     if space == "probability":  # the run's own score, the mean of the fold models' for folds
-        table = make_dataset(N_TRAIN, N_TEST, "copula", SEED).test.subset(np.arange(40))
+        table = make_dataset(N_TRAIN, N_TEST, GENERATOR, SEED).test.subset(np.arange(40))
         np.testing.assert_allclose(found.output, scorer.score(table), rtol=0, atol=1e-6)
 
 
@@ -157,7 +161,7 @@ def test_a_feature_the_network_cannot_see_gets_zero_attribution(run, explainer):
     unseen = FEATURES.index("PRI_tau_phi")
     with torch.no_grad():
         net[0].weight[:, unseen] = 0.0  # the first layer ignores the feature
-    features = make_dataset(N_TRAIN, N_TEST, "copula", SEED).test.features
+    features = make_dataset(N_TRAIN, N_TEST, GENERATOR, SEED).test.features
     found = ex.explain_features(
         scorer, features[:10], features[200:215], explainer, "logit", max_evals=2 * 31 + 2
     )
@@ -182,7 +186,7 @@ def test_weighted_ranking_rescales_each_class_to_its_total():
 
 
 def test_a_file_is_explained_with_the_runs_cut(run, tmp_path):
-    test = make_dataset(N_TRAIN, N_TEST, "copula", SEED).test
+    test = make_dataset(N_TRAIN, N_TEST, GENERATOR, SEED).test
     kaggle_frame(test).to_csv(tmp_path / "test.csv", index=False)  # unlabelled
     out = tmp_path / "out"
     summary = ex.explain(
@@ -214,7 +218,7 @@ def test_bad_requests_get_clear_errors(run, tmp_path, monkeypatch):
         ex.explain(run, tmp_path / "a", explainer="lime")
     assert not (tmp_path / "a").exists()
 
-    test = make_dataset(N_TRAIN, N_TEST, "copula", SEED).test.subset(np.arange(20))
+    test = make_dataset(N_TRAIN, N_TEST, GENERATOR, SEED).test.subset(np.arange(20))
     kaggle_frame(test).drop(columns="DER_pt_h").to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(DataFormatError, match=r"missing columns \['DER_pt_h'\]"):
         ex.explain(run, tmp_path / "a", tmp_path / "short.csv", n_events=5, n_background=5)

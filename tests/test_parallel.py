@@ -177,8 +177,9 @@ def test_parallel_runs_fold_models_reproduce_its_fold_ensemble(parallel_run):
     import pandas as pd
 
     from amsaware.data.synthetic import make_dataset
+    from tests.conftest import DEFAULT_GENERATOR
 
     scorer = load_scorer(parallel_run, "folds")
-    test = make_dataset(1500, 1100, "copula", 42).test
+    test = make_dataset(1500, 1100, DEFAULT_GENERATOR, 42).test
     written = pd.read_csv(parallel_run / "test_predictions_folds.csv")
     np.testing.assert_allclose(scorer.score(test), written["score"].to_numpy(), atol=1e-6)

@@ -127,11 +127,28 @@ def test_process_mix_resembles_the_real_class_balances(events):
     for k, proc in enumerate(physics.PROCESSES):
         share = weight[background & (process == k)].sum() / weight[background].sum()
         if proc.label == 0:
-            assert 0.05 < share < 0.8, proc.name
+            assert 0.02 < share < 0.85, proc.name
     # weights fall with the jet multiplicity, as in the real background (3.75 -> 0.58 there)
     jets = events[0][:, PRI["PRI_jet_num"]]
     mean_by_jets = [weight[background & (jets == j)].mean() for j in range(4)]
     assert mean_by_jets[0] > 2 * mean_by_jets[3]
+    # each class's weight splits over 0/1/2/3 jets as in the real sample (tuned to it): the
+    # 2-jet background, where the VBF signal is purest, decides the AMS of a good classifier
+    real_share = {0: (0.687, 0.228, 0.062, 0.023), 1: (0.534, 0.285, 0.139, 0.043)}
+    for cls, expected in real_share.items():
+        rows = label == cls
+        share = [weight[rows & (jets == j)].sum() / weight[rows].sum() for j in range(4)]
+        np.testing.assert_allclose(share, expected, atol=0.015, err_msg=f"class {cls}")
+
+
+def test_z_tautau_events_weigh_less_than_w_jets_ones(events):
+    # in the real background, low-mT (Z -> tau tau-like) events weigh ~0.6 of high-mT ones
+    # on average, and those bins mix both processes: a Z event weighs less still
+    _, _, weight, process = events
+    names = [p.name for p in physics.PROCESSES]
+    z = weight[process == names.index("Ztautau")].mean()
+    w = weight[process == names.index("Wjets")].mean()
+    assert 0.3 < z / w < 0.6
 
 
 def test_visible_shares_follow_their_spectra():
@@ -169,8 +186,8 @@ def real():
 
 
 def test_marginals_are_within_loose_ks_bounds_of_real(real, table):
-    # measured by benchmarks/synthetic_fidelity.py (12k vs 12k): largest KS 0.112
-    # (DER_deltar_tau_lep, background), median 0.032 (signal) and 0.040 (background)
+    # measured by benchmarks/synthetic_fidelity.py (12k vs 12k): largest KS 0.115
+    # (DER_prodeta_jet_jet), median 0.040 (signal) and 0.041 (background)
     distances = []
     for k, name in enumerate(FEATURES):
         for cls in (0, 1):
@@ -184,8 +201,8 @@ def test_marginals_are_within_loose_ks_bounds_of_real(real, table):
 
 @pytest.mark.slow
 def test_a_discriminator_finds_it_harder_to_tell_from_real_than_the_copula(real, table):
-    # measured with benchmarks/synthetic_fidelity.py: physics 0.789 (signal) / 0.752
-    # (background); the copula 0.903 / 0.926
+    # measured with benchmarks/synthetic_fidelity.py: physics 0.755 (signal) / 0.721
+    # (background); the copula 0.921 / 0.919
     for cls in (0, 1):
         a = real.features[real.label == cls]
         b = table.features[table.label == cls][: len(a)]

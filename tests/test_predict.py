@@ -17,7 +17,7 @@ from amsaware.data.preprocessing import FittedPreprocessing, fit_preprocessing, 
 from amsaware.data.schema import FEATURES, MISSING
 from amsaware.data.synthetic import make_dataset
 from amsaware.inference import RunError, load_scorer, load_stage, predict_file, predict_table
-from tests.conftest import REPO
+from tests.conftest import DEFAULT_GENERATOR, REPO
 from tests.test_train import METRIC_NAMES, train
 
 SEED = 42  # train.yaml's seed, which the synthetic source also uses
@@ -33,7 +33,7 @@ SMALLER = [
 
 
 def dataset():
-    return make_dataset(N_TRAIN, N_TEST, "copula", SEED)
+    return make_dataset(N_TRAIN, N_TEST, DEFAULT_GENERATOR, SEED)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ Tests marked by the `real` fixture compare against ../shared/data/atlas-higgs-sa
 from __future__ import annotations
 
 import json
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -20,8 +21,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
 from amsaware.data import copula, synthetic
+from amsaware.data.formats import read_cern
 from amsaware.data.schema import B_TOT, FEATURES, NEEDS_ONE_JET, NEEDS_TWO_JETS, S_TOT
 from amsaware.data.synthetic import GENERATORS, generate, make_dataset
+from tests.conftest import DEFAULT_GENERATOR, REPO
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/atlas-higgs-sample.csv.gz"
 COL = {name: k for k, name in enumerate(FEATURES)}
@@ -289,3 +292,62 @@ def test_refit_from_the_sample_gives_the_package_parameters(real, tmp_path, caps
     assert [[g[k] for k in keys] for g in fitted["groups"]] == [
         [g[k] for k in keys] for g in packaged["groups"]
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/synthetic_fidelity.py: how the comparison is set up and judged
+
+
+@pytest.fixture(scope="module")
+def fidelity():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import synthetic_fidelity
+
+    return synthetic_fidelity
+
+
+def test_train_py_defaults_to_a_registered_generator():
+    assert DEFAULT_GENERATOR in GENERATORS
+
+
+def test_development_like_events_carry_the_weight_scale_of_a_challenge_sized_set(
+    fidelity, tmp_path
+):
+    table = fidelity.development_like("copula", 5_000, seed=3)
+    assert len(table) == 5_000
+    # the first 5,000 of 250,000 events: ~1/50 of the totals, like the real sample's 12,000
+    for cls, total in ((1, S_TOT), (0, B_TOT)):
+        share = table.weight[table.label == cls].sum() / total
+        assert share == pytest.approx(5_000 / 250_000, rel=0.1)
+    path = tmp_path / "events.csv.gz"
+    fidelity.write_cern_like(table, path)
+    back = read_cern(path)
+    np.testing.assert_array_equal(back.event_id, table.event_id)
+    np.testing.assert_array_equal(back.label, table.label)
+    np.testing.assert_array_equal(back.features, table.features)  # NaN where -999 was written
+    np.testing.assert_allclose(back.weight, table.weight, rtol=1e-12)
+    assert set(back.kaggle_set) == {"t"}
+
+
+def test_targets_compare_each_ams_relatively_and_the_auc_absolutely(fidelity):
+    real = {"bce": {"ams@15%": 3.0, "ams_cut": 3.0, "auroc": 0.88}, "ams": {}}
+    real["ams"] = {"ams@15%": 2.5, "ams_cut": 2.6, "auroc": 0.84}
+    synth = {
+        "bce": {"ams@15%": 2.65, "ams_cut": 3.2, "auroc": 0.905},
+        "ams": {"ams@15%": 2.3, "ams_cut": 2.9, "auroc": 0.80},
+    }
+    t = fidelity.targets(real, synth, {"signal": 0.74, "background": 0.76, "all": 0.75})
+    assert t["bce ams@15%"]["deviation"] == pytest.approx(2.65 / 3.0 - 1)
+    assert not t["bce ams@15%"]["met"]  # -11.7%
+    assert t["bce ams_cut"]["met"]  # +6.7%
+    assert t["ams ams@15%"]["met"]  # -8%
+    assert not t["ams ams_cut"]["met"]  # +11.5%
+    assert t["bce auroc"]["deviation"] == pytest.approx(0.025)
+    assert not t["bce auroc"]["met"]
+    assert t["discriminator signal"]["met"] and not t["discriminator background"]["met"]
+
+
+def test_the_benchmark_refuses_a_call_without_a_mode(fidelity, capsys):
+    with pytest.raises(SystemExit):
+        fidelity.main(["--generator", "physics"])
+    assert "--real FILE" in capsys.readouterr().err

@@ -8,14 +8,17 @@ KaggleSet. The events come from a generator chosen by name from `GENERATORS`, so
 `(n_events, rng) -> (features float32 (n, 30) with NaN, label int8, raw weight float64)`; this
 module adds EventIds, rescales the weights and splits sets.
 
-The default, "copula", is a Gaussian copula fitted to aggregate statistics of the 12,000
-real events (see `amsaware.data.copula`); refit it with
+Two generators are registered. "physics", train.py's default (conf/data/synthetic.yaml),
+simulates H -> tau tau and its backgrounds as four-vectors and computes the DER_ features from
+the PRI_ ones, so the challenge's identities hold (see `amsaware.data.physics`). "copula"
+(`data.generator=copula`, and this module's default when called from Python) is a Gaussian
+copula fitted to aggregate statistics of the 12,000-event development sample (see
+`amsaware.data.copula`); refit it with
 
     python -m amsaware.data.synthetic fit PATH_TO_CERN_FILE
 
-The alternative, "physics" (`data.generator=physics`), simulates H -> tau tau and its
-backgrounds as four-vectors and computes the DER_ features from the PRI_ ones, so the
-challenge's identities hold (see `amsaware.data.physics`).
+Its marginals are closer to the real ones, but a classifier tells its events from real ones
+easily (the DER_ identities do not hold); docs/synthetic.md compares the two.
 """
 
 from __future__ import annotations
