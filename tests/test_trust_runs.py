@@ -127,3 +127,23 @@ def test_ctrl_c_logs_the_stage_and_exits_130(tmp_path):
     assert process.returncode == 130, stderr[-3000:]
     assert "interrupted (Ctrl-C) in stage fold0" in log.read_text()
     assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "metrics.json").exists()
+
+
+def test_the_folder_check_resolves_paths_that_need_hydras_config(tmp_path):
+    """The default run folder lies under paths.root_dir, a ${hydra:...} interpolation, which
+    resolves only once Hydra's config is published: the callback runs before that."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from amsaware.checks import RunFolderCallback
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        config = compose(
+            "train",
+            overrides=["hydra.run.dir=" + str(tmp_path) + "/${paths.root_dir}/run"],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().cfg = None  # as at a fresh train.py's on_run_start
+    RunFolderCallback().on_run_start(config)
+    claimed = tmp_path / str(REPO.resolve()).lstrip("/") / "conf" / ".." / "run"
+    assert (claimed / LOCK_FILE).exists() or any(tmp_path.rglob(LOCK_FILE))

@@ -372,6 +372,11 @@ class RunFolderCallback(Callback):
         if "cv" not in config or "trainer" not in config:
             return
         task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        # The run folder's path may use ${hydra:...} (paths.root_dir), which resolves only once
+        # Hydra has published its config; it does that after this hook, with the same config.
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)
         try:
             check_config(task)
             if _main_process():
