@@ -145,5 +145,4 @@ def test_the_folder_check_resolves_paths_that_need_hydras_config(tmp_path):
         )
     HydraConfig.instance().cfg = None  # as at a fresh train.py's on_run_start
     RunFolderCallback().on_run_start(config)
-    claimed = tmp_path / str(REPO.resolve()).lstrip("/") / "conf" / ".." / "run"
-    assert (claimed / LOCK_FILE).exists() or any(tmp_path.rglob(LOCK_FILE))
+    assert len(list(tmp_path.rglob(LOCK_FILE))) == 1  # the folder was claimed
