@@ -18,7 +18,7 @@ from amsaware.artifacts import CorruptFileError
 from amsaware.data.schema import MISSING
 from amsaware.data.synthetic import make_dataset
 from amsaware.inference import RunError, load_config, load_scorer, predict_file
-from tests.conftest import REPO
+from tests.conftest import DEFAULT_GENERATOR, REPO
 from tests.test_train import train
 
 SEED = 42
@@ -53,7 +53,7 @@ def events_file(folder):
     from tests.test_predict import kaggle_frame
 
     path = folder / "events.csv"
-    kaggle_frame(make_dataset(600, N_TEST, "copula", SEED).test).to_csv(path, index=False)
+    kaggle_frame(make_dataset(600, N_TEST, DEFAULT_GENERATOR, SEED).test).to_csv(path, index=False)
     return path
 
 
@@ -135,7 +135,12 @@ def test_resolvers_in_a_run_config_are_not_evaluated(copy, monkeypatch):
 def test_plain_references_are_substituted(run):
     cfg = load_config(run)
     assert cfg.data_source == "amsaware.data.sources.synthetic"
-    assert cfg.data == {"n_train": 600, "n_test": N_TEST, "generator": "copula", "seed": SEED}
+    assert cfg.data == {
+        "n_train": 600,
+        "n_test": N_TEST,
+        "generator": DEFAULT_GENERATOR,
+        "seed": SEED,
+    }
     assert cfg.model.architecture == "amsaware.model.MLP" and cfg.folds == 2
 
 
@@ -204,7 +209,7 @@ def test_the_onnx_file_is_self_contained(run, tmp_path):
     shutil.move(written / "model.onnx", moved / "model.onnx")
     assert os.listdir(written) == []
     assert os.listdir(moved) == ["model.onnx"]
-    table = make_dataset(600, N_TEST, "copula", SEED).test
+    table = make_dataset(600, N_TEST, DEFAULT_GENERATOR, SEED).test
     raw = np.where(np.isnan(table.features), MISSING, table.features)
     session = ort.InferenceSession(str(moved / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {"features": raw})[0]
