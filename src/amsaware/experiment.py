@@ -468,10 +468,12 @@ def test_metrics(
     Public and private AMS follow the challenge: one global selection, scored on the 'b' and
     'v' events separately with weights rescaled within each split.
     """
-    p = torch.from_numpy(scores)
-    y = torch.from_numpy(test.label.astype(np.int64))
-    w = torch.from_numpy(test.weight)
-    chosen = torch.from_numpy(selected)
+    # Copies: arrays read from a file can be read-only (pandas' copy-on-write), which
+    # torch.from_numpy warns about.
+    p = torch.tensor(scores)
+    y = torch.tensor(test.label, dtype=torch.int64)
+    w = torch.tensor(test.weight)
+    chosen = torch.tensor(selected)
     totals = (test.s_tot, test.b_tot)
     result = evaluate(p, y, w, prefix, *totals)
     result[f"{prefix}ams"] = float(ams_of_selection(chosen, y, w, *totals))
