@@ -943,12 +943,14 @@ def _log_hparams(cfg: DictConfig, metrics: dict[str, Any], loggers: StageLoggers
 def _log_oof_figures(
     scores: np.ndarray, train: EventTable, cut: Cut, loggers: StageLoggers
 ) -> None:
-    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as TensorBoard run `oof`."""
-    for logger in loggers.make("oof", only=("TensorBoardLogger",)):
+    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as each figure-taking
+    logger's run `oof`."""
+    for logger in loggers.make("oof", only=plots.FIGURE_LOGGERS):
         totals = (train.s_tot, train.b_tot)
         plots.log_to_logger(
             logger, "oof/", scores, train.label, train.weight, 0, cut.fraction, totals=totals
         )
+        logger.finalize("success")
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
