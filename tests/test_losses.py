@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from amsaware.data.schema import B_TOT, S_TOT
+from amsaware.data.weights import rescaled_weights
 from amsaware.losses import (
     AsimovLoss,
     BCELoss,
@@ -17,7 +18,6 @@ from amsaware.losses import (
     SoftAMSLoss,
     delta_z,
     delta_z_lovasz,
-    normalised_weights,
     soft_counts,
 )
 from amsaware.model import MLP, SignificanceClassifier
@@ -206,12 +206,12 @@ def _random_problem(n: int, seed: int):
     target = torch.randint(0, 2, (n,), generator=g)
     target[0], target[1] = 1, 0
     weight = torch.rand(n, generator=g, dtype=torch.float64) * 3 + 0.01
-    return target, normalised_weights(target, weight)
+    return target, rescaled_weights(target, weight)
 
 
 def test_delta_z_matches_hand_computation():
     target = torch.tensor([1, 1, 0, 0])
-    w = normalised_weights(target, torch.tensor([1.0, 3.0, 2.0, 2.0], dtype=torch.float64))
+    w = rescaled_weights(target, torch.tensor([1.0, 3.0, 2.0, 2.0], dtype=torch.float64))
     errors = torch.tensor([0, 1, 1, 0])  # second signal lost, first background accepted
     x, y = 0.75 * S_TOT, 0.5 * B_TOT
     expected = S_TOT / math.sqrt(S_TOT) - (S_TOT - x) / math.sqrt(S_TOT + y)
@@ -265,7 +265,7 @@ def test_delta_z_bar_loss_is_the_extension_at_the_hinge_errors(batch):
     logits, target, weight = batch
     # y = +1, +1, -1, -1, -1: hinge max(1 - F y, 0) = 0, 2, 1.5, 0, 1.
     hinge = torch.tensor([0.0, 2.0, 1.5, 0.0, 1.0], dtype=torch.float64)
-    w = normalised_weights(target, weight)
+    w = rescaled_weights(target, weight)
     # Sorted: event 1 (signal, 2.0), event 2 (bkg, 1.5), event 4 (bkg, 1.0), then the zeros.
     z = [
         float(delta_z(torch.tensor(m), target, w, S_TOT, S_TOT))

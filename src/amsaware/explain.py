@@ -26,6 +26,7 @@ from amsaware import artifacts, plots
 from amsaware.data.formats import read_events
 from amsaware.data.schema import EventTable
 from amsaware.data.sources import load_source
+from amsaware.data.weights import rescaled_weights
 from amsaware.inference import (
     CUTS,
     RunError,
@@ -318,10 +319,7 @@ def ranking(
         signal = np.asarray(label) == 1
         w = np.asarray(weight, dtype=np.float64).copy()
         if class_totals is not None:
-            for mask, total in zip((signal, ~signal), class_totals, strict=True):
-                sampled = w[mask].sum()
-                if sampled > 0:
-                    w[mask] *= total / sampled
+            w = rescaled_weights(signal, w, *class_totals)
         weighted = _weighted_mean(magnitude, w)
         signal_mean = magnitude[signal].mean(axis=0) if signal.any() else nan
         background_mean = magnitude[~signal].mean(axis=0) if (~signal).any() else nan

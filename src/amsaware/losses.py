@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amsaware.data.schema import B_TOT, S_TOT
+from amsaware.data.weights import class_scales, rescaled_weights
 from amsaware.metrics import B_REG
 
 Normalisation = Literal["raw", "batch"]
@@ -64,30 +65,11 @@ def soft_counts(
     s = (w * p * signal).sum()
     b = (w * p * background).sum()
     if normalisation == "batch":
-        s = s * _scale_to(s_tot, (w * signal).sum())
-        b = b * _scale_to(b_tot, (w * background).sum())
+        # The sums times the classes' factors: the same as summing rescaled weights, one
+        # multiplication per class instead of one per event.
+        scale_s, scale_b = class_scales(target, w, s_tot, b_tot)
+        s, b = s * scale_s.squeeze(-1), b * scale_b.squeeze(-1)
     return s, b
-
-
-def normalised_weights(
-    target: Tensor, weight: Tensor, s_tot: float = S_TOT, b_tot: float = B_TOT
-) -> Tensor:
-    """The batch's weights rescaled per class to sum to s_tot and b_tot (float64).
-
-    Unlike `metrics.rescaled_weights`, a class absent from the batch gets weight 0, not NaN.
-    """
-    w = weight.to(torch.float64)
-    signal = target.bool()
-    zero = torch.zeros((), dtype=torch.float64, device=w.device)
-    scale_s = _scale_to(s_tot, torch.where(signal, w, zero).sum())
-    scale_b = _scale_to(b_tot, torch.where(signal, zero, w).sum())
-    return w * torch.where(signal, scale_s, scale_b)
-
-
-def _scale_to(total: float, batch_sum: Tensor) -> Tensor:
-    """total / batch_sum, or 0 for a class absent from the batch (its sum is then 0 too)."""
-    safe = torch.where(batch_sum > 0, batch_sum, torch.ones_like(batch_sum))
-    return torch.where(batch_sum > 0, total / safe, torch.zeros_like(batch_sum))
 
 
 def _check_normalisation(normalisation: str) -> None:
@@ -320,5 +302,5 @@ class DeltaZBarLoss(nn.Module):
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
         sign = 2.0 * target.to(torch.float64) - 1.0
         hinge = torch.relu(1.0 - logits.to(torch.float64) * sign)
-        w = normalised_weights(target, weight, self.s_tot, self.b_tot)
+        w = rescaled_weights(target, weight, self.s_tot, self.b_tot)
         return delta_z_lovasz(hinge, target, w, self.s_tot, self.eps).to(logits.dtype)
