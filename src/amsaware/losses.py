@@ -135,8 +135,9 @@ class SoftAMSLoss(nn.Module):
 _B_FLOOR = 1e-9
 
 
-def _phi(x: Tensor) -> Tensor:
-    """(1 + x) ln(1 + x) - x for x >= 0, accurate also for small x (where it is ~x^2 / 2).
+def _bennett(x: Tensor) -> Tensor:
+    """Bennett's function h(x) = (1 + x) ln(1 + x) - x for x >= 0, accurate also for small x
+    (where it is ~x^2 / 2). 2 b h(s / b) is the squared significance of s events over b.
 
     Written as x^2 + (1 + x) (ln(1 + x) - x), with ln(1 + x) - x from its series for x < 0.01:
     the direct formula loses digits to cancellation exactly where significances live.
@@ -153,23 +154,23 @@ def asimov_z2(s: Tensor, b: Tensor, sys_uncertainty: float) -> Tensor:
 
     With sigma_b = f b (Elwood & Kruecker, arXiv:1806.00322, eq. 9) and u = s / b, k = f^2 b,
     t = f^2 s / (1 + f^2 b), the formula of docs/formulas.md is exactly
-        Z_A^2 = 2 b [ phi(u) - phi(t) - phi(t) / k ],   phi(x) = (1 + x) ln(1 + x) - x.
+        Z_A^2 = 2 b [ h(u) - h(t) - h(t) / k ],   h(x) = (1 + x) ln(1 + x) - x (`_bennett`).
     (Expand ln((s+b)(b+sigma^2) / (b^2+(s+b)sigma^2)) = ln(1 + u) - ln(1 + t) and use
     1 + u + 1/k = (1 + 1/k)(1 + t).) The textbook form subtracts two terms of order s that
     agree to ~10 digits when b is on the full-data scale; this form loses only ~log10(1 + k).
-    As f -> 0, t -> 0 and phi(t) / k -> 0: Z_A^2 -> 2 b phi(u) = 2 [(s + b) ln(1 + s/b) - s],
+    As f -> 0, t -> 0 and h(t) / k -> 0: Z_A^2 -> 2 b h(u) = 2 [(s + b) ln(1 + s/b) - s],
     the squared AMS with b_reg = 0 (f = 0 uses that limit).
     """
     s = s.to(torch.float64)
     b = b.to(torch.float64).clamp_min(_B_FLOOR)
     u = s / b
     if sys_uncertainty == 0:
-        return 2.0 * b * _phi(u)
+        return 2.0 * b * _bennett(u)
     f2 = sys_uncertainty**2
     k = f2 * b
     t = f2 * s / (1.0 + k)
-    phi_t = _phi(t)
-    return 2.0 * b * (_phi(u) - phi_t - phi_t / k)
+    h_t = _bennett(t)
+    return 2.0 * b * (_bennett(u) - h_t - h_t / k)
 
 
 class AsimovLoss(nn.Module):
