@@ -122,14 +122,15 @@ def test_soft_ams_temperature_and_squared_match_hand_computation(batch):
     assert float(squared) == pytest.approx(-(hand_ams(s, b) ** 2), rel=1e-5)
 
 
-def test_batch_normalised_soft_ams_skips_batches_without_enough_of_a_class():
+@pytest.mark.parametrize("loss_class", [SoftAMSLoss, AsimovLoss])
+def test_batch_normalised_soft_count_losses_skip_batches_without_enough_of_a_class(loss_class):
     logits = torch.tensor([1.0, -1.0, 0.5], requires_grad=True)
     weight = torch.tensor([0.01, 2.0, 1.0], dtype=torch.float64)
     one_signal = torch.tensor([1, 0, 0])
-    loss = SoftAMSLoss(normalisation="batch", min_class_events=2)(logits, one_signal, weight)
+    loss = loss_class(normalisation="batch", min_class_events=2)(logits, one_signal, weight)
     loss.backward()
     assert float(loss.detach()) == 0.0 and (logits.grad == 0).all()
-    kept = SoftAMSLoss(normalisation="batch", min_class_events=1)(logits, one_signal, weight)
+    kept = loss_class(normalisation="batch", min_class_events=1)(logits, one_signal, weight)
     assert float(kept.detach()) < 0.0
 
 
@@ -141,6 +142,8 @@ def test_batch_normalised_soft_ams_skips_batches_without_enough_of_a_class():
         lambda: AsimovLoss(sys_uncertainty=-0.1),
         lambda: AsimovLoss(objective="z"),
         lambda: AsimovLoss(normalisation="full"),
+        lambda: AsimovLoss(temperature=-1.0),
+        lambda: AsimovLoss(b_reg=-1.0),
         lambda: DeltaZBarLoss(eps=0.0),
     ],
 )

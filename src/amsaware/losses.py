@@ -8,6 +8,7 @@ Significance sums are accumulated in float64: event weights span six orders of m
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
@@ -88,13 +89,54 @@ def _has_both_classes(target: Tensor, min_events: int) -> Tensor:
     return (n_signal >= min_events) & (len(target) - n_signal >= min_events)
 
 
-class SoftAMSLoss(nn.Module):
+class _SoftCountLoss(nn.Module, ABC):
+    """A significance of the batch's soft counts (s, b): the options and checks they share.
+
+    `soft_counts` gives s and b (`normalisation`, `temperature`, totals `s_tot`/`b_tot`),
+    `b_reg` >= 0 is added to b, and a subclass turns (s, b + b_reg) into the loss. With
+    `normalisation="batch"` a batch holding fewer than `min_class_events` events of either
+    class would rescale a handful of events to the full totals; such a batch contributes a
+    zero loss with zero gradient instead. Subclasses keep every option as a constructor
+    argument of the same name: the checkpoint (`model.describe_loss`) and Hydra read them so.
+    """
+
+    def __init__(
+        self,
+        b_reg: float,
+        normalisation: Normalisation,
+        temperature: float,
+        min_class_events: int,
+        s_tot: float,
+        b_tot: float,
+    ) -> None:
+        super().__init__()
+        _check_normalisation(normalisation)
+        _check_positive("temperature", temperature)
+        if b_reg < 0:
+            raise ValueError(f"loss.b_reg must be >= 0, got {b_reg}")
+        self.b_reg, self.normalisation, self.temperature = b_reg, normalisation, temperature
+        self.min_class_events = min_class_events
+        self.s_tot, self.b_tot = s_tot, b_tot
+
+    @abstractmethod
+    def significance_loss(self, s: Tensor, b: Tensor) -> Tensor:
+        """The loss of selected signal `s` and background `b` (b_reg included), float64."""
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        s, b = soft_counts(
+            logits, target, weight, self.normalisation, self.s_tot, self.b_tot, self.temperature
+        )
+        loss = self.significance_loss(s, b + self.b_reg)
+        if self.normalisation == "batch":
+            loss = torch.where(_has_both_classes(target, self.min_class_events), loss, 0.0 * loss)
+        return loss.to(logits.dtype)
+
+
+class SoftAMSLoss(_SoftCountLoss):
     """The seed paper's soft AMS: -AMS(s, b) with s, b the probability-weighted sums.
 
     `squared=True` optimises -AMS^2 (the radicand itself): same optimum, no square root whose
-    gradient is infinite at 0. With `normalisation="batch"` a batch holding fewer than
-    `min_class_events` events of either class would rescale a handful of events to the full
-    totals; such a batch contributes a zero loss with zero gradient instead.
+    gradient is infinite at 0. The other options are `_SoftCountLoss`'s.
     """
 
     def __init__(
@@ -107,28 +149,14 @@ class SoftAMSLoss(nn.Module):
         s_tot: float = S_TOT,
         b_tot: float = B_TOT,
     ) -> None:
-        super().__init__()
-        _check_normalisation(normalisation)
-        _check_positive("temperature", temperature)
-        if b_reg < 0:
-            raise ValueError(f"loss.b_reg must be >= 0, got {b_reg}")
-        self.b_reg, self.normalisation = b_reg, normalisation
-        self.temperature, self.squared = temperature, squared
-        self.min_class_events = min_class_events
-        self.s_tot, self.b_tot = s_tot, b_tot
+        super().__init__(b_reg, normalisation, temperature, min_class_events, s_tot, b_tot)
+        self.squared = squared
 
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        s, b = soft_counts(
-            logits, target, weight, self.normalisation, self.s_tot, self.b_tot, self.temperature
-        )
-        b = b + self.b_reg
+    def significance_loss(self, s: Tensor, b: Tensor) -> Tensor:
         # s / b with b = 0 (b_reg = 0, no background selected) is guarded by the floor.
         radicand = 2.0 * ((s + b) * torch.log1p(s / b.clamp_min(_B_FLOOR)) - s)
         value = radicand if self.squared else torch.sqrt(radicand.clamp_min(_RADICAND_FLOOR))
-        loss = -value
-        if self.normalisation == "batch":
-            loss = torch.where(_has_both_classes(target, self.min_class_events), loss, 0.0 * loss)
-        return loss.to(logits.dtype)
+        return -value
 
 
 #: Floor for the selected background in a significance: s / b is unbounded as b -> 0.
@@ -173,14 +201,15 @@ def asimov_z2(s: Tensor, b: Tensor, sys_uncertainty: float) -> Tensor:
     return 2.0 * b * (_bennett(u) - h_t - h_t / k)
 
 
-class AsimovLoss(nn.Module):
+class AsimovLoss(_SoftCountLoss):
     """Asimov significance with a relative background uncertainty `sys_uncertainty` (f).
 
     `objective="neg_z2"` minimises -Z_A^2, `"inv_z2"` minimises 1/Z_A^2 (Elwood & Kruecker's
     choice; Z_A^2 is floored so an empty selection gives a large finite loss). f multiplies b,
     so b must be in events: `normalisation="batch"` (the default) puts s and b on the full-data
     scale. `b_reg` is added to b as in the AMS, which keeps the loss finite for small b; with
-    `b_reg=0` and f -> 0 the loss tends to -AMS(b_reg=0)^2.
+    `b_reg=0` and f -> 0 the loss tends to -AMS(b_reg=0)^2. The other options are
+    `_SoftCountLoss`'s.
     """
 
     def __init__(
@@ -194,29 +223,16 @@ class AsimovLoss(nn.Module):
         s_tot: float = S_TOT,
         b_tot: float = B_TOT,
     ) -> None:
-        super().__init__()
-        _check_normalisation(normalisation)
-        _check_positive("temperature", temperature)
+        super().__init__(b_reg, normalisation, temperature, min_class_events, s_tot, b_tot)
         if sys_uncertainty < 0:
             raise ValueError(f"loss.sys_uncertainty must be >= 0, got {sys_uncertainty}")
         if objective not in ("neg_z2", "inv_z2"):
             raise ValueError(f"loss.objective must be 'neg_z2' or 'inv_z2', got {objective!r}")
-        if b_reg < 0:
-            raise ValueError(f"loss.b_reg must be >= 0, got {b_reg}")
-        self.sys_uncertainty, self.objective, self.b_reg = sys_uncertainty, objective, b_reg
-        self.normalisation, self.temperature = normalisation, temperature
-        self.min_class_events = min_class_events
-        self.s_tot, self.b_tot = s_tot, b_tot
+        self.sys_uncertainty, self.objective = sys_uncertainty, objective
 
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        s, b = soft_counts(
-            logits, target, weight, self.normalisation, self.s_tot, self.b_tot, self.temperature
-        )
-        z2 = asimov_z2(s, b + self.b_reg, self.sys_uncertainty)
-        loss = -z2 if self.objective == "neg_z2" else 1.0 / z2.clamp_min(_Z2_FLOOR)
-        if self.normalisation == "batch":
-            loss = torch.where(_has_both_classes(target, self.min_class_events), loss, 0.0 * loss)
-        return loss.to(logits.dtype)
+    def significance_loss(self, s: Tensor, b: Tensor) -> Tensor:
+        z2 = asimov_z2(s, b, self.sys_uncertainty)
+        return -z2 if self.objective == "neg_z2" else 1.0 / z2.clamp_min(_Z2_FLOOR)
 
 
 #: Floor for Z_A^2 under 1/Z_A^2: an empty selection costs 1e6, not infinity.
