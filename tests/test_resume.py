@@ -236,3 +236,47 @@ def test_train_py_continues_the_run_named_by_ckpt_path(tmp_path):
     assert "fold0 [1/3]: finished before the interruption; its scores reloaded" in log
     assert RunFolder(folder).metrics()["cv"]["folds"][0]["fold"] == 0
     assert python("train.py", f"ckpt_path={folder}", *args).returncode != 0  # finished
+
+
+def test_lightnings_own_resume_would_not_give_the_uninterrupted_stage(tmp_path):
+    """Why an interrupted stage restarts from scratch (docs/training.md): continuing a fold
+    from its last.ckpt with Lightning's `trainer.fit(ckpt_path=...)` restores weights,
+    optimizer and epoch, but not the batch shuffler's generator or the dropout state, so the
+    continued fold ends with other weights than the uninterrupted one."""
+    import lightning as L
+
+    from amsaware.data.datamodule import HiggsDataModule
+
+    def stage(folder, epochs):
+        cfg = compose_run(folder, f"trainer.max_epochs={epochs}", "~logger", "model.dropout=0.2")
+        dataset = experiment.load_dataset(cfg)
+        plan = experiment.plan_folds(dataset.train.label, 3, cfg.seed)[0]
+        totals = (dataset.train.s_tot, dataset.train.b_tot)
+        make_module, make_trainer, _ = experiment._factories(
+            cfg, folder, len(dataset.train.feature_names), totals
+        )
+
+        def datamodule():
+            return HiggsDataModule(dataset.train, 64, plan.seed, plan.train_index, plan.val_index)
+
+        return datamodule, make_module, make_trainer
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(log_every_n_steps|many workers).*")
+        datamodule, make_module, make_trainer = stage(tmp_path / "whole", 2)
+        whole = experiment.fit(datamodule(), make_module, make_trainer, "fold0", 1)
+        datamodule, make_module, make_trainer = stage(tmp_path / "cut", 1)
+        experiment.fit(datamodule(), make_module, make_trainer, "fold0", 1)  # epoch 1 only
+        last = tmp_path / "cut" / "checkpoints" / "fold0" / "last.ckpt"
+        datamodule, make_module, make_trainer = stage(tmp_path / "cut", 2)
+        L.seed_everything(1, verbose=False)
+        continued = make_module()
+        make_trainer("fold0").fit(continued, datamodule=datamodule(), ckpt_path=last)
+    assert continued.trainer.current_epoch == whole.trainer.current_epoch == 2
+    differs = [
+        not torch.equal(a, b)
+        for a, b in zip(
+            whole.net.state_dict().values(), continued.net.state_dict().values(), strict=True
+        )
+    ]
+    assert any(differs)
