@@ -22,6 +22,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from amsaware.checks import RUN_FILES, RUN_FOLDERS, RunFolderError, claim_run_folder, previous_run
 from amsaware.experiment import lookup_metric
 from amsaware.pruning import TrialReporter
 from amsaware.search import (
@@ -544,6 +545,53 @@ def test_a_resumed_search_numbers_its_folders_by_trial_and_leaves_earlier_ones(t
         assert Path(trial.user_attrs["run_dir"]) == folder
         assert (folder / "trial.txt").read_text() == str(trial.number)
     assert files_of(sweep / "0", sweep / "1") == earlier, "the resumed search wrote into them"
+
+
+# ---------------------------------------------------------------------------------------------
+# A run folder holding only a logger's files holds a run
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "csv/fold0/metrics.csv",
+        "wandb/offline-run-20261130_100000-abc/run-abc.wandb",
+        "mlflow.db",
+        "mlartifacts/1/abc/artifacts/x.txt",
+    ],
+)
+def test_a_folder_with_only_a_loggers_files_holds_a_run(tmp_path, written):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "train.log").write_text("")
+    path = tmp_path / written
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert previous_run(tmp_path) == [], "an empty logger folder is no run"
+    path.write_text("x")
+    top = written.split("/")[0]
+    (found,) = previous_run(tmp_path)
+    assert found == top if top == written else found == f"{top}/ ({written})"
+    with pytest.raises(RunFolderError, match=re.escape(f"already holds a run: {found}")):
+        claim_run_folder(tmp_path)
+    claim_run_folder(tmp_path, overwrite=True)
+    assert not (tmp_path / top).exists() and (tmp_path / ".hydra").exists()
+
+
+def test_run_folder_markers_cover_every_loggers_output():
+    """Where conf/logger/*.yaml write inside the run folder is what `previous_run` looks at."""
+    configs = {
+        p.stem: OmegaConf.to_container(OmegaConf.load(p))  # unresolved: ${paths.output_dir}
+        for p in (REPO / "conf" / "logger").glob("*.yaml")
+    }
+    assert {"tensorboard", "csv", "mlflow", "wandb"} <= set(configs)
+    for name in ("tensorboard", "csv"):
+        assert configs[name][name]["save_dir"] == "${paths.output_dir}"
+        assert configs[name][name]["name"] in RUN_FOLDERS
+    mlflow = configs["mlflow"]["mlflow"]
+    assert mlflow["tracking_uri"].removeprefix("sqlite:///${paths.output_dir}/") in RUN_FILES
+    assert mlflow["artifact_location"].removeprefix("${paths.output_dir}/") in RUN_FOLDERS
+    # W&B writes <save_dir>/wandb/.
+    assert configs["wandb"]["wandb"]["save_dir"] == "${paths.output_dir}"
+    assert "wandb" in RUN_FOLDERS
 
 
 # ---------------------------------------------------------------------------------------------
