@@ -97,6 +97,12 @@ def test_search_space_is_the_papers():
     assert cfg.final_fit is False
 
 
+def test_trials_have_no_logger_unless_asked():
+    assert search_config().get("logger") is None
+    assert "TensorBoardLogger" in search_config("logger=tensorboard").logger.tensorboard._target_
+    assert search_config("logger=csv").logger.csv is not None
+
+
 def test_command_line_overrides_search_new_keys_and_fix_searched_ones():
     space, fixed = parse_space(
         {"optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "model.dropout": "0.2"},
@@ -657,13 +663,15 @@ def finished_search(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     logs = root / "logs"
     first = root / "first"
-    # 3 folds and a pruner that compares from the first trial on: trials get pruned.
+    # 3 folds and a pruner that compares from the first trial on: trials get pruned. TensorBoard
+    # asked for (trials have no logger by default), for its HPARAMS view.
     search(
         logs,
         first,
         "hydra.sweeper.n_trials=4",
         "cv.folds=3",
         "hydra.sweeper.pruner.n_startup_trials=1",
+        "logger=tensorboard",
     )
     return logs, first
 
@@ -804,6 +812,8 @@ def test_joblib_trials_report_to_the_study_through_its_storage(tmp_path):
     # The jobs ran in joblib's worker processes and reported each fold through the database.
     assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)
     assert (tmp_path / "sweep" / "optimization_results.yaml").exists()
+    # By default a trial writes no logger files (no TensorBoard, no figures).
+    assert not [p for p in (tmp_path / "sweep" / "0").iterdir() if p.name in RUN_FOLDERS]
 
 
 def test_trials_in_one_process_build_the_data_once_and_get_their_own_copy(monkeypatch):

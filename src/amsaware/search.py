@@ -374,9 +374,9 @@ def check_fingerprint(
     where = f" in {storage}" if storage else ""
     stored = study.user_attrs.get(FINGERPRINT)
     if stored is None:
-        if study.trials and not adopt:
+        if study.get_trials(deepcopy=False) and not adopt:
             raise SearchConfigError(
-                f"study {study.study_name!r}{where} has {len(study.trials)} trials but no record "
+                f"study {study.study_name!r}{where} has trials but no record "
                 "of the settings they ran with (it predates study fingerprints), so this search "
                 "cannot tell whether it optimises the same objective. Leave "
                 "hydra.sweeper.study_name unset for a new study keyed by this search's settings, "
