@@ -160,22 +160,6 @@ def fit(
     return module
 
 
-class ContinueTimeline(L.Callback):
-    """Start the trainer's logging step at `step`, where the previous phase's trainer ended.
-
-    A fine-tune runs in a trainer of its own, whose step counter would restart at 0 and draw its
-    curves over the pretraining's. Lightning has no public setting for the first logging step,
-    so this sets the counter its logger connector reads (`_batches_that_stepped`);
-    tests/test_finetune.py checks the curves join up, so a Lightning change is caught.
-    """
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.fit_loop.epoch_loop._batches_that_stepped = self.step
-
-
 @dataclass(frozen=True)
 class FineTune:
     """The second training phase (`finetune=<loss>`): the trained network continues with its
@@ -201,8 +185,8 @@ class FineTune:
             if self.save_stage is not None:
                 self.save_stage(stage, module.net, datamodule)
             return module
-        steps = pretrained.trainer.fit_loop.epoch_loop._batches_that_stepped
-        trainer = self.make_trainer(stage, [ContinueTimeline(steps)])
+        module.epoch_offset = pretrained.epoch  # the stage's curves continue
+        trainer = self.make_trainer(stage, [])
         trainer.fit(module, datamodule=datamodule.rebatched(self.batch_size))
         return module
 
@@ -959,12 +943,14 @@ def _log_hparams(cfg: DictConfig, metrics: dict[str, Any], loggers: StageLoggers
 def _log_oof_figures(
     scores: np.ndarray, train: EventTable, cut: Cut, loggers: StageLoggers
 ) -> None:
-    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as TensorBoard run `oof`."""
-    for logger in loggers.make("oof", only=("TensorBoardLogger",)):
+    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as each figure-taking
+    logger's run `oof`."""
+    for logger in loggers.make("oof", only=plots.FIGURE_LOGGERS):
         totals = (train.s_tot, train.b_tot)
         plots.log_to_logger(
             logger, "oof/", scores, train.label, train.weight, 0, cut.fraction, totals=totals
         )
+        logger.finalize("success")
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
