@@ -25,10 +25,10 @@ Where a trial's time goes beyond its training steps (docs/search.md):
 runs `train.py -m hparams_search=optuna OVERRIDES` in this process with timers around its
 parts and prints, per trial, its wall and CPU seconds and the CPU seconds of: training steps
 (Lightning's fit less its validation), validation every epoch, metric computation (also
-counted inside validation), TensorBoard figures, loggers (their creation, hparams and
-closing), the data, the artifacts (CSV, JSON), pruning reports, building the trainers, and
-the rest; then the process's start (imports, Hydra, the study) and the sweeper's wall time
-between trials. CPU seconds change less than wall time with the machine's load.
+counted inside validation), figures (TensorBoard, MLflow, W&B), loggers (their creation,
+hparams and closing), the data, the artifacts (CSV, JSON), pruning reports, building the
+trainers, and the rest; then the process's start (imports, Hydra, the study) and the
+sweeper's wall time between trials. CPU seconds change less than wall time with the load.
 
 Pruners, replayed (how the default pruner of hparams_search=optuna was chosen):
 
@@ -208,7 +208,7 @@ def overhead(overrides: list[str]) -> list[dict]:
     timed(_EvaluationLoop, "run", "validation")
     timed(experiment, "evaluate", "metrics")
     timed(model, "classification_metrics", "metrics")
-    timed(plots, "log_to_tensorboard", "figures")
+    timed(plots, "log_to_logger", "figures")
     timed(loggers.StageLoggers, "make", "loggers")
     timed(loggers.StageLoggers, "close", "loggers")
     timed(experiment, "_log_hparams", "loggers")

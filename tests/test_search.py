@@ -816,6 +816,38 @@ def test_joblib_trials_report_to_the_study_through_its_storage(tmp_path):
     assert not [p for p in (tmp_path / "sweep" / "0").iterdir() if p.name in RUN_FOLDERS]
 
 
+@pytest.mark.slow
+def test_the_overhead_benchmark_times_each_part_of_a_trial(tmp_path):
+    command = [
+        sys.executable,
+        "benchmarks/search_cost.py",
+        "--overhead",
+        *TINY_TRIAL,
+        "hydra.sweeper.n_trials=2",
+        "hydra/sweeper/pruner=none",
+        "logger=tensorboard",
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["trial", "wall"])
+    columns = lines[header].split()
+    rows = [
+        dict(zip(columns, map(float, line.split()), strict=True))
+        for line in lines[header + 1 :][:2]
+    ]
+    assert [row["trial"] for row in rows] == [0, 1]
+    for row in rows:
+        assert row["train_steps"] > 0 and row["validation"] > 0 and row["figures"] > 0
+        parts = ("train_steps", "validation", "figures", "loggers", "data", "artifacts")
+        assert sum(row[p] for p in parts) <= row["cpu"] + 0.05
+    assert rows[0]["data"] > 0 and rows[1]["data"] < rows[0]["data"], "data built once"
+    assert "start until the first trial" in done.stdout
+
+
 def test_trials_in_one_process_build_the_data_once_and_get_their_own_copy(monkeypatch):
     import amsaware.search
 
