@@ -19,9 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
-from amsaware.artifacts import atomic_path
 from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.metrics import ams_curve, rescaled_weights
+from amsaware.run_folder import atomic_path
 
 Scores = Mapping[str, np.ndarray]
 #: The full-data signal and background totals that weights are rescaled to (S_tot, B_tot).
