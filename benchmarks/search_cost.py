@@ -185,6 +185,7 @@ def overhead(overrides: list[str]) -> list[dict]:
     import amsaware.model as model
     import amsaware.plots as plots
     import amsaware.pruning as pruning
+    from amsaware.run_folder import RunFolder
 
     imports = time.perf_counter() - started
     parts: dict[str, float] = defaultdict(float)
@@ -216,8 +217,8 @@ def overhead(overrides: list[str]) -> list[dict]:
     timed(pruning.TrialReporter, "__init__", "pruning")
     timed(pruning.TrialReporter, "report", "pruning")
     timed(experiment, "_trainer", "trainers")
-    for name in ("write_oof_predictions", "write_json"):
-        timed(experiment.artifacts, name, "artifacts")
+    for name in ("write_oof_predictions", "write_metrics"):
+        timed(RunFolder, name, "artifacts")
     run = experiment.run_experiment
 
     shown = ("validation", "metrics", "figures", "loggers", "data", "artifacts", "pruning")
