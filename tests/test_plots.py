@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from amsaware import plots
+from amsaware.data.weights import rescaled_weights
 from amsaware.stats import STATISTICS, RunScores, bootstrap, differences
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,7 +93,11 @@ def test_mlflow_gets_the_figures_as_png_artifacts(predictions, tmp_path):
     from lightning.pytorch.loggers import MLFlowLogger
 
     scores, label, weight = predictions
-    logger = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", run_name="fold0")
+    logger = MLFlowLogger(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        artifact_location=str(tmp_path / "mlartifacts"),  # else ./mlruns in the working folder
+        run_name="fold0",
+    )
     assert plots.log_to_logger([logger], "val/", scores["bce"], label, weight) is True
     artifacts = logger.experiment.list_artifacts(logger.run_id, "val")
     names = {a.path for a in artifacts}
@@ -136,7 +141,7 @@ def test_the_pr_figure_weights_average_precision(predictions):
     scores, label, weight = predictions
     figure = plots.precision_recall_curves({"bce": scores["bce"]}, label, weight)
     text = figure.axes[0].get_legend().get_texts()[0].get_text()
-    w = plots._rescaled(label, weight, plots.TOTALS_DEFAULT)
+    w = rescaled_weights(label, weight, *plots.TOTALS_DEFAULT)
     expected = average_precision_score(label, scores["bce"], sample_weight=w)
     assert text == f"bce (AP {expected:.4f})"
     assert expected < 0.5 * average_precision_score(label, scores["bce"])
