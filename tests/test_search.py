@@ -969,3 +969,35 @@ def test_two_sweeper_processes_fill_one_study_in_a_server_database(postgres_url,
     results = [OmegaConf.load(tmp_path / n / "sweep" / "optimization_results.yaml") for n in "ab"]
     assert best.value in [r.best_value for r in results]
     assert max(r.trials.study for r in results) == 16, "a sweeper sees the other one's trials"
+
+
+def test_optuna_dashboard_serves_the_sweepers_study(tmp_path):
+    """The study opens in the current optuna-dashboard (its own WSGI app, no server): the
+    trials with their states, values, parameters and the intermediate values the pruner saw."""
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=6")
+    study = stored_study(tmp_path)
+    app = wsgi(f"sqlite:///{tmp_path}/logs/optuna/studies.db")
+
+    def get(path: str) -> dict:
+        environ: dict = {}
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"] = path
+        status = []
+        body = b"".join(app(environ, lambda code, headers, exc_info=None: status.append(code)))
+        assert status == ["200 OK"], (path, status, body[:500])
+        return json.loads(body)
+
+    (summary,) = get("/api/studies")["study_summaries"]
+    assert summary["study_name"] == study.study_name
+    served = get(f"/api/studies/{summary['study_id']}")["trials"]
+    assert [t["number"] for t in served] == [t.number for t in study.trials]
+    states = {"Complete": COMPLETE, "Pruned": PRUNED}
+    assert [states[t["state"]] for t in served] == [t.state for t in study.trials]
+    assert any(t["state"] == "Pruned" for t in served)
+    for trial, stored in zip(served, study.trials, strict=True):
+        steps = {v["step"]: v["value"] for v in trial["intermediate_values"]}
+        assert steps == pytest.approx(stored.intermediate_values)
