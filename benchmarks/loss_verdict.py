@@ -19,7 +19,7 @@ differently, so that mean is R = 5 repeats of the CV, which is what `cv.repeats=
 
 The fine-tune's keys (lr, batch size, epochs, temperature) come from an Optuna TPE search on
 `--search-seed`, never on the evaluated `--seeds`. Every AMS is taken at a cut chosen out of
-fold: each fold's selected fraction is the one `experiment.choose_cut` picks on the other folds'
+fold: each fold's selected fraction is the one `protocol.choose_cut` picks on the other folds'
 scores. The paired bootstrap resamples events (one draw shared by every model and seed) with
 those selections fixed. Runs are cached in `--cache` (one folder per run), so an interrupted
 verdict resumes where it stopped.
@@ -48,8 +48,9 @@ from amsaware import run_folder
 from amsaware.data.formats import read_cern
 from amsaware.data.schema import EventTable
 from amsaware.data.weights import rescaled_weights
-from amsaware.experiment import choose_cut, run_experiment
+from amsaware.experiment import run_experiment
 from amsaware.metrics import ams, ams_of_selection, evaluate, select_top_fraction
+from amsaware.protocol import choose_cut
 
 log = logging.getLogger("loss_verdict")
 REPO = Path(__file__).resolve().parents[1]

@@ -130,7 +130,7 @@ def render(document: dict[str, Any]) -> str:
         "",
         f"Out-of-fold predictions ({p['folds']} stratified folds) for seeds {p['seeds']} (each "
         "seed also reshuffles the folds); mean ± standard deviation over seeds. *AMS, cut out "
-        "of fold*: each fold's events are cut at the fraction `experiment.choose_cut` picks on "
+        "of fold*: each fold's events are cut at the fraction `protocol.choose_cut` picks on "
         "the other folds' scores, so no event's selection depends on its own label. "
         "Differences: seed-mean AMS at that cut, 95% CI from the "
         f"{p['bootstrap']}.",

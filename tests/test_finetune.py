@@ -16,16 +16,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from amsaware.comparison import load_run
-from amsaware.experiment import (
-    FineTune,
-    check_finetune,
-    cross_validate,
-    plan_folds,
-    run_experiment,
-)
+from amsaware.experiment import check_finetune, run_experiment
 from amsaware.inference import load_scorer
 from amsaware.losses import BCELoss, SoftAMSLoss
 from amsaware.model import MLP, SignificanceClassifier
+from amsaware.protocol import FineTune, cross_validate, plan_folds
 from tests.conftest import REPO
 
 TINY = [

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from amsaware.comparison import load_run
-from amsaware.experiment import CrossValidation, choose_cut_of
 from amsaware.metrics import add_to_logit_sums, logit_of_mean
+from amsaware.protocol import CrossValidation, choose_cut_of
 from tests.test_finetune import run
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from amsaware.data.schema import EventTable
-from amsaware.experiment import choose_cut
 from amsaware.metrics import ams_of_selection
+from amsaware.protocol import choose_cut
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))

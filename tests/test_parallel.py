@@ -11,11 +11,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from amsaware.data.datamodule import HiggsDataModule, ShuffledBatches, stratified_folds
-from amsaware.experiment import cross_validate
 from amsaware.inference import load_scorer
 from amsaware.losses import BCELoss, SoftAMSLoss
 from amsaware.model import MLP, SignificanceClassifier
 from amsaware.parallel import FoldBatches, FoldParallelClassifier, StackedMLP
+from amsaware.protocol import cross_validate
 from tests.test_train import METRIC_NAMES, train
 
 

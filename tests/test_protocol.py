@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from amsaware.experiment import choose_cut, lookup_metric
 from amsaware.metrics import ams_at_fraction
+from amsaware.protocol import choose_cut, lookup_metric
 from amsaware.run_folder import submission_frame
 
 

@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from amsaware import experiment
+from amsaware import experiment, protocol
 from amsaware.checks import ConfigError, check_resume_config, resume_folder
 from amsaware.run_folder import FOLD_SCORES, RunFolder, RunFolderError
 from tests.conftest import REPO
@@ -69,13 +69,13 @@ def kill_after_fold(index):
 def trained_stages(monkeypatch):
     """The stages the run trains (not those it reloads), in order."""
     stages = []
-    fit = experiment.fit
+    fit = protocol.fit
 
     def counting(datamodule, make_module, make_trainer, stage, seed):
         stages.append(stage)
         return fit(datamodule, make_module, make_trainer, stage, seed)
 
-    monkeypatch.setattr(experiment, "fit", counting)
+    monkeypatch.setattr(protocol, "fit", counting)
     return stages
 
 
@@ -114,17 +114,15 @@ def test_a_run_killed_after_a_fold_resumes_to_the_metrics_of_one_never_stopped(
 
 
 def test_a_folds_saved_scores_round_trip_and_changed_data_is_refused(tmp_path, small_table):
-    plans = experiment.plan_folds(small_table.label, 3, 0)
-    store = experiment.FoldStore(RunFolder(tmp_path), resume=True)
+    plans = protocol.plan_folds(small_table.label, 3, 0)
+    store = protocol.FoldStore(RunFolder(tmp_path), resume=True)
     z_val = torch.linspace(-2, 2, len(plans[0].val_index), dtype=torch.float32)
     store.save(plans[0], small_table, None, z_val, None, None)
     saved = store.load(plans[0], small_table, None, finetune=False)
     assert saved.val_logits.dtype == z_val.numpy().dtype
     assert (saved.val_logits == z_val.numpy()).all()
     assert saved.test_logits is None and saved.pretrain_logits is None
-    assert (
-        experiment.FoldStore(RunFolder(tmp_path)).load(plans[0], small_table, None, False) is None
-    )
+    assert protocol.FoldStore(RunFolder(tmp_path)).load(plans[0], small_table, None, False) is None
     heavier = small_table.subset(np.arange(len(small_table)))
     heavier.weight[plans[0].val_index[0]] *= 2
     with pytest.raises(
@@ -250,7 +248,7 @@ def test_lightnings_own_resume_would_not_give_the_uninterrupted_stage(tmp_path):
     def stage(folder, epochs):
         cfg = compose_run(folder, f"trainer.max_epochs={epochs}", "~logger", "model.dropout=0.2")
         dataset = experiment.load_dataset(cfg)
-        plan = experiment.plan_folds(dataset.train.label, 3, cfg.seed)[0]
+        plan = protocol.plan_folds(dataset.train.label, 3, cfg.seed)[0]
         totals = (dataset.train.s_tot, dataset.train.b_tot)
         make_module, make_trainer, _ = experiment._factories(
             cfg, folder, len(dataset.train.feature_names), totals
@@ -264,9 +262,9 @@ def test_lightnings_own_resume_would_not_give_the_uninterrupted_stage(tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(log_every_n_steps|many workers).*")
         datamodule, make_module, make_trainer = stage(tmp_path / "whole", 2)
-        whole = experiment.fit(datamodule(), make_module, make_trainer, "fold0", 1)
+        whole = protocol.fit(datamodule(), make_module, make_trainer, "fold0", 1)
         datamodule, make_module, make_trainer = stage(tmp_path / "cut", 1)
-        experiment.fit(datamodule(), make_module, make_trainer, "fold0", 1)  # epoch 1 only
+        protocol.fit(datamodule(), make_module, make_trainer, "fold0", 1)  # epoch 1 only
         last = tmp_path / "cut" / "checkpoints" / "fold0" / "last.ckpt"
         datamodule, make_module, make_trainer = stage(tmp_path / "cut", 2)
         L.seed_everything(1, verbose=False)

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from amsaware.checks import RUN_FILES, RUN_FOLDERS, RunFolderError, claim_run_folder, previous_run
-from amsaware.experiment import lookup_metric
+from amsaware.protocol import lookup_metric
 from amsaware.pruning import TrialReporter
 from amsaware.search import (
     FAIL_REASON,

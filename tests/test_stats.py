@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from amsaware.experiment import choose_cut
 from amsaware.metrics import ams_curve, ams_of_selection
+from amsaware.protocol import choose_cut
 from amsaware.stats import (
     STATISTICS,
     RunScores,

@@ -182,7 +182,7 @@ def check_values(cfg: DictConfig) -> None:
         lr = optimizer.lr
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
             raise ConfigError(f"optimizer.lr is {lr!r}; expected a finite learning rate > 0")
-    # Repeat r's fold k trains with seed + 1000 r + k (experiment.repeat_seed).
+    # Repeat r's fold k trains with seed + 1000 r + k (protocol.repeat_seed).
     highest = MAX_SEED - 1000 * (repeats - 1) - (folds - 1)
     for key, value in (
         ("seed", cfg.get("seed")),

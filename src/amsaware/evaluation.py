@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from amsaware.experiment import test_metrics
 from amsaware.inference import open_input, write_scores
+from amsaware.protocol import test_metrics
 from amsaware.run_folder import EVAL_METRICS, write_json
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from amsaware.metrics import ValidationEvents, classification_metrics
 from amsaware.model import MLP, SignificanceClassifier
 
 if TYPE_CHECKING:
-    from amsaware.experiment import FineTune
+    from amsaware.protocol import FineTune
 
 log = logging.getLogger(__name__)
 
