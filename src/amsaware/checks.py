@@ -239,6 +239,13 @@ def check_resume_options(cfg: DictConfig) -> None:
             "from the folds' early-stopping state, which a finished fold does not keep; train "
             "it again (overwrite=true)"
         )
+    strategy = str((cfg.get("trainer") or {}).get("strategy", "auto"))
+    if "ddp" in strategy:
+        raise ConfigError(
+            f"{how} cannot resume trainer.strategy={strategy}: resuming is tested for one "
+            "process, and every DDP process would reload and retrain folds on its own; train "
+            "it again (overwrite=true)"
+        )
 
 
 def resume_folder(ckpt_path: str) -> Path:
