@@ -144,7 +144,7 @@ def test_a_folds_saved_scores_round_trip_and_changed_data_is_refused(tmp_path, s
     [
         (["cv.parallel=true"], "cannot resume cv.parallel=true"),
         (["callbacks=early_stopping"], "cannot resume callbacks.early_stopping"),
-        (["trainer.strategy=ddp"], "cannot resume trainer.strategy=ddp"),
+        (["+trainer.strategy=ddp"], "cannot resume trainer.strategy=ddp"),
         (["overwrite=true"], "overwrite=true deletes it: choose one"),
         (["resume=maybe"], "resume is 'maybe'; expected true or false"),
     ],
