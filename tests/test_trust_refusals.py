@@ -83,6 +83,7 @@ def test_the_shipped_configs_pass(tmp_path, overrides):
     check_config(compose_train(tmp_path, *overrides))
 
 
+@pytest.mark.slow  # train.py's start; the PROBES above refuse the same key in-process
 def test_a_typo_exits_before_hydra_writes_anything(tmp_path):
     """Through train.py: the message names the key and the run folder is never created."""
     run_dir = tmp_path / "run"
