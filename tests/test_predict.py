@@ -112,7 +112,9 @@ def test_ensemble_both_reports_each_scorer_under_its_own_names(both_run):
     test = dataset().test
     stages = [load_stage(both_run, f"fold{k}") for k in range(3)]
     mean = np.mean([stage.score(test.features) for stage in stages], axis=0)
-    np.testing.assert_allclose(folds.score, mean, rtol=0, atol=1e-12)
+    # float32 networks scored in two passes (the run's test batches, one pass here): a CPU's
+    # kernels may round a batch's sums differently, so equal to float32 precision, not bit for bit.
+    np.testing.assert_allclose(folds.score, mean, rtol=0, atol=1e-6)
     assert not np.allclose(final.score, folds.score)
     lowest = folds.score[submission.Class == "s"].min()
     assert metrics["cut"]["threshold_folds"] == lowest
