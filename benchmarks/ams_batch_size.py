@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from loss_verdict import FOLDS, REPO, oof_scores, summarise
 
-from amsaware import artifacts
+from amsaware import run_folder
 from amsaware.data.formats import read_cern
 
 #: The seed paper's AMS network and learning rate (docs/formulas.md).
@@ -56,7 +56,7 @@ def main() -> None:
         row.update(summarise(scores, table), cpu_seconds=round(time.process_time() - started, 1))
         logging.info("%s", {k: round(v, 3) for k, v in row.items()})
         rows.append(row)
-        artifacts.write_json(
+        run_folder.write_json(
             {"seed": args.seed, "network": PAPER_NET, "rows": rows}, Path(args.json)
         )
 

@@ -44,7 +44,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from amsaware import artifacts
+from amsaware import run_folder
 from amsaware.data.formats import read_cern
 from amsaware.data.schema import EventTable
 from amsaware.experiment import choose_cut, run_experiment
@@ -83,7 +83,7 @@ PAIRS = [
 
 def train(folder: Path, overrides: list[str]) -> Path:
     """One train.py run into `folder` (skipped when it already finished there)."""
-    if (folder / artifacts.METRICS).is_file():
+    if (folder / run_folder.METRICS).is_file():
         return folder
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -123,7 +123,7 @@ def finetune_overrides(group: str, settings: dict[str, Any]) -> list[str]:
 
 def oof_scores(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """A run's out-of-fold scores and folds (of its first repeat), in EventId order."""
-    frame = pd.read_csv(folder / artifacts.OOF_PREDICTIONS).sort_values("EventId")
+    frame = pd.read_csv(folder / run_folder.OOF_PREDICTIONS).sort_values("EventId")
     return frame.score.to_numpy(), frame.fold.to_numpy()
 
 
@@ -232,7 +232,7 @@ def search(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         folder = cache / "search" / f"trial{trial.number}"
         overrides = base_overrides(args, args.search_seed) + finetune_overrides("ams", settings)
         train(folder, overrides)
-        value = json.loads((folder / artifacts.METRICS).read_text())["cut"]["ams_smoothed"]
+        value = json.loads((folder / run_folder.METRICS).read_text())["cut"]["ams_smoothed"]
         log.info("search trial %d: %.3f %s", trial.number, value, settings)
         return value
 
@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "single": compare_models(scores, folds, table),
         "bagged": compare_models(bagged, folds[:1], table),
     }
-    artifacts.write_json(document, Path(args.json))
+    run_folder.write_json(document, Path(args.json))
     return document
 
 
@@ -408,7 +408,7 @@ def main() -> None:
     document = json.loads(Path(args.json).read_text()) if args.page_only else run(args)
     from verdict_page import render
 
-    with artifacts.atomic_path(Path(args.page)) as tmp:
+    with run_folder.atomic_path(Path(args.page)) as tmp:
         Path(tmp).write_text(render(document))
     log.info("wrote %s and %s", args.json, args.page)
 

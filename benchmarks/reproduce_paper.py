@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 import yaml
 
-from amsaware import artifacts, plots
+from amsaware import plots, run_folder
 from amsaware.comparison import compare, load_run, training_history
 from amsaware.data.schema import EventTable
 from amsaware.data.sources import opendata
@@ -136,7 +136,7 @@ def _environment() -> dict[str, str]:
 
 def run_train(command: list[str], run_dir: Path) -> float:
     """Run train.py unless `run_dir` holds a finished run; its wall seconds (0 if reused)."""
-    if (run_dir / artifacts.METRICS).exists():
+    if (run_dir / run_folder.METRICS).exists():
         return 0.0
     started = time.perf_counter()
     env = _environment()
@@ -204,8 +204,8 @@ def _tensors(frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def run_measurements(run_dir: Path) -> dict[str, Any]:
     """What the page reports of one finished run, from its metrics.json and OOF predictions."""
-    metrics = artifacts.read_metrics(run_dir)
-    oof = artifacts.read_oof_predictions(run_dir)
+    metrics = run_folder.RunFolder(run_dir).metrics()
+    oof = run_folder.RunFolder(run_dir).oof_predictions()
     scores, label, weight = _tensors(oof)
     totals = (metrics["data"]["s_tot"], metrics["data"]["b_tot"])
     cv, cut = metrics["cv"], metrics["cut"]
@@ -291,7 +291,7 @@ def kaggle_at_half(run_dir: Path, test: EventTable) -> dict[str, float] | None:
     """The paper's Kaggle numbers: the final model's test events cut at p > 0.5, AMS on the
     public (b) and private (v) events, each with its weights rescaled within the split, and the
     test AUC. None when the run scored no test events."""
-    predictions = run_dir / artifacts.TEST_PREDICTIONS
+    predictions = run_dir / run_folder.TEST_PREDICTIONS
     if not predictions.exists():
         return None
     frame = pd.read_csv(predictions).set_index("EventId").loc[test.event_id]
@@ -813,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if kaggle is not None:
                 measured["kaggle"] = kaggle
             result["runs"][loss].append(measured)
-    first_bce = artifacts.read_oof_predictions(runs["bce"][args.seeds[0]])
+    first_bce = run_folder.RunFolder(runs["bce"][args.seeds[0]]).oof_predictions()
     fraction, _ = loss_optimum(
         first_bce.score.to_numpy(), first_bce.label.to_numpy(), first_bce.weight.to_numpy()
     )

@@ -47,10 +47,10 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from amsaware.artifacts import write_json
 from amsaware.data.formats import read_cern
 from amsaware.data.schema import FEATURES, MISSING, EventTable
 from amsaware.data.synthetic import GENERATORS, make_dataset
+from amsaware.run_folder import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = {1: "signal", 0: "background"}

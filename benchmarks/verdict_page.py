@@ -184,6 +184,10 @@ def render(document: dict[str, Any]) -> str:
         "events, not that of choosing the cut.",
         "- The earlier verdict over every loss trained alone (soft AMS, Asimov, Delta-Z-bar, "
         "BCE-then-AMS: none beat BCE) is in the history: `git show 56f2bde:docs/results.md`.",
+        "",
+        "Earlier measurements (the paper's two models, fold ensemble against final fit, "
+        "explanations, a search on the development sample, the generators' fidelity): "
+        "[results-2026-11-23.md](results-2026-11-23.md).",
     ]
     return "\n".join(out) + "\n"
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from amsaware import artifacts
+from amsaware import run_folder
 from amsaware.data.formats import DataFormatError
 from amsaware.data.preprocessing import FittedPreprocessing
 from amsaware.data.schema import FEATURES
 from amsaware.data.synthetic import make_dataset
-from amsaware.inference import RunError, Scorer, StageModel, load_scorer
+from amsaware.inference import Scorer, StageModel, load_scorer
+from amsaware.run_folder import Cut, RunFolder, RunFolderError
 from tests import helpers
 from tests.helpers import entry_point, kaggle_frame
 
@@ -77,8 +78,8 @@ def test_explain_py_writes_every_output_for_the_runs_own_events(run, tmp_path):
         assert rows.mean_abs_shap.is_monotonic_decreasing
         assert rows.weighted_mean_abs_shap.notna().all()
 
-    metrics = artifacts.read_metrics(run)
-    oof = artifacts.read_oof_predictions(run).set_index("EventId")
+    metrics = RunFolder(run).metrics()
+    oof = RunFolder(run).oof_predictions().set_index("EventId")
     chosen = oof.score >= metrics["cut"]["threshold"]
     assert chosen.mean() == pytest.approx(metrics["cut"]["fraction"], abs=2 / N_TRAIN)
     every = pd.read_csv(out / ex.SHAP_VALUES)
@@ -125,7 +126,9 @@ def linear_scorer(weights, fill, mean, scale):
     names = tuple(f"f{j}" for j in range(len(weights)))
     stats = FittedPreprocessing(names, np.array(fill), np.array(mean), np.array(scale))
     net = nn.Sequential(layer).eval()
-    return Scorer("final", (StageModel("final", net, stats),), 0.2, 0.5)
+    return Scorer(
+        "final", (StageModel("final", net, stats),), Cut(0.2, 0.5, 0, 0, threshold_final=0.5)
+    )
 
 
 @pytest.mark.parametrize("explainer", ex.EXPLAINERS)
@@ -192,7 +195,7 @@ def test_a_file_is_explained_with_the_runs_cut(run, tmp_path):
         run, out, tmp_path / "test.csv", "folds", n_events=50, n_background=10, space="probability"
     )
     assert summary["scorer"] == "folds" and "score >=" in summary["selection"]
-    submission = pd.read_csv(run / artifacts.SUBMISSION_FOLDS)
+    submission = pd.read_csv(run / run_folder.SUBMISSION_FOLDS)
     chosen = set(submission.EventId[submission.Class == "s"])
     selected = pd.read_csv(out / ex.region_file(ex.SHAP_VALUES, "selected"))
     assert set(selected.EventId) <= chosen and len(selected) == min(50, len(chosen))
@@ -201,13 +204,31 @@ def test_a_file_is_explained_with_the_runs_cut(run, tmp_path):
     assert ranking.weighted_mean_abs_shap.isna().all()  # no weights in a test file
 
 
+def test_a_file_predict_reads_is_explained_too(run, tmp_path):
+    """explain input=FILE reads a file as predict.py does: here Parquet, not only CSV."""
+    pytest.importorskip("pyarrow")
+    from amsaware.inference import predict_file
+
+    test = make_dataset(N_TRAIN, N_TEST, GENERATOR, SEED).test.subset(np.arange(100))
+    path = tmp_path / "events.parquet"
+    kaggle_frame(test).to_parquet(path, index=False)
+    predicted = pd.read_csv(predict_file(run, path, tmp_path / "scores.csv", "folds"))
+    summary = ex.explain(run, tmp_path / "out", path, "folds", n_events=20, n_background=10)
+    assert summary["events"] == str(path)
+    values = pd.read_csv(tmp_path / "out" / ex.SHAP_VALUES).set_index("EventId")
+    expected = predicted.set_index("EventId").loc[values.index]
+    # The same models on the same float32 features: the same scores, to float64 rounding.
+    np.testing.assert_allclose(values.score, expected.score, rtol=1e-12)
+    assert (values.selected == expected.selected).all()
+
+
 def test_bad_requests_get_clear_errors(run, tmp_path, monkeypatch):
     broken = tmp_path / "no-checkpoints"
     shutil.copytree(run, broken)
     shutil.rmtree(broken / "checkpoints")
-    with pytest.raises(RunError, match=r"has no final model"):
+    with pytest.raises(RunFolderError, match=r"has no final model"):
         ex.explain(broken, tmp_path / "a", n_events=5, n_background=5)
-    with pytest.raises(RunError, match=r"missing checkpoints/fold<k>/last.ckpt"):
+    with pytest.raises(RunFolderError, match=r"missing checkpoints/fold<k>/last.ckpt"):
         ex.explain(broken, tmp_path / "a", ensemble="folds", n_events=5, n_background=5)
     with pytest.raises(ValueError, match="ensemble must be one of"):
         ex.explain(run, tmp_path / "a", ensemble="bag", n_events=5, n_background=5)
@@ -222,14 +243,14 @@ def test_bad_requests_get_clear_errors(run, tmp_path, monkeypatch):
     with pytest.raises(DataFormatError, match=r"missing columns \['DER_pt_h'\]"):
         ex.explain(run, tmp_path / "a", tmp_path / "short.csv", n_events=5, n_background=5)
     narrow = replace(test, features=test.features[:, 1:], feature_names=FEATURES[1:])
-    with pytest.raises(RunError, match=r"trained on 30: missing \['DER_mass_MMC'\]"):
+    with pytest.raises(RunFolderError, match=r"trained on 30: missing \['DER_mass_MMC'\]"):
         ex.file_events(load_scorer(run), narrow)
 
     moved = tmp_path / "moved"  # a run whose data config no longer gives its events
     shutil.copytree(run, moved)
     config = moved / ".hydra" / "config.yaml"
     config.write_text(config.read_text().replace(f"n_train: {N_TRAIN}", "n_train: 500"))
-    with pytest.raises(RunError, match="the data changed since the run"):
+    with pytest.raises(RunFolderError, match="the data changed since the run"):
         ex.run_events(moved)
 
     monkeypatch.setitem(sys.modules, "shap", None)

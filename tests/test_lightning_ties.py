@@ -87,10 +87,13 @@ def _table(label):
 
 def test_predict_selects_by_the_logit_where_probabilities_tie():
     from amsaware.inference import Scorer
+    from amsaware.run_folder import Cut
 
     logits = np.array([38.0, 41.0, 45.0, 50.0, 60.0, 1.0, 0.0, -3.0, 39.0, 44.0])
     scores = 1 / (1 + np.exp(-logits))
-    scorer = Scorer("final", (), fraction=0.2, threshold=1.0, threshold_logit=44.5)
+    scorer = Scorer(
+        "final", (), Cut(0.2, 1.0, 0, 0, threshold_final=1.0, threshold_logit_final=44.5)
+    )
     top = scorer.select(scores, "fraction", logits)
     assert set(np.flatnonzero(top)) == {3, 4}  # the two largest logits, not a coin flip
     assert set(np.flatnonzero(scorer.select(scores, "threshold", logits))) == {2, 3, 4}

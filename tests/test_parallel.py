@@ -160,8 +160,10 @@ def test_parallel_run_writes_every_stage_like_the_sequential_one(parallel_run):
         tags = set(events.Tags()["scalars"])
         assert "train/loss" in tags
         if stage != "final":
-            assert {f"val/{name}" for name in METRIC_NAMES} <= tags
+            assert {"val/loss", *(f"val/{name}" for name in METRIC_NAMES)} <= tags
             assert len(events.Scalars("val/auroc")) == 2  # one per epoch (experiment=smoke)
+        # The x axis is the epoch, as in sequential mode.
+        assert [e.step for e in events.Scalars("train/loss")] == [0, 1]
 
 
 def test_parallel_runs_fold_models_reproduce_its_fold_ensemble(parallel_run):

@@ -1,5 +1,7 @@
 """Every figure is drawn from constructed predictions and written as a non-empty PNG."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -75,13 +77,28 @@ def test_figures_go_to_tensorboard_as_images_and_a_pr_curve(predictions, tmp_pat
     assert image.encoded_image_string.startswith(PNG_MAGIC)
 
 
-def test_loggers_without_tensorboard_get_nothing(predictions, tmp_path):
+def test_loggers_without_figures_get_nothing(predictions, tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
     scores, label, weight = predictions
     args = ("val/", scores["bce"], label, weight)
     assert plots.log_to_logger(None, *args) is False
     assert plots.log_to_logger(CSVLogger(str(tmp_path)), *args) is False
+
+
+@pytest.mark.filterwarnings("ignore:.*noload.*")  # inside mlflow's own SQLAlchemy store
+def test_mlflow_gets_the_figures_as_png_artifacts(predictions, tmp_path):
+    pytest.importorskip("mlflow")
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    scores, label, weight = predictions
+    logger = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", run_name="fold0")
+    assert plots.log_to_logger([logger], "val/", scores["bce"], label, weight) is True
+    artifacts = logger.experiment.list_artifacts(logger.run_id, "val")
+    names = {a.path for a in artifacts}
+    assert names == {"val/roc.png", "val/ams_vs_fraction.png", "val/score_distribution.png"}
+    local = logger.experiment.download_artifacts(logger.run_id, "val/roc.png", str(tmp_path))
+    assert Path(local).read_bytes().startswith(PNG_MAGIC)
 
 
 def weighted_truth(scores, label, weight, threshold, totals=plots.TOTALS_DEFAULT):

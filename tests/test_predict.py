@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from amsaware import artifacts
+from amsaware import run_folder
 from amsaware.data.datamodule import stratified_folds
 from amsaware.data.formats import DataFormatError, read_events
 from amsaware.data.preprocessing import FittedPreprocessing, fit_preprocessing, transform
 from amsaware.data.schema import FEATURES, MISSING
 from amsaware.data.synthetic import make_dataset
 from amsaware.experiment import run_experiment
-from amsaware.inference import RunError, load_scorer, load_stage, predict_file, predict_table
+from amsaware.inference import load_scorer, load_stage, predict_file, predict_table
+from amsaware.run_folder import RunFolder, RunFolderError
 from tests.conftest import DEFAULT_GENERATOR, REPO
 from tests.helpers import METRIC_NAMES, compose_run, entry_point, kaggle_frame, run
 
@@ -67,15 +68,16 @@ def test_fitted_statistics_reproduce_the_pipeline_bit_for_bit(small_table):
 
 
 def test_broken_statistics_are_named(tmp_path):
-    path = tmp_path / "preprocessing.json"
+    path = RunFolder(tmp_path).preprocessing_path("final")
+    path.parent.mkdir(parents=True)
     data = FittedPreprocessing(("a", "b"), np.zeros(2), np.zeros(2), np.ones(2)).to_dict()
     data["features"][1]["scale"] = 0.0
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"preprocessing.json: feature 'b': invalid scale 0"):
-        artifacts.read_preprocessing(path)
+        RunFolder(tmp_path).preprocessing("final")
     path.write_text(json.dumps({"format": "pickle"}))
     with pytest.raises(ValueError, match="expected preprocessing format"):
-        artifacts.read_preprocessing(path)
+        RunFolder(tmp_path).preprocessing("final")
 
 
 def test_each_stage_saves_the_statistics_of_its_own_training_rows(both_run):
@@ -84,9 +86,7 @@ def test_each_stage_saves_the_statistics_of_its_own_training_rows(both_run):
     rows = {f"fold{k}": train_index for k, (train_index, _) in enumerate(folds)}
     rows["final"] = np.arange(N_TRAIN)
     for stage, index in rows.items():
-        saved = artifacts.read_preprocessing(
-            both_run / "checkpoints" / stage / artifacts.PREPROCESSING
-        )
+        saved = RunFolder(both_run).preprocessing(stage)
         expected = FittedPreprocessing.from_pipeline(
             fit_preprocessing(train_table.features[index]), train_table.feature_names
         )
@@ -99,14 +99,14 @@ def test_each_stage_saves_the_statistics_of_its_own_training_rows(both_run):
 
 
 def test_ensemble_both_reports_each_scorer_under_its_own_names(both_run):
-    metrics = artifacts.read_metrics(both_run)
+    metrics = RunFolder(both_run).metrics()
     assert metrics["run"]["ensemble"] == "both"
     for prefix in ("test", "test_folds"):
         for name in [*METRIC_NAMES, "ams", "ams_public", "ams_private"]:
             assert f"{prefix}/{name}" in metrics[prefix], (prefix, name)
-    final = pd.read_csv(both_run / artifacts.TEST_PREDICTIONS)
-    folds = pd.read_csv(both_run / artifacts.TEST_PREDICTIONS_FOLDS)
-    submission = pd.read_csv(both_run / artifacts.SUBMISSION_FOLDS)
+    final = pd.read_csv(both_run / run_folder.TEST_PREDICTIONS)
+    folds = pd.read_csv(both_run / run_folder.TEST_PREDICTIONS_FOLDS)
+    submission = pd.read_csv(both_run / run_folder.SUBMISSION_FOLDS)
     assert len(final) == len(folds) == len(submission) == N_TEST
     # The ensemble is the mean of the fold models, each loaded back from its checkpoint.
     test = dataset().test
@@ -121,11 +121,11 @@ def test_ensemble_both_reports_each_scorer_under_its_own_names(both_run):
 
 
 def test_ensemble_folds_trains_no_final_model(folds_run):
-    metrics = artifacts.read_metrics(folds_run)
+    metrics = RunFolder(folds_run).metrics()
     assert "test" not in metrics and "test_folds/auroc" in metrics["test_folds"]
     assert not (folds_run / "checkpoints" / "final").exists()
-    assert (folds_run / artifacts.SUBMISSION).exists()
-    assert not (folds_run / artifacts.SUBMISSION_FOLDS).exists()
+    assert (folds_run / run_folder.SUBMISSION).exists()
+    assert not (folds_run / run_folder.SUBMISSION_FOLDS).exists()
     assert load_scorer(folds_run).name == "folds"  # what the run used
 
 
@@ -146,8 +146,8 @@ def test_predict_reproduces_the_runs_test_scores_and_cut(both_run, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     scores = pd.read_csv(output)
     assert list(scores.columns) == ["EventId", "score", "selected"]
-    reference = pd.read_csv(both_run / artifacts.TEST_PREDICTIONS)
-    submission = pd.read_csv(both_run / artifacts.SUBMISSION)
+    reference = pd.read_csv(both_run / run_folder.TEST_PREDICTIONS)
+    submission = pd.read_csv(both_run / run_folder.SUBMISSION)
     np.testing.assert_array_equal(scores.EventId, reference.EventId)
     # No refit: the same network on the same events. Not bit for bit: the run scored them in this
     # process with threads=1, predict.py with torch's default threads, and float32 sums may round
@@ -171,7 +171,7 @@ def test_both_cuts_and_both_scorers_select_as_the_run_did(both_run):
     by_threshold = predict_table(scorer, signal_only, "threshold").selected
     whole = predict_table(scorer, test, "threshold").set_index("EventId").selected
     np.testing.assert_array_equal(by_threshold, whole.loc[signal_only.event_id])
-    fraction = artifacts.read_metrics(both_run)["cut"]["fraction"]
+    fraction = RunFolder(both_run).metrics()["cut"]["fraction"]
     by_fraction = predict_table(scorer, signal_only, "fraction").selected
     assert by_fraction.mean() == pytest.approx(fraction, abs=2 / len(signal_only))
 
@@ -193,13 +193,13 @@ def test_every_challenge_format_gives_the_same_scores(both_run, tmp_path):
 
 
 def test_run_without_a_final_model_says_to_use_the_fold_models(trial_run, folds_run):
-    with pytest.raises(RunError, match=r"final_fit=false.*ensemble=folds"):
+    with pytest.raises(RunFolderError, match=r"final_fit=false.*ensemble=folds"):
         load_scorer(trial_run, "final")
-    with pytest.raises(RunError, match=r"ensemble=folds"):
+    with pytest.raises(RunFolderError, match=r"ensemble=folds"):
         load_scorer(folds_run, "final")
     # Its fold models still score: with the out-of-fold threshold, as no test events were cut.
     scorer = load_scorer(trial_run, "folds")
-    assert scorer.threshold == artifacts.read_metrics(trial_run)["cut"]["threshold"]
+    assert scorer.threshold == RunFolder(trial_run).metrics()["cut"]["threshold"]
     assert len(predict_table(scorer, dataset().test)) == N_TEST
 
 
@@ -212,9 +212,11 @@ def test_bad_inputs_get_clear_errors(both_run, tmp_path):
         read_events(tmp_path / "short.csv")
     table = dataset().test
     narrow = replace(table, features=table.features[:, 1:], feature_names=FEATURES[1:])
-    with pytest.raises(RunError, match=r"29 features.*trained on 30: missing \['DER_mass_MMC'\]"):
+    with pytest.raises(
+        RunFolderError, match=r"29 features.*trained on 30: missing \['DER_mass_MMC'\]"
+    ):
         load_scorer(both_run, "final").score(narrow)
-    with pytest.raises(RunError, match="no such run folder"):
+    with pytest.raises(RunFolderError, match="no such run folder"):
         load_scorer(tmp_path / "no-run")
     with pytest.raises(ValueError, match="cut must be one of"):
         predict_table(load_scorer(both_run), table, "median")
@@ -224,22 +226,26 @@ def test_damaged_run_folders_are_named(both_run, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(both_run, broken)
     (broken / "checkpoints" / "fold1" / "last.ckpt").unlink()
-    with pytest.raises(RunError, match=r"missing checkpoints/fold<k>/last.ckpt for k in \[1\]"):
+    with pytest.raises(
+        RunFolderError, match=r"missing checkpoints/fold<k>/last.ckpt for k in \[1\]"
+    ):
         load_scorer(broken, "folds")
-    (broken / "checkpoints" / "final" / artifacts.PREPROCESSING).unlink()
-    with pytest.raises(RunError, match=r"no checkpoints/final/preprocessing\.json"):
+    (broken / "checkpoints" / "final" / run_folder.PREPROCESSING).unlink()
+    with pytest.raises(RunFolderError, match=r"no checkpoints/final/preprocessing\.json"):
         load_scorer(broken, "final")
     config = broken / ".hydra" / "config.yaml"
     original = config.read_text()
     config.write_text(original.replace("hidden_size: 384", "hidden_size: 100"))
-    with pytest.raises(RunError, match="weights do not fit the model"):
+    with pytest.raises(RunFolderError, match="weights do not fit the model"):
         load_stage(broken, "fold0")
     config.write_text(config.read_text().replace("amsaware.model.MLP", "os.system"))
-    with pytest.raises(RunError, match=r"model._target_ .os\.system. is not a known architecture"):
+    with pytest.raises(
+        RunFolderError, match=r"model._target_ .os\.system. is not a known architecture"
+    ):
         load_stage(broken, "fold0")
     config.write_text(original)
     (broken / "metrics.json").unlink()
-    with pytest.raises(RunError, match=r"no metrics\.json; the run did not finish"):
+    with pytest.raises(RunFolderError, match=r"no metrics\.json; the run did not finish"):
         load_scorer(broken)
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from amsaware.artifacts import submission_frame
 from amsaware.experiment import choose_cut, lookup_metric
 from amsaware.metrics import ams_at_fraction
+from amsaware.run_folder import submission_frame
 
 
 def scored_events(n=40_000, seed=0):

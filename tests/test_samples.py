@@ -501,7 +501,8 @@ def test_run_records_and_uses_the_datas_totals(samples_run):
 
 
 def test_predict_scores_a_root_file_by_branch_name(samples_run, sample_files, tmp_path):
-    from amsaware.inference import load_config, load_scorer, predict_file, read_input
+    from amsaware.inference import load_scorer, predict_file, read_input
+    from amsaware.run_folder import RunFolder
 
     run_dir, _ = samples_run
     folder, data = sample_files
@@ -517,18 +518,18 @@ def test_predict_scores_a_root_file_by_branch_name(samples_run, sample_files, tm
     assert scores.score.between(0, 1).all() and scores.selected.isin([0, 1]).all()
     # the same events through the library and the run's own tree default agree
     scorer = load_scorer(run_dir)
-    table = read_input(load_config(run_dir), folder / "ggH.root", scorer.feature_names)
+    table = read_input(RunFolder(run_dir).config(), folder / "ggH.root", scorer.feature_names)
     expected = scorer.score(table)[::-1]
     np.testing.assert_allclose(scores.score.to_numpy(), expected, rtol=1e-6)
     # parquet input, and a missing branch named
     pq = tmp_path / "wjets.parquet"
     shutil.copy(folder / "wjets.parquet", pq)
-    table = read_input(load_config(run_dir), pq, scorer.feature_names)
+    table = read_input(RunFolder(run_dir).config(), pq, scorer.feature_names)
     assert len(table) == N["wjets"] and np.isnan(table.features[:, 2]).any()
     with pytest.raises(DataFormatError, match=r"input: .*: no branch 'lep_pt'"):
         frame = pd.DataFrame(data["wjets"]).drop(columns="lep_pt")
         frame.to_parquet(tmp_path / "bad.parquet")
-        read_input(load_config(run_dir), tmp_path / "bad.parquet", scorer.feature_names)
+        read_input(RunFolder(run_dir).config(), tmp_path / "bad.parquet", scorer.feature_names)
 
 
 def test_compare_uses_the_runs_totals(samples_run, tmp_path):
@@ -553,15 +554,18 @@ def test_compare_uses_the_runs_totals(samples_run, tmp_path):
 def test_exported_graph_treats_the_runs_placeholder_as_undefined(samples_run, sample_files):
     from amsaware.data.samples import placeholder_values
     from amsaware.export import RawFeatureScorer
-    from amsaware.inference import load_config, load_scorer, placeholder_of, read_input
+    from amsaware.inference import load_scorer, placeholder_of, read_input
+    from amsaware.run_folder import RunFolder
 
     run_dir, _ = samples_run
     folder, data = sample_files
     scorer = load_scorer(run_dir)
-    placeholders = placeholder_values(placeholder_of(load_config(run_dir)), scorer.feature_names)
+    placeholders = placeholder_values(
+        placeholder_of(RunFolder(run_dir).config()), scorer.feature_names
+    )
     module = RawFeatureScorer(scorer, placeholders).eval()
     raw = np.stack([data["ggH"][name].astype(np.float32) for name in FEATURES], axis=1)
     with torch.no_grad():
         graph = module(torch.from_numpy(raw)).numpy()
-    table = read_input(load_config(run_dir), folder / "ggH.root", scorer.feature_names)
+    table = read_input(RunFolder(run_dir).config(), folder / "ggH.root", scorer.feature_names)
     np.testing.assert_allclose(graph, scorer.score(table), rtol=1e-6)

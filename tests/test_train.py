@@ -84,6 +84,11 @@ def test_tensorboard_has_train_loss_and_every_val_metric_per_epoch(ams_run):
     assert {"train/loss", "val/loss", *(f"val/{name}" for name in METRIC_NAMES)} <= tags
     assert len(events.Scalars("val/loss")) == 2
     assert len(events.Scalars("val/ams_max")) == 2  # one per epoch
+    # The x axis is the epoch, so folds and the final fit align.
+    assert [e.step for e in events.Scalars("val/ams_max")] == [0, 1]
+    final = EventAccumulator(str(ams_run / "tensorboard" / "final"))
+    final.Reload()
+    assert [e.step for e in final.Scalars("train/loss")] == [0, 1]
 
 
 def test_same_command_gives_the_same_metrics(bce_run, tmp_path):

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from amsaware import artifacts
-from amsaware.artifacts import CorruptFileError
+from amsaware import run_folder
 from amsaware.data.schema import MISSING
 from amsaware.data.synthetic import make_dataset
-from amsaware.inference import RunError, load_config, load_scorer, predict_file
+from amsaware.inference import load_scorer, predict_file
+from amsaware.run_folder import RunFolder, RunFolderError
 from tests import helpers
 from tests.conftest import DEFAULT_GENERATOR
 from tests.helpers import entry_point, kaggle_frame
@@ -104,7 +104,7 @@ def use(tool, run_dir, tmp_path):
 @pytest.mark.parametrize("where, message", PLANTS.values(), ids=PLANTS.keys())
 def test_a_planted_target_is_refused_and_never_runs(copy, tmp_path, tool, where, message):
     marker = plant(copy, tmp_path, where)
-    with pytest.raises(RunError, match=r"\.hydra/config\.yaml: " + message):
+    with pytest.raises(RunFolderError, match=r"\.hydra/config\.yaml: " + message):
         use(tool, copy, tmp_path)
     assert not marker.exists()
 
@@ -125,12 +125,12 @@ def test_resolvers_in_a_run_config_are_not_evaluated(copy, monkeypatch):
     text = re.sub(r"n_layers: \d+", "n_layers: ${oc.env:AMSAWARE_TEST_SECRET}", path.read_text())
     path.write_text(text)
     assert "oc.env" in text
-    with pytest.raises(RunError, match=r"model\.n_layers: \$\{oc\.env:.*not a reference"):
-        load_config(copy)
+    with pytest.raises(RunFolderError, match=r"model\.n_layers: \$\{oc\.env:.*not a reference"):
+        RunFolder(copy).config()
 
 
 def test_plain_references_are_substituted(run):
-    cfg = load_config(run)
+    cfg = RunFolder(run).config()
     assert cfg.data_source == "amsaware.data.sources.synthetic"
     assert cfg.data == {
         "n_train": 600,
@@ -146,7 +146,7 @@ def test_plain_references_are_substituted(run):
 
 def test_corrupt_metrics_json_is_named(copy):
     (copy / "metrics.json").write_text('{"cut": {"fraction": 0.1,')
-    with pytest.raises(CorruptFileError, match=r"copy/metrics\.json: corrupt, not valid JSON"):
+    with pytest.raises(RunFolderError, match=r"copy/metrics\.json: corrupt, not valid JSON"):
         load_scorer(copy)
 
 
@@ -154,15 +154,15 @@ def test_corrupt_metrics_json_is_named(copy):
     "key, value", [("threshold_final", float("nan")), ("fraction", 1.5), ("threshold", "high")]
 )
 def test_a_cut_out_of_range_in_metrics_json_is_refused(copy, key, value):
-    metrics = artifacts.read_metrics(copy)
+    metrics = RunFolder(copy).metrics()
     metrics["cut"][key] = value
     (copy / "metrics.json").write_text(json.dumps(metrics))
-    with pytest.raises(RunError, match=rf"metrics\.json: cut\.{key} is .*expected"):
+    with pytest.raises(RunFolderError, match=rf"metrics\.json: cut\.{key} is .*expected"):
         load_scorer(copy, "final")
 
 
 def test_preprocessing_beyond_float32_is_refused(copy):
-    path = copy / "checkpoints" / "final" / artifacts.PREPROCESSING
+    path = copy / "checkpoints" / "final" / run_folder.PREPROCESSING
     stats = json.loads(path.read_text())
     stats["features"][3]["mean"] = 1e39  # finite in float64, infinite in the model's float32
     path.write_text(json.dumps(stats))
@@ -172,7 +172,9 @@ def test_preprocessing_beyond_float32_is_refused(copy):
 
 def test_a_corrupt_checkpoint_is_named_without_torchs_advice(copy):
     (copy / "checkpoints" / "final" / "last.ckpt").write_bytes(b"PK\x03\x04 not a checkpoint")
-    with pytest.raises(RunError, match=r"final/last\.ckpt: corrupt or not a checkpoint") as caught:
+    with pytest.raises(
+        RunFolderError, match=r"final/last\.ckpt: corrupt or not a checkpoint"
+    ) as caught:
         load_scorer(copy, "final")
     assert "weights_only" not in str(caught.value)
 
@@ -180,7 +182,7 @@ def test_a_corrupt_checkpoint_is_named_without_torchs_advice(copy):
 def test_a_versioned_checkpoint_beside_last_is_refused(copy):
     final = copy / "checkpoints" / "final"
     shutil.copy(final / "last.ckpt", final / "last-v1.ckpt")
-    with pytest.raises(RunError, match=r"holds \['last-v1\.ckpt'\] beside last\.ckpt"):
+    with pytest.raises(RunFolderError, match=r"holds \['last-v1\.ckpt'\] beside last\.ckpt"):
         load_scorer(copy, "final")
 
 
@@ -216,7 +218,7 @@ def test_the_onnx_file_is_self_contained(run, tmp_path):
 
 def test_predict_scores_match_the_runs_own(run, tmp_path):
     scores = pd.read_csv(predict_file(run, events_file(tmp_path), tmp_path / "s.csv"))
-    own = pd.read_csv(run / artifacts.TEST_PREDICTIONS)
+    own = pd.read_csv(run / run_folder.TEST_PREDICTIONS)
     np.testing.assert_allclose(scores.score, own.score, rtol=0, atol=1e-6)
 
 
@@ -224,5 +226,5 @@ def test_absurd_sizes_in_a_run_config_allocate_nothing(copy):
     """A hidden_size of 10^9 (4 GB a layer) is compared with the checkpoint before building."""
     path = copy / ".hydra" / "config.yaml"
     path.write_text(re.sub(r"hidden_size: \d+", "hidden_size: 1000000000", path.read_text()))
-    with pytest.raises(RunError, match=r"weights do not fit the model .*1000000000"):
+    with pytest.raises(RunFolderError, match=r"weights do not fit the model .*1000000000"):
         load_scorer(copy, "final")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from amsaware import artifacts
+from amsaware import run_folder
 from amsaware.checks import LOCK_FILE, RunFolderError, claim_run_folder, previous_run
 from amsaware.data.synthetic import make_dataset
 from amsaware.experiment import run_experiment
@@ -69,8 +69,8 @@ def test_a_used_folder_is_refused_intact_and_overwrite_replaces_its_run(tmp_path
     test = make_dataset(600, 400, DEFAULT_GENERATOR, 7).test
     scorer = load_scorer(run_dir, "final")
     frame = predict_table(scorer, test)
-    own = pd.read_csv(run_dir / artifacts.TEST_PREDICTIONS)
-    submission = pd.read_csv(run_dir / artifacts.SUBMISSION)
+    own = pd.read_csv(run_dir / run_folder.TEST_PREDICTIONS)
+    submission = pd.read_csv(run_dir / run_folder.SUBMISSION)
     np.testing.assert_allclose(frame.score, own.score, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(frame.selected, (submission.Class == "s").astype(int))
 

@@ -29,6 +29,9 @@ from typing import IO, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+# The one error for a run folder: here, one that already holds a run or is being written.
+from amsaware.run_folder import RunFolderError
+
 log = logging.getLogger(__name__)
 
 #: Lightning's (and numpy's legacy) seed range; fold k trains with seed + k.
@@ -40,10 +43,6 @@ INTERRUPTED = 130
 
 class ConfigError(ValueError):
     """A setting that cannot be meant; the message names the key and what is allowed."""
-
-
-class RunFolderError(RuntimeError):
-    """The run folder already holds a run, or another run is writing into it."""
 
 
 # --- the schema of the project's own sections ------------------------------------------------

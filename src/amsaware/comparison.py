@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from omegaconf import DictConfig
 
-from amsaware import artifacts, plots
-from amsaware.data.schema import B_TOT, S_TOT
+from amsaware import plots
+from amsaware.run_folder import Cut, RunFolder, RunFolderError, atomic_path, write_json
 from amsaware.stats import (
     STATISTICS,
     BootstrapSample,
@@ -32,7 +31,6 @@ from amsaware.stats import (
 
 log = logging.getLogger(__name__)
 
-OOF_COLUMNS = ["EventId", "fold", "label", "weight", "score"]
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
 FIGURES = (
@@ -46,75 +44,43 @@ FIGURES = (
 HISTORY_TAGS = ("train/loss", "val/ams_max", "val/auroc")
 
 
-class RunFolderError(ValueError):
-    """A run folder that is missing, unfinished or not comparable with the others."""
-
-
 @dataclass(frozen=True)
 class Run:
-    """A finished run folder: its out-of-fold predictions (EventId order), cut and metrics."""
+    """A finished run folder: its out-of-fold predictions (EventId order), cut and totals."""
 
     name: str
     path: Path
+    #: metrics.json as written (its cut checked).
     metrics: dict[str, Any]
+    cut: Cut
+    #: The (S_tot, B_tot) the run's AMS is rescaled to (`RunFolder.totals`).
+    totals: tuple[float, float]
     oof: pd.DataFrame
     loss: str | None
 
     @property
     def cut_fraction(self) -> float:
-        return float(self.metrics["cut"]["fraction"])
+        return self.cut.fraction
 
     @property
     def cut_threshold(self) -> float:
-        return float(self.metrics["cut"]["threshold"])
-
-    @property
-    def totals(self) -> tuple[float, float]:
-        """The (S_tot, B_tot) the run's AMS is rescaled to; runs from before metrics.json
-        recorded them trained on the challenge's data, whose constants they are."""
-        data = self.metrics.get("data") or {}
-        return float(data.get("s_tot", S_TOT)), float(data.get("b_tot", B_TOT))
-
-
-def _loss_name(path: Path) -> str | None:
-    """The loss class of the run's resolved Hydra config, if the run kept one."""
-    config = path / ".hydra" / "config.yaml"
-    if not config.exists():
-        return None
-    target = ((yaml.safe_load(config.read_text()) or {}).get("loss") or {}).get("_target_")
-    return target.rsplit(".", 1)[-1] if target else None
+        return self.cut.threshold
 
 
 def load_run(path: Path | str, name: str | None = None) -> Run:
     """Read a finished train.py run folder; a clear error for anything missing or malformed."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunFolderError(f"run folder {path} does not exist (or is not a folder)")
-    for needed in (artifacts.METRICS, artifacts.OOF_PREDICTIONS):
-        if not (path / needed).is_file():
-            raise RunFolderError(
-                f"{path / needed} is missing: is {path} a finished train.py run folder?"
-            )
-    metrics = artifacts.read_metrics(path)
-    cut = metrics.get("cut") or {}
-    if not {"fraction", "threshold"} <= set(cut):
-        raise RunFolderError(
-            f"{path / artifacts.METRICS} has no 'cut' section with 'fraction' and 'threshold'"
-        )
-    oof = artifacts.read_oof_predictions(path)
-    if list(oof.columns) not in (OOF_COLUMNS, [*OOF_COLUMNS, "logit"]):  # older runs: no logit
-        raise RunFolderError(
-            f"{path / artifacts.OOF_PREDICTIONS} has columns {list(oof.columns)}, "
-            f"expected {OOF_COLUMNS}"
-        )
-    bad = oof.index[~np.isfinite(oof.score.to_numpy(dtype=float))]
-    if len(bad):
-        raise RunFolderError(
-            f"{path / artifacts.OOF_PREDICTIONS}: column 'score' is not a finite number in "
-            f"{len(bad)} rows, the first at row {bad[0] + 2} (EventId {oof.EventId[bad[0]]})"
-        )
-    oof = oof.sort_values("EventId", kind="stable").reset_index(drop=True)
-    return Run(name or path.name, path, metrics, oof, _loss_name(path))
+    run = RunFolder(path)
+    if not run.path.is_dir():
+        raise RunFolderError(f"run folder {run.path} does not exist (or is not a folder)")
+    return Run(
+        name or run.path.name,
+        run.path,
+        run.metrics(),
+        run.cut(),
+        run.totals(),
+        run.oof_predictions(),
+        run.loss_name(),
+    )
 
 
 def _names(paths: Sequence[Path]) -> list[str]:
@@ -342,8 +308,8 @@ def write_figures(comparison: Comparison, out_dir: Path) -> list[Path]:
 def write_report(comparison: Comparison, out_dir: Path) -> list[Path]:
     """comparison.json, comparison.md and the figures, written atomically into `out_dir`."""
     out_dir = Path(out_dir)
-    artifacts.write_json(to_dict(comparison), out_dir / COMPARISON_JSON)
-    with artifacts.atomic_path(out_dir / COMPARISON_MD) as tmp:
+    write_json(to_dict(comparison), out_dir / COMPARISON_JSON)
+    with atomic_path(out_dir / COMPARISON_MD) as tmp:
         tmp.write_text(to_markdown(comparison))
     return [out_dir / COMPARISON_JSON, out_dir / COMPARISON_MD, *write_figures(comparison, out_dir)]
 

@@ -15,21 +15,11 @@ from typing import Any
 
 import pandas as pd
 
-from amsaware import artifacts
 from amsaware.experiment import test_metrics
-from amsaware.inference import (
-    CUTS,
-    check_output,
-    default_output,
-    load_config,
-    load_metrics,
-    load_scorer,
-    read_input,
-)
+from amsaware.inference import open_input, write_scores
+from amsaware.run_folder import EVAL_METRICS, write_json
 
 log = logging.getLogger(__name__)
-
-EVAL_METRICS = "eval_metrics.json"
 
 
 def evaluate_file(
@@ -42,28 +32,22 @@ def evaluate_file(
 ) -> dict[str, Any]:
     """Score a labelled file, write the scores (as predict.py) and `eval_metrics.json` beside
     them; returns the metrics."""
-    if cut not in CUTS:
-        raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
-    output = default_output(input_path) if output_path is None else Path(output_path)
-    check_output(output, input_path)
-    scorer = load_scorer(run_dir, ensemble)
-    table = read_input(load_config(run_dir), input_path, scorer.feature_names, tree)
+    job = open_input(run_dir, input_path, output_path, ensemble, cut, tree)
+    table, scorer = job.table, job.scorer
     if not table.labelled:
         raise ValueError(
             f"input {input_path}: has no labels and weights (Label and Weight, or KaggleWeight "
             "in the CERN file); eval needs a labelled file, predict.py scores unlabelled ones"
         )
-    totals = load_metrics(run_dir).get("data") or {}
-    if totals:
-        table = replace(table, s_tot=float(totals["s_tot"]), b_tot=float(totals["b_tot"]))
+    s_tot, b_tot = job.run.totals()
+    table = replace(table, s_tot=s_tot, b_tot=b_tot)
     scores, logits = scorer.score_and_logit(table)
     selected = scorer.select(scores, cut, logits)
     metrics = test_metrics(table, scores, selected)
     frame = pd.DataFrame(
         {"EventId": table.event_id, "score": scores, "selected": selected.astype("int8")}
     )
-    with artifacts.atomic_path(output) as tmp:
-        frame.to_csv(tmp, index=False, compression="gzip" if output.suffix == ".gz" else None)
+    write_scores(frame, job.output)
     report = {
         "run": str(run_dir),
         "input": str(input_path),
@@ -73,8 +57,8 @@ def evaluate_file(
         "n_selected": int(selected.sum()),
         "metrics": metrics,
     }
-    artifacts.write_json(report, output.parent / EVAL_METRICS)
-    log.info("%s: %s", output.parent / EVAL_METRICS, _format(metrics))
+    write_json(report, job.output.parent / EVAL_METRICS)
+    log.info("%s: %s", job.output.parent / EVAL_METRICS, _format(metrics))
     return report
 
 

@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from amsaware import artifacts, plots
+from amsaware import plots
 from amsaware.checks import check_run
 from amsaware.data.datamodule import HiggsDataModule, stratified_folds
 from amsaware.data.formats import check_trainable
@@ -36,12 +36,12 @@ from amsaware.metrics import (
     ams_curve,
     ams_of_selection,
     evaluate,
-    select_top_fraction,
 )
 from amsaware.model import SignificanceClassifier, predict_logit
 from amsaware.parallel import fit_folds_in_parallel
 from amsaware.progress import RunClock, StageProgressBar, stage_label
 from amsaware.pruning import fold_hook
+from amsaware.run_folder import FINAL, Cut, RunFolder, fold_stage, scorers_of
 from amsaware.search import check_optimized_metric, load_for_trial
 from amsaware.stopping import EarlyStopping, median_epochs
 
@@ -60,25 +60,6 @@ StageWriter = Callable[[str, nn.Module, HiggsDataModule], None]
 #: The early-stopping callbacks of the fold stages, by (stage, phase): their best epochs set
 #: the final fit's epoch count.
 EarlyStops = dict[tuple[str, str | None], EarlyStopping]
-
-
-@dataclass(frozen=True)
-class Cut:
-    """The selection applied to test events: the top `fraction` of scores.
-
-    `threshold` is the out-of-fold score at that fraction (informative only: test events are cut
-    by rank, as the challenge winners did, because the final model's scores are calibrated
-    differently from the fold models'). `ams` is the raw out-of-fold AMS there and
-    `ams_smoothed` the smoothed curve's value that chose it.
-    """
-
-    fraction: float
-    threshold: float
-    ams: float
-    ams_smoothed: float
-    #: The out-of-fold logit at the cut, where events were ranked by logits: the exact cut
-    #: where probabilities round to 1 (`score >= threshold` then selects the whole tie).
-    threshold_logit: float | None = None
 
 
 def check_cut_options(min_fraction: float, max_fraction: float, smoothing: float) -> None:
@@ -160,22 +141,6 @@ def fit(
     return module
 
 
-class ContinueTimeline(L.Callback):
-    """Start the trainer's logging step at `step`, where the previous phase's trainer ended.
-
-    A fine-tune runs in a trainer of its own, whose step counter would restart at 0 and draw its
-    curves over the pretraining's. Lightning has no public setting for the first logging step,
-    so this sets the counter its logger connector reads (`_batches_that_stepped`);
-    tests/test_finetune.py checks the curves join up, so a Lightning change is caught.
-    """
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.fit_loop.epoch_loop._batches_that_stepped = self.step
-
-
 @dataclass(frozen=True)
 class FineTune:
     """The second training phase (`finetune=<loss>`): the trained network continues with its
@@ -201,8 +166,8 @@ class FineTune:
             if self.save_stage is not None:
                 self.save_stage(stage, module.net, datamodule)
             return module
-        steps = pretrained.trainer.fit_loop.epoch_loop._batches_that_stepped
-        trainer = self.make_trainer(stage, [ContinueTimeline(steps)])
+        module.epoch_offset = pretrained.epoch  # the stage's curves continue
+        trainer = self.make_trainer(stage, [])
         trainer.fit(module, datamodule=datamodule.rebatched(self.batch_size))
         return module
 
@@ -245,7 +210,7 @@ class _FoldPlan:
 
     @property
     def stage(self) -> str:
-        return f"fold{self.index}"
+        return fold_stage(self.index)
 
 
 def repeat_seed(seed: int, repeat: int) -> int:
@@ -487,8 +452,9 @@ def test_metrics(
 
 
 @dataclass(frozen=True)
-class FinalFit:
-    """Test scores (probabilities), the selection, metrics, and the logits that rank events."""
+class ScorerResult:
+    """One scorer's (`final` or `folds`) test scores (probabilities), selection, `test/` or
+    `test_folds/` metrics, and the logits that rank events."""
 
     scores: np.ndarray
     selected: np.ndarray
@@ -505,80 +471,66 @@ def final_fit(
     make_trainer: TrainerFactory,
     finetune: FineTune | None = None,
     clock: RunClock | None = None,
-) -> FinalFit | None:
+) -> ScorerResult | None:
     """Train on all training events (both phases with `finetune`) and select the top
     `cut.fraction` of the test events."""
     datamodule = HiggsDataModule(dataset.train, batch_size, seed)
     log.info("final fit on all %d training events", len(dataset.train))
-    module = fit(datamodule, make_module, make_trainer, "final", seed)
+    module = fit(datamodule, make_module, make_trainer, FINAL, seed)
     if finetune is not None:
-        module = finetune.fit(module, datamodule, "final")
+        module = finetune.fit(module, datamodule, FINAL)
     if clock is not None:
-        clock.stage_done("final", final=True)
+        clock.stage_done(FINAL, final=True)
     if dataset.test is None:
         return None
     logits = predict_logit(module.net, datamodule.preprocess(dataset.test))
     scores = torch.sigmoid(logits).numpy()
-    selected = select_top_fraction(logits, cut.fraction).numpy()
+    selected = cut.select(scores, "final", "fraction", logits.numpy())
     labelled = dataset.test.labelled
     metrics = test_metrics(dataset.test, scores, selected) if labelled else None
-    return FinalFit(scores, selected, metrics, logits.numpy())
-
-
-ENSEMBLES = ("final", "folds", "both")
+    return ScorerResult(scores, selected, metrics, logits.numpy())
 
 
 def check_ensemble(ensemble: str) -> str:
-    if ensemble not in ENSEMBLES:
-        raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+    """`ensemble` must name the scorers of a run (final|folds|both)."""
+    scorers_of(ensemble)
     return ensemble
 
 
 def score_with_folds(
     test: EventTable, cut: Cut, scores: np.ndarray, logits: np.ndarray | None = None
-) -> FinalFit:
+) -> ScorerResult:
     """The fold ensemble's test selection (top `cut.fraction`) and `test_folds/...` metrics."""
-    ranking = scores if logits is None else logits
-    selected = select_top_fraction(torch.from_numpy(ranking), cut.fraction).numpy()
+    selected = cut.select(scores, "folds", "fraction", logits)
     labelled = test.labelled
     metrics = test_metrics(test, scores, selected, "test_folds/") if labelled else None
-    return FinalFit(scores, selected, metrics, logits)
+    return ScorerResult(scores, selected, metrics, logits)
 
 
 def write_test_results(
-    run_dir: Path, test: EventTable, results: dict[str, FinalFit]
-) -> dict[str, Any]:
+    run: RunFolder, test: EventTable, results: dict[str, ScorerResult], cut: Cut
+) -> tuple[Cut, dict[str, Any]]:
     """Test predictions and submissions of each scorer ('final' and/or 'folds'), and metrics.
 
     The contract's files hold the first scorer's; with both, the fold ensemble's go to
     `*_folds.csv`. Metrics are `test/...` for the final model and `test_folds/...` for the
-    ensemble, and `cut.threshold_<scorer>` is the lowest selected test score: the run's cut as
-    a threshold on that scorer's scale, which predict.py applies to new events.
+    ensemble. Returns the cut with each scorer's threshold (the lowest selected test score:
+    the run's cut on that scorer's scale, which predict.py applies to new events) and the
+    metrics sections.
     """
-    metrics: dict[str, Any] = {"thresholds": {}}
+    sections: dict[str, Any] = {}
     for k, (scorer, result) in enumerate(results.items()):
-        names = (
-            (artifacts.TEST_PREDICTIONS, artifacts.SUBMISSION)
-            if k == 0
-            else (artifacts.TEST_PREDICTIONS_FOLDS, artifacts.SUBMISSION_FOLDS)
-        )
-        artifacts.write_test_predictions(
-            run_dir, test.event_id, result.scores, names[0], logit=result.logits
-        )
+        primary = k == 0
+        run.write_test_predictions(test.event_id, result.scores, result.logits, primary)
         # RankOrder follows the logit: probabilities that round to 1 would tie.
         ranking = result.scores if result.logits is None else result.logits
-        artifacts.write_submission(run_dir, test.event_id, ranking, result.selected, names[1])
-        if result.selected.any():
-            low = float(result.scores[result.selected].min())
-            metrics["thresholds"][f"threshold_{scorer}"] = low
-            if result.logits is not None:
-                low_logit = float(result.logits[result.selected].min())
-                metrics["thresholds"][f"threshold_logit_{scorer}"] = low_logit
+        run.write_submission(test.event_id, ranking, result.selected, primary)
+        cut = cut.with_test_selection(scorer, result.scores, result.selected, result.logits)
         if result.metrics is not None:
             section = "test" if scorer == "final" else "test_folds"
-            metrics[section] = result.metrics
+            sections[section] = result.metrics
             log.info("%s: %s", section, _format(result.metrics))
-    return metrics
+    return cut, sections
 
 
 def lookup_metric(metrics: dict[str, Any], name: str) -> float:
@@ -634,6 +586,29 @@ def _loss_totals(loss: DictConfig, s_tot: float, b_tot: float) -> dict[str, floa
     }
 
 
+def _make_module(
+    cfg: DictConfig,
+    section: DictConfig,
+    net: nn.Module,
+    phase: int | None,
+    totals: tuple[float, float],
+) -> SignificanceClassifier:
+    """A phase's module around `net`: `section`'s (the config's, or `finetune`'s) loss,
+    optimizer and scheduler; `phase` 0 or 1 with a fine-tune, None without."""
+    from hydra.utils import instantiate
+
+    return SignificanceClassifier(
+        net=net,
+        loss=instantiate(section.loss, **_loss_totals(section.loss, *totals)),
+        optimizer=instantiate(section.optimizer),
+        s_tot=totals[0],
+        b_tot=totals[1],
+        scheduler=instantiate(section.scheduler) if section.get("scheduler") else None,
+        compile_mode=cfg.get("compile"),
+        phase=phase,
+    )
+
+
 def _factories(
     cfg: DictConfig,
     run_dir: Path,
@@ -652,16 +627,8 @@ def _factories(
     finetuning = bool(cfg.get("finetune"))
 
     def make_module() -> SignificanceClassifier:
-        return SignificanceClassifier(
-            net=instantiate(cfg.model, n_features=n_features),
-            loss=instantiate(cfg.loss, **_loss_totals(cfg.loss, *totals)),
-            optimizer=instantiate(cfg.optimizer),
-            s_tot=totals[0],
-            b_tot=totals[1],
-            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-            compile_mode=cfg.get("compile"),
-            phase=0 if finetuning else None,
-        )
+        net = instantiate(cfg.model, n_features=n_features)
+        return _make_module(cfg, cfg, net, 0 if finetuning else None, totals)
 
     def make_trainer(stages: str | list[str]) -> L.Trainer:
         phase = "pretrain" if finetuning else None
@@ -677,12 +644,11 @@ def _factories(
 
     def save_stage(stage: str, net: nn.Module, datamodule: HiggsDataModule) -> None:
         callbacks = cfg.get("callbacks") or {}
-        folder = run_dir / "checkpoints" / stage
+        run = RunFolder(run_dir)
         if callbacks.get("model_checkpoint"):
-            artifacts.write_checkpoint(net, folder / "last.ckpt")
+            run.write_checkpoint(stage, net)
         if callbacks.get("preprocessing"):
-            path = folder / artifacts.PREPROCESSING
-            artifacts.write_preprocessing(datamodule.fitted_preprocessing, path)
+            run.write_preprocessing(stage, datamodule.fitted_preprocessing)
 
     return make_module, make_trainer, save_stage
 
@@ -730,7 +696,8 @@ def _trainer(
         if "dirpath" in callback:  # a per-stage folder: checkpoints/<stage>/
             if together or not stage_files:
                 continue
-            callback = OmegaConf.merge(callback, {"dirpath": str(run_dir / "checkpoints" / stages)})
+            dirpath = str(RunFolder(run_dir).stage_dir(stages))
+            callback = OmegaConf.merge(callback, {"dirpath": dirpath})
         callbacks.append(instantiate(callback))
     stopping = [c for c in callbacks if isinstance(c, EarlyStopping)]
     if stopping and together:
@@ -815,19 +782,9 @@ def _finetune(
     ft = cfg.get("finetune")
     if not ft:
         return None
-    from hydra.utils import instantiate
 
     def make_module(net: nn.Module) -> SignificanceClassifier:
-        return SignificanceClassifier(
-            net=net,
-            loss=instantiate(ft.loss, **_loss_totals(ft.loss, *totals)),
-            optimizer=instantiate(ft.optimizer),
-            s_tot=totals[0],
-            b_tot=totals[1],
-            scheduler=instantiate(ft.scheduler) if ft.get("scheduler") else None,
-            compile_mode=cfg.get("compile"),
-            phase=1,
-        )
+        return _make_module(cfg, ft, net, 1, totals)
 
     def make_trainer(stages: str | list[str], callbacks: list[L.Callback]) -> L.Trainer:
         phase = f"finetune={_choice('finetune') or ft.loss._target_.rsplit('.', 1)[-1]}"
@@ -959,12 +916,14 @@ def _log_hparams(cfg: DictConfig, metrics: dict[str, Any], loggers: StageLoggers
 def _log_oof_figures(
     scores: np.ndarray, train: EventTable, cut: Cut, loggers: StageLoggers
 ) -> None:
-    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as TensorBoard run `oof`."""
-    for logger in loggers.make("oof", only=("TensorBoardLogger",)):
+    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as each figure-taking
+    logger's run `oof`."""
+    for logger in loggers.make("oof", only=plots.FIGURE_LOGGERS):
         totals = (train.s_tot, train.b_tot)
         plots.log_to_logger(
             logger, "oof/", scores, train.label, train.weight, 0, cut.fraction, totals=totals
         )
+        logger.finalize("success")
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
@@ -1053,14 +1012,15 @@ def _run_with(
         clock=clock,
     )
     train = dataset.train
+    run = RunFolder(run_dir)
     metrics: dict[str, Any] = {}
     if cv.pretrain is not None:
-        metrics["pretrain"] = _write_pretrain(run_dir, cv.pretrain, train, cut_options)
-    artifacts.write_oof_predictions(
-        run_dir, train.event_id, cv.fold, train.label, train.weight, cv.scores, cv.logits
+        metrics["pretrain"] = _write_pretrain(run, cv.pretrain, train, cut_options)
+    run.write_oof_predictions(
+        train.event_id, cv.fold, train.label, train.weight, cv.scores, cv.logits
     )
     cut = choose_cut_of(cv, train, cut_options)
-    metrics = {"cv": summarise_cv(cv, train), "cut": asdict(cut)} | metrics
+    metrics = {"cv": summarise_cv(cv, train), "cut": cut.to_dict()} | metrics
     log.info("out-of-fold: %s", _format(metrics["cv"]["oof"]))
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
     _log_oof_figures(cv.scores, train, cut, loggers)
@@ -1068,7 +1028,7 @@ def _run_with(
     if cfg.final_fit:
         results = {}
         if ensemble != "folds":
-            results["final"] = final_fit(
+            results[FINAL] = final_fit(
                 dataset, cut, batch_size, cfg.seed, make_module, make_trainer, finetune, clock
             )
         if dataset.test is None:
@@ -1078,9 +1038,9 @@ def _run_with(
                 results["folds"] = score_with_folds(
                     dataset.test, cut, cv.test_scores, cv.test_logits
                 )
-            written = write_test_results(run_dir, dataset.test, results)
-            metrics["cut"] |= written.pop("thresholds")
-            metrics |= written
+            cut, sections = write_test_results(run, dataset.test, results, cut)
+            metrics["cut"] = cut.to_dict()
+            metrics |= sections
     metrics["run"] = {
         "seconds": round(time.perf_counter() - started, 1),
         "n_train": len(train),
@@ -1092,7 +1052,7 @@ def _run_with(
         metrics["early_stopping"] = early_stopping_section(early_stops)
     # The totals every AMS of this run is rescaled to; compare.py reads them back.
     metrics["data"] = {"s_tot": totals[0], "b_tot": totals[1]}
-    artifacts.write_json(metrics, run_dir / artifacts.METRICS)
+    run.write_metrics(metrics)
     if loggers:
         _log_hparams(cfg, metrics, loggers)
     log.info("run folder: %s", run_dir)
@@ -1102,26 +1062,22 @@ def _run_with(
     return value
 
 
-PRETRAIN = "pretrain"
-
-
 def _write_pretrain(
-    run_dir: Path, cv: CrossValidation, train: EventTable, cut_options: dict[str, Any]
+    run: RunFolder, cv: CrossValidation, train: EventTable, cut_options: dict[str, Any]
 ) -> dict[str, Any]:
     """The first phase's out-of-fold results, before the fine-tune: `metrics.json`'s
     `pretrain` section, and `pretrain/` holding them as a run folder of their own
     (`oof_predictions.csv`, `metrics.json`), so `compare.py runs='[RUN/pretrain,RUN]'`
     bootstraps the fine-tune against its own starting point."""
     cut = choose_cut_of(cv, train, cut_options)
-    section = {"cv": summarise_cv(cv, train), "cut": asdict(cut)}
+    section = {"cv": summarise_cv(cv, train), "cut": cut.to_dict()}
     log.info("before the fine-tune, out-of-fold: %s", _format(section["cv"]["oof"]))
-    folder = run_dir / PRETRAIN
-    folder.mkdir(parents=True, exist_ok=True)
-    artifacts.write_oof_predictions(
-        folder, train.event_id, cv.fold, train.label, train.weight, cv.scores, cv.logits
+    pretrain = run.pretrain
+    pretrain.write_oof_predictions(
+        train.event_id, cv.fold, train.label, train.weight, cv.scores, cv.logits
     )
     totals = {"s_tot": cut_options["s_tot"], "b_tot": cut_options["b_tot"]}
-    artifacts.write_json(section | {"data": totals}, folder / artifacts.METRICS)
+    pretrain.write_metrics(section | {"data": totals})
     return section
 
 

@@ -22,19 +22,17 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from amsaware import artifacts, plots
-from amsaware.data.formats import read_events
+from amsaware import plots
 from amsaware.data.schema import EventTable
 from amsaware.data.sources import load_source
-from amsaware.inference import (
+from amsaware.inference import Scorer, StageModel, check_features, load_scorer, read_input
+from amsaware.run_folder import (
     CUTS,
-    RunError,
-    Scorer,
-    StageModel,
-    check_features,
-    load_config,
-    load_metrics,
-    load_scorer,
+    OOF_PREDICTIONS,
+    RunFolder,
+    RunFolderError,
+    write_frame,
+    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -95,15 +93,15 @@ def run_events(run_dir: str | Path) -> Events:
 
     `oof_predictions.csv` holds no features, so the events are reloaded from the run's data
     config (`.hydra/config.yaml`), through the project's own sources only, with options
-    checked (`amsaware.inference.load_config`), and matched by EventId; labels must agree, or
-    the data changed since the run.
+    checked (`RunFolder.config`), and matched by EventId; labels must agree, or the data
+    changed since the run.
     """
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir)
-    metrics = load_metrics(run_dir)
-    if not (run_dir / artifacts.OOF_PREDICTIONS).is_file():
-        raise RunError(f"{run_dir}: no {artifacts.OOF_PREDICTIONS}; pass events with input=FILE")
-    oof = artifacts.read_oof_predictions(run_dir)
+    run = RunFolder(run_dir)
+    cfg = run.config()
+    cut = run.cut()
+    if not run.oof_path.is_file():
+        raise RunFolderError(f"{run_dir}: no {OOF_PREDICTIONS}; pass events with input=FILE")
+    oof = run.oof_predictions()
     source = {"_target_": cfg.data_source, **cfg.data}
     options = dict(cfg.data)
     # Only training events are explained: no test events to generate (the synthetic source's
@@ -113,7 +111,7 @@ def run_events(run_dir: str | Path) -> Events:
     try:
         train = load_source(cfg.data_source, options).train
     except Exception as error:
-        raise RunError(
+        raise RunFolderError(
             f"{run_dir}: could not reload the run's training events from its data config "
             f"{source}: {type(error).__name__}: {error}. Run explain.py from the folder train.py "
             "ran in, or pass the events with input=FILE."
@@ -121,20 +119,20 @@ def run_events(run_dir: str | Path) -> Events:
     rows = pd.Index(train.event_id).get_indexer(oof.EventId.to_numpy())
     unknown = rows < 0
     if unknown.any() or len(train) != len(oof):
-        raise RunError(
+        raise RunFolderError(
             f"{run_dir}: the run's data config {source} now gives {len(train)} training events, "
-            f"its {artifacts.OOF_PREDICTIONS} has {len(oof)} ({int(unknown.sum())} EventIds not "
+            f"its {OOF_PREDICTIONS} has {len(oof)} ({int(unknown.sum())} EventIds not "
             "found): the data changed since the run. Pass the events with input=FILE."
         )
     table = train.subset(rows)
     if not np.array_equal(table.label, oof.label.to_numpy()):
         first = int(np.flatnonzero(table.label != oof.label.to_numpy())[0])
-        raise RunError(
+        raise RunFolderError(
             f"{run_dir}: EventId {oof.EventId[first]} has label {oof.label[first]} in "
-            f"{artifacts.OOF_PREDICTIONS} but {table.label[first]} in {source}: the data "
+            f"{OOF_PREDICTIONS} but {table.label[first]} in {source}: the data "
             "changed since the run. Pass the events with input=FILE."
         )
-    threshold = float(metrics["cut"]["threshold"])
+    threshold = cut.threshold
     score = oof.score.to_numpy(dtype=np.float64)
     return Events(
         table,
@@ -416,7 +414,8 @@ def explain(
         check_features(events.table, scorer.feature_names)
         source = f"the run's {len(events.table)} training events"
     else:
-        events = file_events(scorer, read_events(input_path), cut)
+        table = read_input(RunFolder(run_dir).config(), input_path, scorer.feature_names)
+        events = file_events(scorer, table, cut)
         source = str(input_path)
     table = events.table
     _check_sizes(n_events, n_background, len(table), source)
@@ -442,7 +441,7 @@ def explain(
         )
         rankings.append(frame.assign(region=region))
     both = pd.concat(rankings, ignore_index=True)
-    _write_frame(both[["region", *both.columns[:-1]]], out / RANKING)
+    write_frame(both[["region", *both.columns[:-1]]], out / RANKING)
     summary = {
         "run": str(run_dir),
         "scorer": scorer.name,
@@ -455,7 +454,7 @@ def explain(
         "regions": regions,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    artifacts.write_json(summary, out / SUMMARY)
+    write_json(summary, out / SUMMARY)
     log.info("explanations of %s written to %s (%.0f s)", run_dir, out, summary["seconds"])
     return summary
 
@@ -481,7 +480,7 @@ def _write_region(
     label = table.label[rows] if table.labelled else None
     weight = table.weight[rows] if table.labelled else None
     frame = ranking(attributions, label, weight, class_totals(table, mask))
-    _write_frame(values_frame(events, rows, attributions), out / region_file(SHAP_VALUES, region))
+    write_frame(values_frame(events, rows, attributions), out / region_file(SHAP_VALUES, region))
     title = f"{model_name}\n{events.title(region)}: {len(rows)} events"
     _write_figures(attributions, table.features[rows], frame, title, max_display, out, region)
     log.info(
@@ -499,11 +498,6 @@ def _write_region(
         "top_features": frame.feature.head(10).tolist(),
     }
     return frame, summary
-
-
-def _write_frame(frame: pd.DataFrame, path: Path) -> None:
-    with artifacts.atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def _write_figures(

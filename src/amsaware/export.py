@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from amsaware import artifacts
 from amsaware.data.samples import placeholder_values
 from amsaware.data.schema import MISSING
-from amsaware.inference import Scorer, check_output, load_config, load_scorer, placeholder_of
+from amsaware.inference import Scorer, check_output, load_scorer, placeholder_of
+from amsaware.run_folder import RunFolder, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,6 @@ def _quiet_exporter() -> None:
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
-def default_output(run_dir: str | Path, scorer: str) -> Path:
-    """`<run>/model.onnx` for the final model, `<run>/model_folds.onnx` for the fold ensemble."""
-    return Path(run_dir) / ("model.onnx" if scorer == "final" else f"model_{scorer}.onnx")
-
-
 def export_onnx(
     run_dir: str | Path,
     output_path: str | Path | None = None,
@@ -124,14 +119,15 @@ def export_onnx(
     _check_exporter()
     if output_path is not None:
         check_output(Path(output_path))
+    run = RunFolder(run_dir)
     scorer = load_scorer(run_dir, ensemble)
-    placeholders = placeholder_values(placeholder_of(load_config(run_dir)), scorer.feature_names)
+    placeholders = placeholder_values(placeholder_of(run.config()), scorer.feature_names)
     module = RawFeatureScorer(scorer, placeholders).eval()
-    output = default_output(run_dir, scorer.name) if output_path is None else Path(output_path)
+    output = run.onnx_path(scorer.name) if output_path is None else Path(output_path)
     example = torch.zeros(2, len(scorer.feature_names))
     batch = torch.export.Dim("events")
     _quiet_exporter()
-    with artifacts.atomic_path(output) as tmp, warnings.catch_warnings():
+    with atomic_path(output) as tmp, warnings.catch_warnings():
         # torch's dynamo exporter (its default; needs onnxscript). Lightning's pytree use
         # warns inside torch.export with torch 2.13; harmless.
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)

@@ -1,17 +1,15 @@
 """Apply a finished run to new events: its config, checkpoints and preprocessing, no refit.
 
-A run folder (docs/run-folder.md) has it all: the architecture in `.hydra/config.yaml` (`model`),
-per stage `checkpoints/<stage>/last.ckpt` (loaded with `weights_only=True`, so a checkpoint
-cannot run code) and `checkpoints/<stage>/preprocessing.json`, and the chosen cut in
-`metrics.json`. A scorer is the final fit or the fold ensemble (the mean probability of the
-k fold models).
+A run folder (docs/run-folder.md, read through `amsaware.run_folder.RunFolder`) has it all:
+the architecture in `.hydra/config.yaml`, per stage the checkpoint and preprocessing files
+that metrics.json records, and the chosen cut. A scorer is `final` (the final fit) or `folds`
+(the fold ensemble: the mean probability of the fold models).
 
 A run folder is data, however it was obtained: nothing read from it is called. Its config is
-read as plain values (`load_config`): the network is rebuilt from the name of a known
-architecture (`ARCHITECTURES`) and its integer and float options, the data source is one of
-the project's own (`amsaware.data.sources.SOURCES`) with every option type-checked, and
-`${key}` references are substituted by this module, never by a resolver. Every number read
-back from metrics.json and preprocessing.json is checked to be finite and in range.
+read as plain values (`RunFolder.config`): the network is rebuilt from the name of a known
+architecture (`run_folder.ARCHITECTURES`) and its integer and float options, checkpoints are
+loaded with `weights_only=True`, and every number read back from metrics.json and
+preprocessing.json is checked to be finite and in range.
 
 The cut, for events the run never saw, is applied in one of two ways (`cut=`):
 
@@ -29,41 +27,31 @@ The cut, for events the run never saw, is applied in one of two ways (`cut=`):
 from __future__ import annotations
 
 import logging
-import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from amsaware import artifacts
 from amsaware.data import samples
 from amsaware.data.formats import read_events
 from amsaware.data.preprocessing import FittedPreprocessing
 from amsaware.data.schema import MISSING, EventTable
-from amsaware.data.sources import source_options
-from amsaware.metrics import logit_of_mean, select_top_fraction
-from amsaware.model import MLP, predict_logit
+from amsaware.metrics import logit_of_mean
+from amsaware.model import predict_logit
+from amsaware.run_folder import (
+    CUTS,
+    SCORERS,
+    Cut,
+    RunConfig,
+    RunFolder,
+    RunFolderError,
+    atomic_path,
+)
 
 log = logging.getLogger(__name__)
-
-SCORERS = ("final", "folds")
-CUTS = ("threshold", "fraction")
-ENSEMBLES = ("final", "folds", "both")
-CHECKPOINT = "last.ckpt"
-#: The architectures a run folder may name (`model._target_`) and their options' types.
-ARCHITECTURES: dict[str, tuple[type[nn.Module], dict[str, type]]] = {
-    "amsaware.model.MLP": (MLP, {"n_layers": int, "hidden_size": int, "dropout": float}),
-}
-
-
-class RunError(ValueError):
-    """A run folder that cannot be applied as asked; the message says what is missing."""
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -89,18 +77,29 @@ class StageModel:
 
 @dataclass(frozen=True)
 class Scorer:
-    """The final model or the fold ensemble of a run, with the run's cut on its scale."""
+    """A run's scorer (`final`: the final model, `folds`: the fold ensemble) and its cut."""
 
     name: str
     models: tuple[StageModel, ...]
-    fraction: float
-    threshold: float | None
-    #: The run's cut on the logit (runs from before logits were kept have none).
-    threshold_logit: float | None = None
+    cut: Cut
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         return self.models[0].preprocessing.feature_names
+
+    @property
+    def fraction(self) -> float:
+        return self.cut.fraction
+
+    @property
+    def threshold(self) -> float | None:
+        """The run's cut on this scorer's score scale (None: known only as a fraction)."""
+        return self.cut.thresholds(self.name)[0]
+
+    @property
+    def threshold_logit(self) -> float | None:
+        """The same on the logit (runs from before logits were kept have none)."""
+        return self.cut.thresholds(self.name)[1]
 
     def score(self, table: EventTable) -> np.ndarray:
         """Signal probability per event: the model's, or the mean of the fold models'."""
@@ -120,20 +119,7 @@ class Scorer:
 
         With `logits`, events are ranked by them: probabilities that round to 1 do not tie.
         """
-        if cut not in CUTS:
-            raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
-        if cut == "fraction":
-            ranking = scores if logits is None else logits
-            return select_top_fraction(torch.from_numpy(ranking), self.fraction).numpy()
-        if logits is not None and self.threshold_logit is not None:
-            return logits >= self.threshold_logit
-        if self.threshold is None:
-            raise RunError(
-                f"the run's final model has no score threshold: the run scored no test events "
-                "with it, so its cut is known only as a fraction. Use cut=fraction (the top "
-                f"{self.fraction:.2%} of the file's events) or ensemble=folds."
-            )
-        return scores >= self.threshold
+        return self.cut.select(scores, self.name, cut, logits)
 
 
 def check_features(table: EventTable, expected: tuple[str, ...]) -> None:
@@ -145,173 +131,10 @@ def check_features(table: EventTable, expected: tuple[str, ...]) -> None:
     extra = [name for name in names if name not in expected]
     detail = f"missing {missing}; " if missing else ""
     detail += f"unexpected {extra}; " if extra else ""
-    raise RunError(
+    raise RunFolderError(
         f"{table.source}: has {table.features.shape[1]} features, the run was trained on "
         f"{len(expected)}: {detail}expected {list(expected)} in that order."
     )
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A run's network as plain values: a known architecture's name and its options."""
-
-    architecture: str
-    options: dict[str, int | float]
-
-    def build(self, n_features: int) -> nn.Module:
-        cls, _ = ARCHITECTURES[self.architecture]
-        return cls(n_features=n_features, **self.options)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """What the tools need of a run's `.hydra/config.yaml`, every value checked (module doc)."""
-
-    path: Path
-    model: ModelSpec
-    folds: int
-    repeats: int
-    ensemble: str
-    final_fit: bool
-    #: The data source (`amsaware.data.sources.SOURCES`) and its checked options.
-    data_source: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-_REFERENCE = re.compile(r"\$\{([^{}]*)\}")
-_KEY_PATH = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")
-
-
-def _substitute(value: Any, root: dict[str, Any], where: str, depth: int = 0) -> Any:
-    """`value` with each `${a.b}` replaced by the plain value of key a.b of the same file.
-
-    Only references to other keys: a resolver call (`${oc.env:...}`, `${hydra:...}`) is
-    refused, so reading a run folder's config runs nothing.
-    """
-    if depth > 20:
-        raise RunError(f"{where}: references nest more than 20 deep (a cycle?)")
-    if isinstance(value, dict):
-        return {k: _substitute(v, root, f"{where}.{k}", depth) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, root, f"{where}[{i}]", depth) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
-        return value
-
-    def lookup(key: str) -> Any:
-        if not _KEY_PATH.fullmatch(key):
-            raise RunError(
-                f"{where}: ${{{key}}} is not a reference to another key (resolvers such as "
-                "oc.env are not evaluated in a run folder's config)"
-            )
-        node: Any = root
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise RunError(f"{where}: ${{{key}}} refers to a key the config does not have")
-            node = node[part]
-        return _substitute(node, root, key, depth + 1)
-
-    whole = _REFERENCE.fullmatch(value)
-    if whole:
-        return lookup(whole.group(1))
-    if "${" in _REFERENCE.sub("", value):
-        raise RunError(f"{where}: {value!r} is not plain text or ${{key}} references")
-    return _REFERENCE.sub(lambda m: str(lookup(m.group(1))), value)
-
-
-def _model_spec(model: Any, where: str) -> ModelSpec:
-    if not isinstance(model, dict):
-        raise RunError(f"{where}: model is {model!r}; expected the model section")
-    target = model.get("_target_")
-    if target not in ARCHITECTURES:
-        raise RunError(
-            f"{where}: model._target_ {target!r} is not a known architecture; a run folder's "
-            f"network is rebuilt only as one of {sorted(ARCHITECTURES)}"
-        )
-    _, types = ARCHITECTURES[target]
-    options = {k: v for k, v in model.items() if k != "_target_"}
-    if set(options) != set(types):
-        raise RunError(
-            f"{where}: model has options {sorted(options)}; {target} takes exactly {sorted(types)}"
-        )
-    for key, kind in types.items():
-        value = options[key]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not (isinstance(value, int) if kind is int else number) or isinstance(value, bool):
-            expected = "an integer" if kind is int else "a number"
-            raise RunError(f"{where}: model.{key} is {value!r}; expected {expected}")
-        if kind is float and not math.isfinite(value):
-            raise RunError(f"{where}: model.{key} is {value!r}; expected a finite number")
-        options[key] = kind(value)
-    return ModelSpec(target, options)
-
-
-def load_config(run_dir: str | Path) -> RunConfig:
-    """The run's config (`.hydra/config.yaml`) as checked plain values, with clear errors.
-
-    YAML is read with a safe loader and nothing in it is instantiated or resolved by a
-    resolver; an unknown architecture or data source, a nested `_target_`, or a value of the
-    wrong type is refused with the file and key named.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run folder")
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise RunError(f"{run_dir}: no .hydra/config.yaml; not a run folder of train.py")
-    try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as error:
-        raise RunError(f"{path}: corrupt, not a YAML config ({type(error).__name__})") from None
-    if not isinstance(raw, dict):
-        raise RunError(f"{path}: corrupt, expected a YAML mapping")
-    where = str(path)
-    model = _model_spec(_substitute(raw.get("model"), raw, "model"), where)
-    data = _substitute(raw.get("data"), raw, "data")
-    try:
-        source, options = source_options(data, where)
-    except ValueError as error:
-        raise RunError(str(error)) from None
-    cv = _substitute(raw.get("cv") or {}, raw, "cv")
-    folds = cv.get("folds") if isinstance(cv, dict) else None
-    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
-        raise RunError(f"{where}: cv.folds is {folds!r}; expected an integer >= 2")
-    repeats = cv.get("repeats", 1)
-    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-        raise RunError(f"{where}: cv.repeats is {repeats!r}; expected an integer >= 1")
-    ensemble = _substitute(raw.get("ensemble", "final"), raw, "ensemble")
-    if ensemble not in ENSEMBLES:
-        raise RunError(f"{where}: ensemble is {ensemble!r}; expected one of {ENSEMBLES}")
-    final_fit = _substitute(raw.get("final_fit", True), raw, "final_fit")
-    if not isinstance(final_fit, bool):
-        raise RunError(f"{where}: final_fit is {final_fit!r}; expected true or false")
-    return RunConfig(path, model, folds, repeats, ensemble, final_fit, source, options)
-
-
-def load_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """metrics.json, with the cut's values that the tools apply checked to be in range."""
-    path = Path(run_dir) / artifacts.METRICS
-    if not path.is_file():
-        raise RunError(
-            f"{run_dir}: no {artifacts.METRICS}; the run did not finish (or failed), and its "
-            "cut is chosen only at the end"
-        )
-    metrics = artifacts.read_metrics(run_dir)
-    cut = metrics.get("cut")
-    if not isinstance(cut, dict) or "fraction" not in cut or "threshold" not in cut:
-        raise RunError(f"{path}: corrupt, no cut.fraction and cut.threshold")
-    for key, low, high in (("fraction", 0.0, 1.0), *((k, 0.0, 1.0) for k in _THRESHOLDS)):
-        if key not in cut:
-            continue
-        value = cut[key]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        fine = number and math.isfinite(value) and low <= value <= high
-        if not fine or (key == "fraction" and value == 0):
-            bounds = "in (0, 1]" if key == "fraction" else "a probability in [0, 1]"
-            raise RunError(f"{path}: cut.{key} is {value!r}; expected {bounds} (damaged?)")
-    return metrics
-
-
-_THRESHOLDS = ("threshold", "threshold_final", "threshold_folds")
 
 
 def build_net(cfg: RunConfig, n_features: int) -> nn.Module:
@@ -319,33 +142,15 @@ def build_net(cfg: RunConfig, n_features: int) -> nn.Module:
     try:
         return cfg.model.build(n_features)
     except ValueError as error:
-        raise RunError(f"{cfg.path}: model: {error}") from None
+        raise RunFolderError(f"{cfg.path}: model: {error}") from None
 
 
 def load_stage(run_dir: str | Path, stage: str, cfg: RunConfig | None = None) -> StageModel:
-    """The network and preprocessing of one stage, from `checkpoints/<stage>/`."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir) if cfg is None else cfg
-    folder = run_dir / "checkpoints" / stage
-    checkpoint = folder / CHECKPOINT
-    if not checkpoint.is_file():
-        raise RunError(f"{run_dir}: no checkpoints/{stage}/{CHECKPOINT}")
-    versions = sorted(p.name for p in folder.glob("last-v*.ckpt"))
-    if versions:
-        raise RunError(
-            f"{folder}: holds {versions} beside {CHECKPOINT}: more than one run was written "
-            "into this folder, so which weights belong to its metrics.json and preprocessing "
-            "is unknown. Train it again into an empty folder."
-        )
-    stats = folder / artifacts.PREPROCESSING
-    if not stats.is_file():
-        raise RunError(
-            f"{run_dir}: no checkpoints/{stage}/{artifacts.PREPROCESSING}; the run was trained "
-            "without saving its preprocessing (callbacks.preprocessing=null, or before it "
-            "existed), so its inputs cannot be reproduced. Train it again."
-        )
-    preprocessing = artifacts.read_preprocessing(stats)
-    weights = read_weights(checkpoint)
+    """The network and preprocessing of one stage, the files metrics.json records for it."""
+    run = RunFolder(run_dir)
+    cfg = run.config() if cfg is None else cfg
+    weights = run.checkpoint(stage)
+    preprocessing = run.preprocessing(stage)
     n_features = len(preprocessing.feature_names)
     # Shapes first, on the meta device (no memory): a config naming absurd sizes allocates
     # nothing before it is found not to match the checkpoint.
@@ -354,11 +159,11 @@ def load_stage(run_dir: str | Path, stage: str, cfg: RunConfig | None = None) ->
     found = {k: tuple(v.shape) for k, v in weights.items()}
     if shapes != found:
         differ = sorted(k for k in shapes.keys() | found.keys() if shapes.get(k) != found.get(k))
-        raise RunError(
-            f"{checkpoint}: the weights do not fit the model of .hydra/config.yaml "
-            f"({cfg.model.architecture} {cfg.model.options}, {n_features} features): "
-            f"tensors {differ[:4]} differ (config {[shapes.get(k) for k in differ[:4]]}, "
-            f"checkpoint {[found.get(k) for k in differ[:4]]})"
+        config, checkpoint = [shapes.get(k) for k in differ[:4]], [found.get(k) for k in differ[:4]]
+        raise RunFolderError(
+            f"{run.stage_files(stage)['checkpoint'][0]}: the weights do not fit the model of "
+            f".hydra/config.yaml ({cfg.model.architecture} {cfg.model.options}, {n_features} "
+            f"features): tensors {differ[:4]} differ (config {config}, checkpoint {checkpoint})"
         )
     net = build_net(cfg, n_features)
     net.load_state_dict(weights)
@@ -366,50 +171,19 @@ def load_stage(run_dir: str | Path, stage: str, cfg: RunConfig | None = None) ->
     return StageModel(stage, net, preprocessing)
 
 
-def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The network's tensors of a Lightning checkpoint, loaded with `weights_only=True`.
-
-    A file that is not such a checkpoint is reported as corrupt; torch's own message, which
-    suggests turning `weights_only` off (letting the file run code), is not passed on.
-    """
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise RunError(
-            f"{checkpoint}: corrupt or not a checkpoint of train.py ({type(error).__name__}); "
-            "it is only ever read as tensors, so restore the file or train the run again"
-        ) from None
-    tensors = state.get("state_dict") if isinstance(state, dict) else None
-    if not isinstance(tensors, dict) or not all(
-        isinstance(v, torch.Tensor) for v in tensors.values()
-    ):
-        raise RunError(f"{checkpoint}: corrupt, no state_dict of tensors")
-    return {
-        name.removeprefix("net."): value
-        for name, value in tensors.items()
-        if isinstance(name, str) and name.startswith("net.")
-    }
-
-
-def default_scorer(cfg: RunConfig) -> str:
-    """The scorer the run itself used for its submission: the final fit unless ensemble=folds."""
-    return "folds" if cfg.ensemble == "folds" else "final"
-
-
 def load_scorer(run_dir: str | Path, ensemble: str | None = None) -> Scorer:
     """The run's final model (`ensemble='final'`) or fold ensemble (`'folds'`).
 
     `None` picks what the run used for its own submission.
     """
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir)
-    metrics = load_metrics(run_dir)
-    name = default_scorer(cfg) if ensemble is None else ensemble
+    run = RunFolder(run_dir)
+    cfg = run.config()
+    cut = run.cut()
+    name = cfg.default_scorer if ensemble is None else ensemble
     if name not in SCORERS:
         raise ValueError(f"ensemble must be one of {SCORERS} (or null), got {name!r}")
-    cut = metrics["cut"]
     if name == "final":
-        if not (run_dir / "checkpoints" / "final" / CHECKPOINT).is_file():
+        if not run.has_checkpoint("final"):
             reason = (
                 "it was trained with final_fit=false (a search trial?)"
                 if not cfg.final_fit
@@ -417,33 +191,23 @@ def load_scorer(run_dir: str | Path, ensemble: str | None = None) -> Scorer:
                 if cfg.ensemble == "folds"
                 else "its checkpoints were not kept (callbacks.model_checkpoint=null?)"
             )
-            raise RunError(
-                f"{run_dir}: has no final model (checkpoints/final/{CHECKPOINT}): {reason}. "
+            raise RunFolderError(
+                f"{run_dir}: has no final model (checkpoints/final/last.ckpt): {reason}. "
                 "Score with the fold models instead: ensemble=folds."
             )
-        models = (load_stage(run_dir, "final", cfg),)
-        threshold = cut.get("threshold_final")
-        threshold_logit = cut.get("threshold_logit_final")
+        stages = ["final"]
     else:
-        # With cv.repeats, R x k fold models: checkpoints/fold0 ... fold<R k - 1>.
-        n_folds = cfg.folds * cfg.repeats
-        missing = [
-            k
-            for k in range(n_folds)
-            if not (run_dir / "checkpoints" / f"fold{k}" / CHECKPOINT).is_file()
-        ]
+        stages = cfg.fold_stages
+        missing = [k for k, stage in enumerate(stages) if not run.has_checkpoint(stage)]
         if missing:
-            raise RunError(
-                f"{run_dir}: the fold ensemble needs all {n_folds} fold checkpoints; missing "
-                f"checkpoints/fold<k>/{CHECKPOINT} for k in {missing} (search trials keep none)"
+            raise RunFolderError(
+                f"{run_dir}: the fold ensemble needs all {len(stages)} fold checkpoints; missing "
+                f"checkpoints/fold<k>/last.ckpt for k in {missing} (search trials keep none)"
             )
-        models = tuple(load_stage(run_dir, f"fold{k}", cfg) for k in range(n_folds))
-        threshold = cut.get("threshold_folds", cut["threshold"])
-        threshold_logit = cut.get("threshold_logit_folds", cut.get("threshold_logit"))
-    names = {model.preprocessing.feature_names for model in models}
-    if len(names) != 1:
-        raise RunError(f"{run_dir}: the fold models were trained on different features")
-    return Scorer(name, models, float(cut["fraction"]), threshold, threshold_logit)
+    models = tuple(load_stage(run_dir, stage, cfg) for stage in stages)
+    if len({model.preprocessing.feature_names for model in models}) != 1:
+        raise RunFolderError(f"{run_dir}: the fold models were trained on different features")
+    return Scorer(name, models, cut)
 
 
 def predict_table(scorer: Scorer, table: EventTable, cut: str = "threshold") -> pd.DataFrame:
@@ -502,15 +266,25 @@ def check_output(output: Path, input_path: str | Path | None = None) -> None:
         raise ValueError(f"output {output} would overwrite the input file")
 
 
-def predict_file(
+@dataclass(frozen=True)
+class ScoringInput:
+    """A file of events ready to score with a run: what predict.py and eval.py share."""
+
+    run: RunFolder
+    scorer: Scorer
+    table: EventTable
+    output: Path
+
+
+def open_input(
     run_dir: str | Path,
     input_path: str | Path,
     output_path: str | Path | None = None,
     ensemble: str | None = None,
     cut: str = "threshold",
     tree: str | None = None,
-) -> Path:
-    """Score a file of events and write the scores (atomically; a `.gz` name is gzipped).
+) -> ScoringInput:
+    """Check the options and the output name, load the run's scorer and read the file.
 
     The file is a Kaggle test or training CSV or the CERN file, or, read by the run's feature
     branches (see `read_input`), a ROOT (`tree`), Parquet or CSV file of a physicist's events.
@@ -519,18 +293,38 @@ def predict_file(
         raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
     output = default_output(input_path) if output_path is None else Path(output_path)
     check_output(output, input_path)
+    run = RunFolder(run_dir)
     scorer = load_scorer(run_dir, ensemble)
-    table = read_input(load_config(run_dir), input_path, scorer.feature_names, tree)
-    frame = predict_table(scorer, table, cut)
-    with artifacts.atomic_path(output) as tmp:
+    table = read_input(run.config(), input_path, scorer.feature_names, tree)
+    return ScoringInput(run, scorer, table, output)
+
+
+def write_scores(frame: pd.DataFrame, output: Path) -> None:
+    """The scores file, atomically (gzipped where the name ends in .gz)."""
+    with atomic_path(output) as tmp:
         frame.to_csv(tmp, index=False, compression="gzip" if output.suffix == ".gz" else None)
+
+
+def predict_file(
+    run_dir: str | Path,
+    input_path: str | Path,
+    output_path: str | Path | None = None,
+    ensemble: str | None = None,
+    cut: str = "threshold",
+    tree: str | None = None,
+) -> Path:
+    """Score a file of events and write `EventId,score,selected` (see `open_input`)."""
+    job = open_input(run_dir, input_path, output_path, ensemble, cut, tree)
+    scorer = job.scorer
+    frame = predict_table(scorer, job.table, cut)
+    write_scores(frame, job.output)
     log.info(
         "%s: %d events scored with the %s model(s) of %s; %d pass the cut (%s)",
-        output,
+        job.output,
         len(frame),
         scorer.name,
         run_dir,
         int(frame.selected.sum()),
         f"score >= {scorer.threshold:.6g}" if cut == "threshold" else f"top {scorer.fraction:.2%}",
     )
-    return output
+    return job.output

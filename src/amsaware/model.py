@@ -169,6 +169,10 @@ class SignificanceClassifier(L.LightningModule):
     `phase` (0 the first training phase, 1 a fine-tune) is logged per epoch as `phase` when
     set, marking in a fold's one timeline where the fine-tune begins.
 
+    Every curve's x axis is the epoch (Lightning's documented `step` metric), not the optimizer
+    step: folds, the final fit and runs at other batch sizes then align. `epoch_offset` is the
+    epochs trained before this fit, so a fine-tune continues its stage's curves.
+
     `compile_mode` (a `torch.compile` mode: "default", "reduce-overhead" for CUDA graphs,
     "max-autotune") compiles the network's forward (and so its backward) for the training and
     validation steps. Only the forward function is compiled, so `net`, its state dict and the
@@ -209,6 +213,7 @@ class SignificanceClassifier(L.LightningModule):
         self.val_events = ValidationEvents()
         self.totals = (s_tot, b_tot)
         self.compile_mode = compile_mode
+        self.epoch_offset = 0
         self._forward = (
             net.forward if compile_mode is None else torch.compile(net.forward, mode=compile_mode)
         )
@@ -248,11 +253,17 @@ class SignificanceClassifier(L.LightningModule):
         self.train_loss.update(loss.detach())
         return loss
 
+    @property
+    def epoch(self) -> int:
+        """The stage's epoch: this fit's, after the epochs of an earlier phase."""
+        return self.epoch_offset + self.current_epoch
+
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss.compute(), prog_bar=True)
         self.train_loss.reset()
         if self.phase is not None:
             self.log("phase", float(self.phase))
+        self._log_epoch()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, target, weight = batch
@@ -270,6 +281,12 @@ class SignificanceClassifier(L.LightningModule):
         if len(logits):
             self.log("val/loss", self.loss(logits, target, weight).float())
         self.val_events.reset()
+        self._log_epoch()
+
+    def _log_epoch(self) -> None:
+        """The epoch as the x axis (`step`, which Lightning takes as the logging step) and as
+        the `epoch` column Lightning adds only when it chooses the step itself."""
+        self.log_dict({"step": float(self.epoch), "epoch": float(self.epoch)})
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         """The optimizer, and the per-epoch learning-rate scheduler when one is configured."""

@@ -39,7 +39,7 @@ from torchmetrics import MeanMetric
 
 from amsaware.data.datamodule import HiggsDataModule, ShuffledBatches
 from amsaware.data.schema import B_TOT, S_TOT, EventTable
-from amsaware.metrics import classification_metrics
+from amsaware.metrics import ValidationEvents, classification_metrics
 from amsaware.model import MLP, OptimizerFactory, SchedulerFactory, SignificanceClassifier
 
 if TYPE_CHECKING:
@@ -196,18 +196,14 @@ class FoldParallelClassifier(SignificanceClassifier):
         scheduler: SchedulerFactory | None = None,
         compile_mode: str | None = None,
         phase: int | None = None,
-        step_offset: int = 0,
     ) -> None:
         super().__init__(net, loss, optimizer, s_tot, b_tot, scheduler, compile_mode, phase)
-        #: The logging step this fit starts from (a fine-tune continues its folds' timelines),
-        #: and the epochs trained before it (a search's pruner counts epochs across phases).
-        self.step_offset = step_offset
-        self.epoch_offset = 0
         k = net.n_models
         self.train_loss = nn.ModuleList(MeanMetric(nan_strategy="disable") for _ in range(k))
         self.val_metrics = nn.ModuleList(
             classification_metrics("val/", s_tot, b_tot) for _ in range(k)
         )
+        self.val_events = nn.ModuleList(ValidationEvents() for _ in range(k))
 
     def training_step(self, batch: StackedBatch, batch_idx: int) -> Tensor:
         x, target, weight, sizes = batch
@@ -230,24 +226,32 @@ class FoldParallelClassifier(SignificanceClassifier):
 
     def validation_step(self, batch: StackedBatch, batch_idx: int) -> None:
         x, target, weight, sizes = batch
-        probabilities = torch.sigmoid(self(x))
+        logits = self(x)
+        probabilities = torch.sigmoid(logits)
         for k, n in enumerate(sizes):
             if n:
                 self.val_metrics[k].update(
                     preds=probabilities[k, :n], target=target[k, :n], weight=weight[k, :n]
                 )
+                self.val_events[k].update(logits[k, :n], target[k, :n], weight[k, :n])
 
     def on_validation_epoch_end(self) -> None:
-        for k, metrics in enumerate(self.val_metrics):
-            self._log_fold(k, metrics.compute())
+        for k, (metrics, events) in enumerate(zip(self.val_metrics, self.val_events, strict=True)):
+            values = metrics.compute()
+            logits, target, weight = events.compute()
+            if len(logits):  # the fold's loss on its whole validation set, as in sequential mode
+                values["val/loss"] = self.loss(logits, target, weight).float()
+            self._log_fold(k, values)
             metrics.reset()
+            events.reset()
 
     def _log_fold(self, k: int, values: dict[str, Tensor]) -> None:
+        """Fold k's metrics into its own loggers, at the epoch (the x axis of every curve)."""
         if not self.loggers or self.trainer.sanity_checking:
             return
         scalars = {name: float(value) for name, value in values.items()}
-        scalars["epoch"] = self.current_epoch
-        self.loggers[k].log_metrics(scalars, step=self.step_offset + self.global_step)
+        scalars["epoch"] = self.epoch
+        self.loggers[k].log_metrics(scalars, step=self.epoch)
 
 
 @dataclass(frozen=True)
@@ -261,9 +265,7 @@ class TrainedFold:
     pretrained: MLP | None = None
 
 
-def _parallel_module(
-    nets: StackedMLP, template: SignificanceClassifier, step_offset: int = 0
-) -> FoldParallelClassifier:
+def _parallel_module(nets: StackedMLP, template: SignificanceClassifier) -> FoldParallelClassifier:
     """A `FoldParallelClassifier` for `nets` with the loss, optimizer and options of a
     sequential module (`template`) of the same phase."""
     return FoldParallelClassifier(
@@ -274,7 +276,6 @@ def _parallel_module(
         scheduler=template.scheduler_factory,
         compile_mode=template.compile_mode,
         phase=template.phase,
-        step_offset=step_offset,
     )
 
 
@@ -313,10 +314,9 @@ def fit_folds_in_parallel(
     pretrained: list[MLP | None] = [None] * n_folds
     if finetune is not None and finetune.max_epochs > 0:
         pretrained = [net.cpu() for net in module.net.unstack()]
-        steps = module.step_offset + module.global_step
-        epochs = trainer.current_epoch
-        module = _parallel_module(module.net, finetune.make_module(module.net), steps)
-        module.epoch_offset = epochs
+        epochs = module.epoch_offset + trainer.current_epoch
+        module = _parallel_module(module.net, finetune.make_module(module.net))
+        module.epoch_offset = epochs  # the folds' curves continue
         trainer = finetune.make_trainer(stages, [])
         rebatched = [datamodule.rebatched(finetune.batch_size) for datamodule in datamodules]
         trainer.fit(module, datamodule=FoldParallelDataModule(rebatched))

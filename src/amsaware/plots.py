@@ -19,9 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
-from amsaware.artifacts import atomic_path
 from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.metrics import ams_curve, rescaled_weights
+from amsaware.run_folder import atomic_path
 
 Scores = Mapping[str, np.ndarray]
 #: The full-data signal and background totals that weights are rescaled to (S_tot, B_tot).
@@ -410,17 +410,61 @@ def shap_beeswarm(
     return figure
 
 
-def log_to_logger(logger: Any, *args: Any, **kwargs: Any) -> bool:
-    """`log_to_tensorboard` through a Lightning logger (or a list of them, as a trainer's
-    `loggers`) into each one with a TensorBoard writer; False when there was none
-    (`logger=null`, CSV, MLflow or W&B loggers get no figures)."""
-    found = False
-    for item in logger if isinstance(logger, list | tuple) else [logger]:
-        writer = getattr(item, "experiment", None) if item is not None else None
-        if hasattr(writer, "add_figure") and hasattr(writer, "add_pr_curve_raw"):
-            log_to_tensorboard(writer, *args, **kwargs)
-            found = True
-    return found
+#: The Lightning loggers that take figures (CSV takes numbers only).
+FIGURE_LOGGERS = ("TensorBoardLogger", "MLFlowLogger", "WandbLogger")
+
+
+def log_to_logger(
+    logger: Any,
+    prefix: str,
+    scores: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    step: int = 0,
+    cut_fraction: float | None = None,
+    totals: Totals = (S_TOT, B_TOT),
+) -> bool:
+    """The ROC, AMS-vs-fraction and score-distribution figures into every Lightning logger
+    given (one, or a list as a trainer's `loggers`) that takes figures: TensorBoard (with the
+    weighted PR curve, `log_to_tensorboard`), MLflow (PNG artifacts `<prefix><name>.png`) and
+    W&B (images). False when none does (`logger=null`, CSV)."""
+    items = [item for item in (logger if isinstance(logger, list | tuple) else [logger]) if item]
+    sinks = [item for item in items if type(item).__name__ in FIGURE_LOGGERS]
+    for item in sinks:
+        if type(item).__name__ == "TensorBoardLogger":
+            log_to_tensorboard(
+                item.experiment, prefix, scores, label, weight, step, cut_fraction, totals
+            )
+            continue
+        figures = stage_figures(prefix, scores, label, weight, cut_fraction, totals)
+        with style():  # rendered in the style they were built in
+            for tag, figure in figures.items():
+                if type(item).__name__ == "MLFlowLogger":
+                    item.experiment.log_figure(item.run_id, figure, f"{prefix}{tag}.png")
+                else:
+                    item.log_image(key=f"{prefix}{tag}", images=[figure])
+    return bool(sinks)
+
+
+def stage_figures(
+    prefix: str,
+    scores: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    cut_fraction: float | None = None,
+    totals: Totals = (S_TOT, B_TOT),
+) -> dict[str, Figure]:
+    """A stage's figures by name: `roc`, `ams_vs_fraction` (the cut marked) and
+    `score_distribution`, the scores' run named after `prefix`."""
+    name = prefix.rstrip("/") or "scores"
+    runs = {name: np.asarray(scores, dtype=np.float64)}
+    cuts = {name: cut_fraction} if cut_fraction is not None else None
+    with style():
+        return {
+            "roc": roc_curves(runs, label),
+            "ams_vs_fraction": ams_curves(runs, label, weight, cuts, totals),
+            "score_distribution": score_distributions(runs, label, weight, totals=totals),
+        }
 
 
 def log_to_tensorboard(
@@ -433,25 +477,18 @@ def log_to_tensorboard(
     cut_fraction: float | None = None,
     totals: Totals = (S_TOT, B_TOT),
 ) -> None:
-    """ROC, AMS-vs-fraction and score-distribution figures plus a PR curve, into TensorBoard.
+    """`stage_figures` plus a PR curve, into TensorBoard.
 
     The PR curve is weighted as the AMS is (`weighted_pr_counts`): TensorBoard's own
     `add_pr_curve` counts events, which says little when weights span six orders of magnitude.
 
     `writer` is a `SummaryWriter` (a Lightning TensorBoardLogger's `experiment`).
     """
-    name = prefix.rstrip("/") or "scores"
-    runs = {name: np.asarray(scores, dtype=np.float64)}
-    cuts = {name: cut_fraction} if cut_fraction is not None else None
-    figures = {
-        "roc": roc_curves(runs, label),
-        "ams_vs_fraction": ams_curves(runs, label, weight, cuts, totals),
-        "score_distribution": score_distributions(runs, label, weight, totals=totals),
-    }
-    with style():
+    figures = stage_figures(prefix, scores, label, weight, cut_fraction, totals)
+    with style():  # rendered in the style they were built in
         for tag, figure in figures.items():
             writer.add_figure(f"{prefix}{tag}", figure, global_step=step)
-    counts = weighted_pr_counts(runs[name], label, weight, totals=totals)
+    counts = weighted_pr_counts(np.asarray(scores, dtype=np.float64), label, weight, totals=totals)
     writer.add_pr_curve_raw(
         f"{prefix}pr_curve", **counts, global_step=step, num_thresholds=len(counts["recall"])
     )

@@ -406,7 +406,7 @@ def write_best_run(
     metric: str,
 ) -> Path:
     """Write `best_run.sh` (executable): the command re-running the study's best trial."""
-    from amsaware.artifacts import atomic_path
+    from amsaware.run_folder import atomic_path
 
     command = best_run_command(task_overrides, best_params)
     value = f"{best_value:.6g}" if math.isfinite(best_value) else str(best_value)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -182,26 +181,3 @@ class HiggsDataModule(L.LightningDataModule):
         if self.val_tensors is None:
             return []
         return SequentialBatches(self._val_device_tensors, self.eval_batch_size, *self._shard())
-
-
-class SavePreprocessing(L.Callback):
-    """Writes the stage's fitted preprocessing to `dirpath/preprocessing.json` as training starts.
-
-    Configured beside ModelCheckpoint with the same per-stage `dirpath`, so each checkpoint
-    folder holds everything `amsaware.inference` needs to score new events without a refit.
-    """
-
-    def __init__(self, dirpath: str | Path | None = None) -> None:
-        self.dirpath = dirpath
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if self.dirpath is None or not trainer.is_global_zero:
-            return
-        if not isinstance(datamodule, HiggsDataModule):
-            raise TypeError(
-                f"SavePreprocessing needs a HiggsDataModule, got {type(datamodule).__name__}"
-            )
-        from amsaware.artifacts import PREPROCESSING, write_preprocessing
-
-        write_preprocessing(datamodule.fitted_preprocessing, Path(self.dirpath) / PREPROCESSING)
