@@ -232,3 +232,18 @@ def test_notebook_runs_headless(tiny_runs, tmp_path, monkeypatch):
     assert "ams@cut" in shown and "image/png" in shown
     for name in (*FIGURES, comparison.COMPARISON_JSON, comparison.COMPARISON_MD):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_the_bootstrap_ranks_by_the_logit_where_probabilities_tie(tiny_runs, tmp_path):
+    # Round every probability above the median to exactly 1, as a soft-AMS model's saturate:
+    # ranked by probability the cut could no longer tell those events apart; by logit it can.
+    saturated = copy_run(tiny_runs[1], tmp_path / "saturated")
+
+    def saturate(oof):
+        oof.loc[oof.score > oof.score.median(), "score"] = 1.0
+
+    edit_oof(saturated, saturate)
+    result = compare([tiny_runs[1], saturated], n_bootstrap=20)
+    original, tied = (result.sample.observed[run.name] for run in result.runs)
+    for name in ("ams@cut", "ams_max", "auroc"):
+        assert tied[name] == pytest.approx(original[name], rel=1e-12), name

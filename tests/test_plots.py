@@ -92,7 +92,11 @@ def test_mlflow_gets_the_figures_as_png_artifacts(predictions, tmp_path):
     from lightning.pytorch.loggers import MLFlowLogger
 
     scores, label, weight = predictions
-    logger = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", run_name="fold0")
+    logger = MLFlowLogger(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        artifact_location=str(tmp_path / "mlartifacts"),  # else ./mlruns in the working folder
+        run_name="fold0",
+    )
     assert plots.log_to_logger([logger], "val/", scores["bce"], label, weight) is True
     artifacts = logger.experiment.list_artifacts(logger.run_id, "val")
     names = {a.path for a in artifacts}

@@ -66,6 +66,14 @@ class Run:
     def cut_threshold(self) -> float:
         return self.cut.threshold
 
+    def ranking(self) -> RunScores:
+        """The out-of-fold ranking key the bootstrap sorts by, with the cut on its scale: the
+        logit where the run wrote one, since probabilities round to exactly 1 for a soft-AMS
+        model's top events and cannot be ranked among themselves; else the score."""
+        if "logit" in self.oof and self.cut.threshold_logit is not None:
+            return RunScores(self.name, self.oof.logit.to_numpy(), self.cut.threshold_logit)
+        return RunScores(self.name, self.oof.score.to_numpy(), self.cut.threshold)
+
 
 def load_run(path: Path | str, name: str | None = None) -> Run:
     """Read a finished train.py run folder; a clear error for anything missing or malformed."""
@@ -186,9 +194,8 @@ def compare(
     paths = [Path(p) for p in paths]
     runs = [load_run(p, name) for p, name in zip(paths, _names(paths), strict=True)]
     check_same_events(runs)
-    scores = [RunScores(run.name, run.oof.score.to_numpy(), run.cut_threshold) for run in runs]
     sample = bootstrap(
-        scores,
+        [run.ranking() for run in runs],
         runs[0].oof.label.to_numpy(),
         runs[0].oof.weight.to_numpy(),
         n_bootstrap,
