@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 
 from amsaware.data.formats import DataFormatError
 from amsaware.experiment import run_experiment
-from tests.helpers import METRIC_NAMES, compose_run, run, train
+from tests.helpers import METRIC_NAMES, compose_run, kaggle_frame, run, train
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +83,11 @@ def test_missing_kaggle_file_is_named(tmp_path):
 
 def write_kaggle_files(folder, n_train=1500, n_test=900):
     """Kaggle-format copies of synthetic events: training.csv.gz and a plain test.csv."""
-    from amsaware.data.schema import FEATURES
     from amsaware.data.synthetic import make_dataset
 
     dataset = make_dataset(n_train, n_test, seed=3)
-
-    def frame(table):
-        features = pd.DataFrame(table.features, columns=list(FEATURES)).fillna(-999.0)
-        features["PRI_jet_num"] = features["PRI_jet_num"].astype(int)
-        return pd.concat([pd.DataFrame({"EventId": table.event_id}), features], axis=1)
-
-    train = frame(dataset.train)
-    train["Weight"] = dataset.train.weight
-    train["Label"] = pd.Series(dataset.train.label).map({1: "s", 0: "b"})
-    train.to_csv(folder / "training.csv.gz", index=False)
-    frame(dataset.test).to_csv(folder / "test.csv", index=False)
+    kaggle_frame(dataset.train, with_labels=True).to_csv(folder / "training.csv.gz", index=False)
+    kaggle_frame(dataset.test).to_csv(folder / "test.csv", index=False)
     return dataset
 
 
