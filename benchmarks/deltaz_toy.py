@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from amsaware import plots
+from amsaware.data.weights import rescaled_weights
 from amsaware.losses import BCELoss, DeltaZBarLoss
 from amsaware.metrics import ams, ams_curve
 
@@ -112,9 +113,7 @@ def make_toy(
 def class_balanced(label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Weights rescaled so signal and background have equal totals; the processes inside the
     background keep their cross-section ratios (the usual weighting of a HEP classifier)."""
-    signal = label == 1
-    w = weight.to(torch.float64)
-    return torch.where(signal, w / w[signal].sum(), w / w[~signal].sum())
+    return rescaled_weights(label, weight, 1.0, 1.0)
 
 
 def train_linear(

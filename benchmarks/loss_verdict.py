@@ -47,6 +47,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from amsaware import run_folder
 from amsaware.data.formats import read_cern
 from amsaware.data.schema import EventTable
+from amsaware.data.weights import rescaled_weights
 from amsaware.experiment import choose_cut, run_experiment
 from amsaware.metrics import ams, ams_of_selection, evaluate, select_top_fraction
 
@@ -193,12 +194,10 @@ def selection_ams_bootstrap(
     out = {key: np.empty(n_resamples) for key in selections}
     for r in range(n_resamples):
         counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        w = counts * weight
-        w_s = totals[0] / w[signal].sum()
-        w_b = totals[1] / w[~signal].sum()
+        w = rescaled_weights(signal, counts * weight, *totals)
         for key, selected in selections.items():
-            s = w_s * w[selected & signal].sum()
-            b = w_b * w[selected & ~signal].sum()
+            s = w[selected & signal].sum()
+            b = w[selected & ~signal].sum()
             out[key][r] = float(ams(s, b))
     return out
 

@@ -18,6 +18,18 @@ was measured (an overestimate: start-up and data do not grow with epochs).
 Targets (issue 6): the 50-trial search at full size under 60 minutes on 2 CPU cores and under
 5 minutes on one H100 (`--trainer gpu`).
 
+Where a trial's time goes beyond its training steps (docs/search.md):
+
+    python benchmarks/search_cost.py --overhead experiment=smoke hydra.sweeper.n_trials=3 threads=1
+
+runs `train.py -m hparams_search=optuna OVERRIDES` in this process with timers around its
+parts and prints, per trial, its wall and CPU seconds and the CPU seconds of: training steps
+(Lightning's fit less its validation), validation every epoch, metric computation (also
+counted inside validation), figures (TensorBoard, MLflow, W&B), loggers (their creation,
+hparams and closing), the data, the artifacts (CSV, JSON), pruning reports, building the
+trainers, and the rest; then the process's start (imports, Hydra, the study) and the
+sweeper's wall time between trials. CPU seconds change less than wall time with the load.
+
 Pruners, replayed (how the default pruner of hparams_search=optuna was chosen):
 
     python train.py -m hparams_search=optuna hydra/sweeper/pruner=none ...   # a search
@@ -33,6 +45,7 @@ proposals as they were, which a live pruned search changes (TPE learns from prun
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -157,9 +170,107 @@ def replay_study(study_name: str, storage: str) -> None:
         )
 
 
+def overhead(overrides: list[str]) -> list[dict]:
+    """Time a search's trials part by part, in this process (see the module doc)."""
+    import functools
+    import runpy
+    from collections import defaultdict
+
+    started = time.perf_counter()
+    import lightning.pytorch as pl
+    from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
+
+    import amsaware.experiment as experiment
+    import amsaware.loggers as loggers
+    import amsaware.model as model
+    import amsaware.plots as plots
+    import amsaware.pruning as pruning
+    from amsaware.run_folder import RunFolder
+
+    imports = time.perf_counter() - started
+    parts: dict[str, float] = defaultdict(float)
+    trials: list[dict] = []
+    spans: list[tuple[float, float]] = []
+
+    def timed(owner: object, name: str, part: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            begin = time.process_time()  # CPU seconds: steadier than wall time on a busy machine
+            try:
+                return original(*args, **kwargs)
+            finally:
+                parts[part] += time.process_time() - begin
+
+        setattr(owner, name, wrapper)
+
+    timed(pl.Trainer, "fit", "fit")
+    timed(_EvaluationLoop, "run", "validation")
+    timed(experiment, "evaluate", "metrics")
+    timed(model, "classification_metrics", "metrics")
+    timed(plots, "log_to_logger", "figures")
+    timed(loggers.StageLoggers, "make", "loggers")
+    timed(loggers.StageLoggers, "close", "loggers")
+    timed(experiment, "_log_hparams", "loggers")
+    timed(experiment, "load_dataset", "data")
+    timed(pruning.TrialReporter, "__init__", "pruning")
+    timed(pruning.TrialReporter, "report", "pruning")
+    timed(experiment, "_trainer", "trainers")
+    for name in ("write_oof_predictions", "write_metrics"):
+        timed(RunFolder, name, "artifacts")
+    run = experiment.run_experiment
+
+    shown = ("validation", "metrics", "figures", "loggers", "data", "artifacts", "pruning")
+
+    def run_experiment(cfg):
+        parts.clear()
+        begin, cpu = time.perf_counter(), time.process_time()
+        try:
+            return run(cfg)
+        finally:
+            end = time.perf_counter()
+            spans.append((begin, end))
+            row = {"trial": len(trials), "wall": end - begin, "cpu": time.process_time() - cpu}
+            row["train_steps"] = parts["fit"] - parts["validation"]
+            row |= {part: parts[part] for part in (*shown, "trainers")}
+            # Metrics computed inside the validation loop count there and here.
+            inside = ("fit", "figures", "loggers", "data", "artifacts", "pruning", "trainers")
+            row["other"] = row["cpu"] - sum(parts[p] for p in inside)
+            trials.append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
+
+    experiment.run_experiment = run_experiment
+    argv = sys.argv
+    sys.argv = ["train.py", "-m", "hparams_search=optuna", *overrides]
+    try:
+        runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+    except SystemExit as done:
+        if done.code not in (None, 0):
+            raise
+    finally:
+        sys.argv = argv
+    ended = time.perf_counter()
+    columns = list(trials[0]) if trials else []
+    print(" ".join(f"{c:>11}" for c in columns))
+    for row in trials:
+        print(" ".join(f"{row[c]:>11}" for c in columns))
+    if spans:
+        gaps = [b - a for (_, a), (b, _) in itertools.pairwise(spans)]
+        print(f"imports of torch, Lightning and amsaware: {imports:.2f} s")
+        print(f"start until the first trial (Hydra, the study): {spans[0][0] - started:.2f} s")
+        print(f"sweeper between trials: {', '.join(f'{g:.2f}' for g in gaps)} s")
+        print(f"after the last trial (best_run.sh): {ended - spans[-1][1]:.2f} s")
+    return trials
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replay", metavar="STUDY", help="replay a study through the pruners")
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="time a search's trials part by part; other arguments go to train.py",
+    )
     parser.add_argument("--storage", default="sqlite:///logs/optuna/studies.db")
     parser.add_argument("--events", type=int, default=250_000)
     parser.add_argument("--epochs", type=int, default=PAPER_EPOCHS)
@@ -169,7 +280,12 @@ def main() -> None:
     parser.add_argument("--trainer", default="default", help="default (CPU) or gpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("search_cost.json"))
-    args = parser.parse_args()
+    args, rest = parser.parse_known_args()
+    if args.overhead:
+        overhead(rest)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.replay:
         replay_study(args.replay, args.storage)
         return

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from amsaware.data.schema import B_TOT, S_TOT
+from amsaware.data.weights import rescaled_weights
 from amsaware.losses import (
     AsimovLoss,
     BCELoss,
@@ -16,7 +17,6 @@ from amsaware.losses import (
     SoftAMSLoss,
     delta_z,
     delta_z_lovasz,
-    normalised_weights,
     soft_counts,
 )
 from amsaware.model import MLP, SignificanceClassifier
@@ -122,14 +122,15 @@ def test_soft_ams_temperature_and_squared_match_hand_computation(batch):
     assert float(squared) == pytest.approx(-(hand_ams(s, b) ** 2), rel=1e-5)
 
 
-def test_batch_normalised_soft_ams_skips_batches_without_enough_of_a_class():
+@pytest.mark.parametrize("loss_class", [SoftAMSLoss, AsimovLoss])
+def test_batch_normalised_soft_count_losses_skip_batches_without_enough_of_a_class(loss_class):
     logits = torch.tensor([1.0, -1.0, 0.5], requires_grad=True)
     weight = torch.tensor([0.01, 2.0, 1.0], dtype=torch.float64)
     one_signal = torch.tensor([1, 0, 0])
-    loss = SoftAMSLoss(normalisation="batch", min_class_events=2)(logits, one_signal, weight)
+    loss = loss_class(normalisation="batch", min_class_events=2)(logits, one_signal, weight)
     loss.backward()
     assert float(loss.detach()) == 0.0 and (logits.grad == 0).all()
-    kept = SoftAMSLoss(normalisation="batch", min_class_events=1)(logits, one_signal, weight)
+    kept = loss_class(normalisation="batch", min_class_events=1)(logits, one_signal, weight)
     assert float(kept.detach()) < 0.0
 
 
@@ -141,6 +142,8 @@ def test_batch_normalised_soft_ams_skips_batches_without_enough_of_a_class():
         lambda: AsimovLoss(sys_uncertainty=-0.1),
         lambda: AsimovLoss(objective="z"),
         lambda: AsimovLoss(normalisation="full"),
+        lambda: AsimovLoss(temperature=-1.0),
+        lambda: AsimovLoss(b_reg=-1.0),
         lambda: DeltaZBarLoss(eps=0.0),
     ],
 )
@@ -206,12 +209,12 @@ def _random_problem(n: int, seed: int):
     target = torch.randint(0, 2, (n,), generator=g)
     target[0], target[1] = 1, 0
     weight = torch.rand(n, generator=g, dtype=torch.float64) * 3 + 0.01
-    return target, normalised_weights(target, weight)
+    return target, rescaled_weights(target, weight)
 
 
 def test_delta_z_matches_hand_computation():
     target = torch.tensor([1, 1, 0, 0])
-    w = normalised_weights(target, torch.tensor([1.0, 3.0, 2.0, 2.0], dtype=torch.float64))
+    w = rescaled_weights(target, torch.tensor([1.0, 3.0, 2.0, 2.0], dtype=torch.float64))
     errors = torch.tensor([0, 1, 1, 0])  # second signal lost, first background accepted
     x, y = 0.75 * S_TOT, 0.5 * B_TOT
     expected = S_TOT / math.sqrt(S_TOT) - (S_TOT - x) / math.sqrt(S_TOT + y)
@@ -265,7 +268,7 @@ def test_delta_z_bar_loss_is_the_extension_at_the_hinge_errors(batch):
     logits, target, weight = batch
     # y = +1, +1, -1, -1, -1: hinge max(1 - F y, 0) = 0, 2, 1.5, 0, 1.
     hinge = torch.tensor([0.0, 2.0, 1.5, 0.0, 1.0], dtype=torch.float64)
-    w = normalised_weights(target, weight)
+    w = rescaled_weights(target, weight)
     # Sorted: event 1 (signal, 2.0), event 2 (bkg, 1.5), event 4 (bkg, 1.0), then the zeros.
     z = [
         float(delta_z(torch.tensor(m), target, w, S_TOT, S_TOT))

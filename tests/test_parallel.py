@@ -176,3 +176,25 @@ def test_parallel_runs_fold_models_reproduce_its_fold_ensemble(parallel_run):
     test = make_dataset(1500, 1100, DEFAULT_GENERATOR, 42).test
     written = pd.read_csv(parallel_run / "test_predictions_folds.csv")
     np.testing.assert_allclose(scorer.score(test), written["score"].to_numpy(), atol=1e-6)
+
+
+def test_from_module_trains_the_folds_as_the_sequential_module_would():
+    template = SignificanceClassifier(
+        mlps()[0],
+        SoftAMSLoss(normalisation="batch"),
+        partial(torch.optim.Adam, lr=1e-3),
+        s_tot=2.0,
+        b_tot=30.0,
+        scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+        phase=1,
+    )
+    stacked = StackedMLP(mlps())
+    module = FoldParallelClassifier.from_module(template, stacked)
+    assert module.net is stacked and module.loss is template.loss
+    assert module.optimizer_factory is template.optimizer_factory
+    assert module.scheduler_factory is template.scheduler_factory
+    assert (module.totals, module.phase) == ((2.0, 30.0), 1)
+    assert module.compile_mode is None
+    assert len(module.val_metrics) == len(module.train_loss) == 3
+    ams = [metrics["ams"] for metrics in module.val_metrics]
+    assert all((m.s_tot, m.b_tot) == (2.0, 30.0) for m in ams)

@@ -16,7 +16,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from amsaware.data import physics
+from amsaware.data import kinematics, physics
 from amsaware.data.derived import derived_features
 from amsaware.data.formats import read_cern
 from amsaware.data.schema import DER_FEATURES, FEATURES, PRI_FEATURES
@@ -110,8 +110,8 @@ def test_weights_are_cross_section_times_luminosity_over_generated(monkeypatch):
     def alternate(n: int, n_jets: int, rng: np.random.Generator) -> physics.Truth:
         del n_jets
         pt = np.where(np.arange(n) % 2 == 0, 50.0, 5.0)
-        lepton = physics._from_rapidity(pt, np.zeros(n), np.zeros(n), 0.0)
-        tau = physics._from_rapidity(pt, np.zeros(n), np.full(n, 2.0), 0.0)
+        lepton = kinematics.from_rapidity(pt, np.zeros(n), np.zeros(n), 0.0)
+        tau = kinematics.from_rapidity(pt, np.zeros(n), np.full(n, 2.0), 0.0)
         jets = np.zeros((n, 1, 4))
         return physics.Truth(lepton, tau, np.zeros((n, 2)), jets, np.zeros((n, 2)), np.ones(n))
 
@@ -161,7 +161,7 @@ def test_visible_shares_follow_their_spectra():
 
 def test_two_body_decay_conserves_four_momentum_and_masses():
     rng = np.random.default_rng(1)
-    parent = physics._from_rapidity(
+    parent = kinematics.from_rapidity(
         rng.uniform(0, 200, 1000), rng.normal(0, 2, 1000), rng.uniform(-3, 3, 1000), physics.M_TOP
     )
     b, w = physics._decay(parent, 4.8, physics.M_W, rng)

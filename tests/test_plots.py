@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from amsaware import plots
+from amsaware.data.weights import rescaled_weights
 from amsaware.stats import STATISTICS, RunScores, bootstrap, differences
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -140,7 +141,7 @@ def test_the_pr_figure_weights_average_precision(predictions):
     scores, label, weight = predictions
     figure = plots.precision_recall_curves({"bce": scores["bce"]}, label, weight)
     text = figure.axes[0].get_legend().get_texts()[0].get_text()
-    w = plots._rescaled(label, weight, plots.TOTALS_DEFAULT)
+    w = rescaled_weights(label, weight, *plots.TOTALS_DEFAULT)
     expected = average_precision_score(label, scores["bce"], sample_weight=w)
     assert text == f"bce (AP {expected:.4f})"
     assert expected < 0.5 * average_precision_score(label, scores["bce"])

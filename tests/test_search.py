@@ -2,8 +2,11 @@
 like real runs), and the real `train.py -m hparams_search=optuna` on tiny trials (slow)."""
 
 import json
+import logging
 import math
 import os
+import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -19,16 +22,19 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from amsaware.checks import RUN_FILES, RUN_FOLDERS, RunFolderError, claim_run_folder, previous_run
 from amsaware.experiment import lookup_metric
 from amsaware.pruning import TrialReporter
 from amsaware.search import (
     FAIL_REASON,
+    FINGERPRINT,
     PRUNED_AT,
     SearchConfigError,
     SearchFailedError,
     TrialLink,
     best_run_command,
     check_optimized_metric,
+    default_study_name,
     fold_metric,
     metric_names,
     open_study,
@@ -36,7 +42,7 @@ from amsaware.search import (
     parse_space,
     sqlite_path,
 )
-from hydra_plugins.amsaware_sweeper import AmsawareSweeper
+from hydra_plugins.amsaware_sweeper import AmsawareSweeper, _fingerprint
 from tests.conftest import REPO
 
 TINY_TRIAL = [
@@ -89,6 +95,12 @@ def test_search_space_is_the_papers():
     assert "MedianPruner" in sweeper.pruner._target_
     assert cfg.optimized_metric == "oof/ams_max"
     assert cfg.final_fit is False
+
+
+def test_trials_have_no_logger_unless_asked():
+    assert search_config().get("logger") is None
+    assert "TensorBoardLogger" in search_config("logger=tensorboard").logger.tensorboard._target_
+    assert search_config("logger=csv").logger.csv is not None
 
 
 def test_command_line_overrides_search_new_keys_and_fix_searched_ones():
@@ -199,9 +211,15 @@ def test_a_study_written_by_optuna_2_says_how_to_upgrade_it_and_then_resumes(tmp
     cli = Path(sys.executable).parent / "optuna"
     done = subprocess.run([str(cli), *command.split()[1:]], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    # The upgraded study continues: its 3 trials stay, new ones are numbered on.
-    run_sweeper(tmp_path, "hydra.sweeper.n_trials=2", pruner=False)
-    trials = stored_study(tmp_path).trials
+    # The upgraded study has no record of its trials' fixed settings: refused, then adopted.
+    name = "hydra.sweeper.study_name=bce-synthetic"
+    with pytest.raises(SearchConfigError, match=r"predates study fingerprints.*adopt_study=true"):
+        run_sweeper(tmp_path, "hydra.sweeper.n_trials=2", name, pruner=False)
+    run_sweeper(
+        tmp_path, "hydra.sweeper.n_trials=2", name, "hydra.sweeper.adopt_study=true", pruner=False
+    )
+    # The adopted study continues: its 3 trials stay, new ones are numbered on.
+    trials = stored_study(tmp_path, "bce-synthetic").trials
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert [t.state for t in trials] == [COMPLETE] * 5
 
@@ -269,10 +287,17 @@ def run_sweeper(
     return sweeper
 
 
-def stored_study(tmp_path: Path, name: str = "bce-synthetic") -> optuna.Study:
-    return optuna.load_study(
-        study_name=name, storage=f"sqlite:///{tmp_path}/logs/optuna/studies.db"
-    )
+def only_study(storage: str, name: str | None = None) -> optuna.Study:
+    """The study `name`, or the storage's one study (whose default name holds a hash)."""
+    if name is None:
+        names = optuna.study.get_all_study_names(storage)
+        assert len(names) == 1, names
+        name = names[0]
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def stored_study(tmp_path: Path, name: str | None = None) -> optuna.Study:
+    return only_study(f"sqlite:///{tmp_path}/logs/optuna/studies.db", name)
 
 
 def test_the_sweeper_records_pruned_trials_with_where_they_stopped(tmp_path):
@@ -353,10 +378,226 @@ def test_too_many_failures_stop_the_search(tmp_path):
 
 
 def test_a_search_where_every_trial_fails_ends_with_a_clear_error(tmp_path):
-    with pytest.raises(SearchFailedError, match="every trial of study 'bce-synthetic'") as error:
+    with pytest.raises(
+        SearchFailedError, match=r"every trial of study 'bce-synthetic-[0-9a-f]{8}'"
+    ) as error:
         run_sweeper(tmp_path, "hydra.sweeper.n_trials=2", arguments=["optimizer.lr=inf"])
     assert "train.log" in str(error.value)
     assert [t.state for t in stored_study(tmp_path).trials] == [FAIL, FAIL]
+
+
+# ---------------------------------------------------------------------------------------------
+# Studies keyed by what the search holds fixed
+
+
+def default_name(*overrides: str) -> str:
+    """The study name the sweeper gives `train.py -m hparams_search=optuna OVERRIDES`."""
+    cfg = search_config(*overrides)
+    space, _ = parse_space(cfg.hydra.sweeper.params, overrides)
+    return default_study_name(_fingerprint(cfg, space))
+
+
+def test_the_default_study_name_is_keyed_by_what_the_search_holds_fixed():
+    base = default_name()
+    assert re.fullmatch(r"bce-synthetic-[0-9a-f]{8}", base), base
+    assert default_name() == base, "the same command continues the same study"
+    # Where files go, threads, loggers and the search's own settings are not the objective.
+    same = ["paths.log_dir=/elsewhere", "threads=1", "logger=csv", "hydra.sweeper.n_trials=3"]
+    assert default_name(*same) == base
+    assert default_name("optimizer.lr=0.5") != base, "a searched key fixed is part of it"
+    changed = [
+        "data.n_train=1000",
+        "experiment=smoke",
+        "cv.folds=5",
+        "cv.repeats=2",
+        "trainer.max_epochs=3",
+        "optimized_metric=cut/ams_smoothed",
+        "seed=1",
+    ]
+    names = {change: default_name(change) for change in changed}
+    assert base not in names.values() and len(set(names.values())) == len(changed), names
+    assert default_name("loss=ams").startswith("ams-synthetic-")
+    finetune = default_name("finetune=ams")
+    assert re.fullmatch(r"bce-ams-synthetic-[0-9a-f]{8}", finetune), finetune
+    opendata = default_name("data=opendata", "data.path=/data/a.csv.gz")
+    assert opendata.startswith("bce-opendata-")
+    assert default_name("data=opendata", "data.path=/data/b.csv.gz") != opendata
+    assert default_name("data=opendata", "data.path=/data/a.csv.gz", "data.limit=12000") != (
+        opendata
+    )
+
+
+def test_the_fingerprint_holds_the_fixed_values_not_the_searched_ones():
+    cfg = search_config("experiment=smoke")
+    space, _ = parse_space(cfg.hydra.sweeper.params)
+    values = _fingerprint(cfg, space)
+    assert values["data.n_train"] == 5000 and values["trainer.max_epochs"] == 2
+    assert values["cv.folds"] == 3 and values["optimized_metric"] == "oof/ams_max"
+    assert values["choices.experiment"] == "smoke" and values["choices.loss"] == "bce"
+    assert values["loss._target_"] == "amsaware.losses.BCELoss"
+    assert not set(values) & SEARCHED
+    assert not any(key.split(".")[0] in ("paths", "logger", "threads", "hydra") for key in values)
+
+
+def test_an_explicit_study_name_is_used_as_given(tmp_path):
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=mine", pruner=False)
+    study = stored_study(tmp_path)
+    assert study.study_name == "mine"
+    assert study.user_attrs[FINGERPRINT]["data.n_train"] == 250000
+
+
+def test_a_search_continuing_a_study_of_other_fixed_settings_is_refused(tmp_path):
+    name = "hydra.sweeper.study_name=shared"
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=2", name, pruner=False)
+    with pytest.raises(SearchConfigError) as error:
+        run_sweeper(
+            tmp_path,
+            "hydra.sweeper.n_trials=2",
+            name,
+            "data.n_train=1000",
+            "cv.folds=5",
+            pruner=False,
+        )
+    message = str(error.value)
+    assert "'shared'" in message
+    assert "data.n_train: 250000 in the study, 1000 in this search" in message
+    assert "cv.folds: 3 in the study, 5 in this search" in message
+    assert len(stored_study(tmp_path).trials) == 2, "the refused search ran no trial"
+    # Without the explicit name the second search gets its own study.
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=1", "data.n_train=1000", pruner=False)
+    names = optuna.study.get_all_study_names(f"sqlite:///{tmp_path}/logs/optuna/studies.db")
+    assert len(names) == 2
+
+
+def test_best_run_quotes_the_studys_best_trial_and_its_command_reproduces_it(tmp_path):
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=4", pruner=False)
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=2", pruner=False)  # resumed: 6 trials
+    study = stored_study(tmp_path)
+    assert len(study.trials) == 6
+    best = study.best_trial
+    lines = (tmp_path / "sweep" / "best_run.sh").read_text().splitlines()
+    assert f"Best trial of study {study.study_name!r}: oof/ams_max = {best.value:.6g}." in lines[1]
+    words = shlex.split(lines[-1])
+    assert words[:2] == ["python", "train.py"] and words[-1] == "$@"
+    # The command's overrides compose a run with the best trial's parameters, and, searched
+    # again, with the fingerprint of the study it came from.
+    overrides = words[2:-1]
+    rerun = search_config(*overrides)
+    for key, value in best.params.items():
+        assert OmegaConf.select(rerun, key) == value
+    space, _ = parse_space(rerun.hydra.sweeper.params)
+    assert _fingerprint(rerun, space) == study.user_attrs[FINGERPRINT]
+
+
+def hydra_multirun(task, overrides: list[str]) -> None:
+    """`train.py -m hparams_search=optuna OVERRIDES` in this process with another task
+    function: the real sweeper, Hydra's basic launcher and the run folders it makes."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    version.setbase("1.3")
+    handlers, level = logging.root.handlers[:], logging.root.level
+    GlobalHydra.instance().clear()
+    try:
+        app = Hydra.create_main_hydra2("train", create_config_search_path(str(REPO / "conf")))
+        app.multirun("train", task, ["hparams_search=optuna", *overrides], False)
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+
+
+def folder_trial(cfg) -> float:
+    """A trial that writes its trial number into its run folder (never into a used one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    with (Path(hydra_cfg.runtime.output_dir) / "trial.txt").open("x") as out:
+        out.write(str(hydra_cfg.sweeper.trial))
+    return float(cfg.model.n_layers)
+
+
+def files_of(*folders: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(path): (path.read_bytes(), path.stat().st_mtime_ns)
+        for folder in folders
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_resumed_search_numbers_its_folders_by_trial_and_leaves_earlier_ones(tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = [
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=2",
+        "hydra/sweeper/pruner=none",
+    ]
+    hydra_multirun(folder_trial, overrides)
+    earlier = files_of(sweep / "0", sweep / "1")
+    assert any(name.endswith("overrides.yaml") for name in earlier)
+    hydra_multirun(folder_trial, overrides)  # the same sweep folder, the same study
+    trials = stored_study(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert [t.state for t in trials] == [COMPLETE] * 4
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    for trial in trials:
+        folder = sweep / str(trial.number)
+        assert Path(trial.user_attrs["run_dir"]) == folder
+        assert (folder / "trial.txt").read_text() == str(trial.number)
+    assert files_of(sweep / "0", sweep / "1") == earlier, "the resumed search wrote into them"
+
+
+# ---------------------------------------------------------------------------------------------
+# A run folder holding only a logger's files holds a run
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "csv/fold0/metrics.csv",
+        "wandb/offline-run-20261130_100000-abc/run-abc.wandb",
+        "mlflow.db",
+        "mlartifacts/1/abc/artifacts/x.txt",
+    ],
+)
+def test_a_folder_with_only_a_loggers_files_holds_a_run(tmp_path, written):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "train.log").write_text("")
+    path = tmp_path / written
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert previous_run(tmp_path) == [], "an empty logger folder is no run"
+    path.write_text("x")
+    top = written.split("/")[0]
+    (found,) = previous_run(tmp_path)
+    assert found == top if top == written else found == f"{top}/ ({written})"
+    with pytest.raises(RunFolderError, match=re.escape(f"already holds a run: {found}")):
+        claim_run_folder(tmp_path)
+    claim_run_folder(tmp_path, overwrite=True)
+    assert not (tmp_path / top).exists() and (tmp_path / ".hydra").exists()
+
+
+def test_run_folder_markers_cover_every_loggers_output():
+    """Where conf/logger/*.yaml write inside the run folder is what `previous_run` looks at."""
+    configs = {
+        p.stem: OmegaConf.to_container(OmegaConf.load(p))  # unresolved: ${paths.output_dir}
+        for p in (REPO / "conf" / "logger").glob("*.yaml")
+    }
+    assert {"tensorboard", "csv", "mlflow", "wandb"} <= set(configs)
+    for name in ("tensorboard", "csv"):
+        assert configs[name][name]["save_dir"] == "${paths.output_dir}"
+        assert configs[name][name]["name"] in RUN_FOLDERS
+    mlflow = configs["mlflow"]["mlflow"]
+    assert mlflow["tracking_uri"].removeprefix("sqlite:///${paths.output_dir}/") in RUN_FILES
+    assert mlflow["artifact_location"].removeprefix("${paths.output_dir}/") in RUN_FOLDERS
+    # W&B writes <save_dir>/wandb/.
+    assert configs["wandb"]["wandb"]["save_dir"] == "${paths.output_dir}"
+    assert "wandb" in RUN_FOLDERS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,8 +647,8 @@ def search(logs: Path, sweep_dir: Path, *overrides: str, check: bool = True):
     return done
 
 
-def study(logs: Path, name: str = "bce-synthetic") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{logs}/optuna/studies.db")
+def study(logs: Path, name: str | None = None) -> optuna.Study:
+    return only_study(f"sqlite:///{logs}/optuna/studies.db", name)
 
 
 def test_a_mistyped_metric_stops_the_search_before_any_trial(tmp_path):
@@ -422,13 +663,15 @@ def finished_search(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     logs = root / "logs"
     first = root / "first"
-    # 3 folds and a pruner that compares from the first trial on: trials get pruned.
+    # 3 folds and a pruner that compares from the first trial on: trials get pruned. TensorBoard
+    # asked for (trials have no logger by default), for its HPARAMS view.
     search(
         logs,
         first,
         "hydra.sweeper.n_trials=4",
         "cv.folds=3",
         "hydra.sweeper.pruner.n_startup_trials=1",
+        "logger=tensorboard",
     )
     return logs, first
 
@@ -569,6 +812,40 @@ def test_joblib_trials_report_to_the_study_through_its_storage(tmp_path):
     # The jobs ran in joblib's worker processes and reported each fold through the database.
     assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)
     assert (tmp_path / "sweep" / "optimization_results.yaml").exists()
+    # By default a trial writes no logger files (no TensorBoard, no figures).
+    assert not [p for p in (tmp_path / "sweep" / "0").iterdir() if p.name in RUN_FOLDERS]
+
+
+@pytest.mark.slow
+def test_the_overhead_benchmark_times_each_part_of_a_trial(tmp_path):
+    command = [
+        sys.executable,
+        "benchmarks/search_cost.py",
+        "--overhead",
+        *TINY_TRIAL,
+        "hydra.sweeper.n_trials=2",
+        "hydra/sweeper/pruner=none",
+        "logger=tensorboard",
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["trial", "wall"])
+    columns = lines[header].split()
+    rows = [
+        dict(zip(columns, map(float, line.split()), strict=True))
+        for line in lines[header + 1 :][:2]
+    ]
+    assert [row["trial"] for row in rows] == [0, 1]
+    for row in rows:
+        assert row["train_steps"] > 0 and row["validation"] > 0 and row["figures"] > 0
+        parts = ("train_steps", "validation", "figures", "loggers", "data", "artifacts")
+        assert sum(row[p] for p in parts) <= row["cpu"] + 0.05
+    assert rows[0]["data"] > 0 and rows[1]["data"] < rows[0]["data"], "data built once"
+    assert "start until the first trial" in done.stdout
 
 
 def test_trials_in_one_process_build_the_data_once_and_get_their_own_copy(monkeypatch):
@@ -685,7 +962,7 @@ def test_two_sweeper_processes_fill_one_study_in_a_server_database(postgres_url,
             )
     codes = [worker.wait(timeout=300) for worker in workers]
     assert codes == [0, 0], "".join(log.read_text()[-2000:] for log in logs)
-    trials = optuna.load_study(study_name="bce-synthetic", storage=postgres_url).trials
+    trials = only_study(postgres_url).trials
     assert sorted(t.number for t in trials) == list(range(16)), "no duplicate trial numbers"
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 16
     # Both searches' pruners compared with the shared study: some trials were pruned, and the
@@ -695,3 +972,35 @@ def test_two_sweeper_processes_fill_one_study_in_a_server_database(postgres_url,
     results = [OmegaConf.load(tmp_path / n / "sweep" / "optimization_results.yaml") for n in "ab"]
     assert best.value in [r.best_value for r in results]
     assert max(r.trials.study for r in results) == 16, "a sweeper sees the other one's trials"
+
+
+def test_optuna_dashboard_serves_the_sweepers_study(tmp_path):
+    """The study opens in the current optuna-dashboard (its own WSGI app, no server): the
+    trials with their states, values, parameters and the intermediate values the pruner saw."""
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=6")
+    study = stored_study(tmp_path)
+    app = wsgi(f"sqlite:///{tmp_path}/logs/optuna/studies.db")
+
+    def get(path: str) -> dict:
+        environ: dict = {}
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"] = path
+        status = []
+        body = b"".join(app(environ, lambda code, headers, exc_info=None: status.append(code)))
+        assert status == ["200 OK"], (path, status, body[:500])
+        return json.loads(body)
+
+    (summary,) = get("/api/studies")["study_summaries"]
+    assert summary["study_name"] == study.study_name
+    served = get(f"/api/studies/{summary['study_id']}")["trials"]
+    assert [t["number"] for t in served] == [t.number for t in study.trials]
+    states = {"Complete": COMPLETE, "Pruned": PRUNED}
+    assert [states[t["state"]] for t in served] == [t.state for t in study.trials]
+    assert any(t["state"] == "Pruned" for t in served)
+    for trial, stored in zip(served, study.trials, strict=True):
+        steps = {v["step"]: v["value"] for v in trial["intermediate_values"]}
+        assert steps == pytest.approx(stored.intermediate_values)

@@ -220,8 +220,12 @@ RUN_FILES = (
     "test_predictions_folds.csv",
     "submission.csv",
     "submission_folds.csv",
+    "mlflow.db",  # logger=mlflow's store: a second run's stages would join the first's
 )
-RUN_FOLDERS = ("checkpoints", "tensorboard", "pretrain")
+#: Folders a run fills: its checkpoints, the fine-tune's `pretrain/`, and the loggers' logs
+#: (logger=tensorboard|csv|wandb, MLflow's artifacts). A second run would mix its logs with
+#: these (CSVLogger even deletes an earlier stage's metrics.csv), so they mark a used folder.
+RUN_FOLDERS = ("checkpoints", "tensorboard", "pretrain", "csv", "wandb", "mlartifacts")
 #: Kept when `overwrite=true` empties a folder: this run's config and log, and the lock.
 KEPT = (".hydra", LOCK_FILE)
 

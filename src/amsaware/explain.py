@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from amsaware import plots
 from amsaware.data.schema import EventTable
 from amsaware.data.sources import load_source
+from amsaware.data.weights import rescaled_weights
 from amsaware.inference import Scorer, StageModel, check_features, load_scorer, read_input
 from amsaware.run_folder import (
     CUTS,
@@ -316,10 +317,7 @@ def ranking(
         signal = np.asarray(label) == 1
         w = np.asarray(weight, dtype=np.float64).copy()
         if class_totals is not None:
-            for mask, total in zip((signal, ~signal), class_totals, strict=True):
-                sampled = w[mask].sum()
-                if sampled > 0:
-                    w[mask] *= total / sampled
+            w = rescaled_weights(signal, w, *class_totals)
         weighted = _weighted_mean(magnitude, w)
         signal_mean = magnitude[signal].mean(axis=0) if signal.any() else nan
         background_mean = magnitude[~signal].mean(axis=0) if (~signal).any() else nan

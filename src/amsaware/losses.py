@@ -8,6 +8,7 @@ Significance sums are accumulated in float64: event weights span six orders of m
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amsaware.data.schema import B_TOT, S_TOT
+from amsaware.data.weights import class_scales, rescaled_weights
 from amsaware.metrics import B_REG
 
 Normalisation = Literal["raw", "batch"]
@@ -64,30 +66,11 @@ def soft_counts(
     s = (w * p * signal).sum()
     b = (w * p * background).sum()
     if normalisation == "batch":
-        s = s * _scale_to(s_tot, (w * signal).sum())
-        b = b * _scale_to(b_tot, (w * background).sum())
+        # The sums times the classes' factors: the same as summing rescaled weights, one
+        # multiplication per class instead of one per event.
+        scale_s, scale_b = class_scales(target, w, s_tot, b_tot)
+        s, b = s * scale_s.squeeze(-1), b * scale_b.squeeze(-1)
     return s, b
-
-
-def normalised_weights(
-    target: Tensor, weight: Tensor, s_tot: float = S_TOT, b_tot: float = B_TOT
-) -> Tensor:
-    """The batch's weights rescaled per class to sum to s_tot and b_tot (float64).
-
-    Unlike `metrics.rescaled_weights`, a class absent from the batch gets weight 0, not NaN.
-    """
-    w = weight.to(torch.float64)
-    signal = target.bool()
-    zero = torch.zeros((), dtype=torch.float64, device=w.device)
-    scale_s = _scale_to(s_tot, torch.where(signal, w, zero).sum())
-    scale_b = _scale_to(b_tot, torch.where(signal, zero, w).sum())
-    return w * torch.where(signal, scale_s, scale_b)
-
-
-def _scale_to(total: float, batch_sum: Tensor) -> Tensor:
-    """total / batch_sum, or 0 for a class absent from the batch (its sum is then 0 too)."""
-    safe = torch.where(batch_sum > 0, batch_sum, torch.ones_like(batch_sum))
-    return torch.where(batch_sum > 0, total / safe, torch.zeros_like(batch_sum))
 
 
 def _check_normalisation(normalisation: str) -> None:
@@ -106,13 +89,54 @@ def _has_both_classes(target: Tensor, min_events: int) -> Tensor:
     return (n_signal >= min_events) & (len(target) - n_signal >= min_events)
 
 
-class SoftAMSLoss(nn.Module):
+class _SoftCountLoss(nn.Module, ABC):
+    """A significance of the batch's soft counts (s, b): the options and checks they share.
+
+    `soft_counts` gives s and b (`normalisation`, `temperature`, totals `s_tot`/`b_tot`),
+    `b_reg` >= 0 is added to b, and a subclass turns (s, b + b_reg) into the loss. With
+    `normalisation="batch"` a batch holding fewer than `min_class_events` events of either
+    class would rescale a handful of events to the full totals; such a batch contributes a
+    zero loss with zero gradient instead. Subclasses keep every option as a constructor
+    argument of the same name: the checkpoint (`model.describe_loss`) and Hydra read them so.
+    """
+
+    def __init__(
+        self,
+        b_reg: float,
+        normalisation: Normalisation,
+        temperature: float,
+        min_class_events: int,
+        s_tot: float,
+        b_tot: float,
+    ) -> None:
+        super().__init__()
+        _check_normalisation(normalisation)
+        _check_positive("temperature", temperature)
+        if b_reg < 0:
+            raise ValueError(f"loss.b_reg must be >= 0, got {b_reg}")
+        self.b_reg, self.normalisation, self.temperature = b_reg, normalisation, temperature
+        self.min_class_events = min_class_events
+        self.s_tot, self.b_tot = s_tot, b_tot
+
+    @abstractmethod
+    def significance_loss(self, s: Tensor, b: Tensor) -> Tensor:
+        """The loss of selected signal `s` and background `b` (b_reg included), float64."""
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        s, b = soft_counts(
+            logits, target, weight, self.normalisation, self.s_tot, self.b_tot, self.temperature
+        )
+        loss = self.significance_loss(s, b + self.b_reg)
+        if self.normalisation == "batch":
+            loss = torch.where(_has_both_classes(target, self.min_class_events), loss, 0.0 * loss)
+        return loss.to(logits.dtype)
+
+
+class SoftAMSLoss(_SoftCountLoss):
     """The seed paper's soft AMS: -AMS(s, b) with s, b the probability-weighted sums.
 
     `squared=True` optimises -AMS^2 (the radicand itself): same optimum, no square root whose
-    gradient is infinite at 0. With `normalisation="batch"` a batch holding fewer than
-    `min_class_events` events of either class would rescale a handful of events to the full
-    totals; such a batch contributes a zero loss with zero gradient instead.
+    gradient is infinite at 0. The other options are `_SoftCountLoss`'s.
     """
 
     def __init__(
@@ -125,36 +149,23 @@ class SoftAMSLoss(nn.Module):
         s_tot: float = S_TOT,
         b_tot: float = B_TOT,
     ) -> None:
-        super().__init__()
-        _check_normalisation(normalisation)
-        _check_positive("temperature", temperature)
-        if b_reg < 0:
-            raise ValueError(f"loss.b_reg must be >= 0, got {b_reg}")
-        self.b_reg, self.normalisation = b_reg, normalisation
-        self.temperature, self.squared = temperature, squared
-        self.min_class_events = min_class_events
-        self.s_tot, self.b_tot = s_tot, b_tot
+        super().__init__(b_reg, normalisation, temperature, min_class_events, s_tot, b_tot)
+        self.squared = squared
 
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        s, b = soft_counts(
-            logits, target, weight, self.normalisation, self.s_tot, self.b_tot, self.temperature
-        )
-        b = b + self.b_reg
+    def significance_loss(self, s: Tensor, b: Tensor) -> Tensor:
         # s / b with b = 0 (b_reg = 0, no background selected) is guarded by the floor.
         radicand = 2.0 * ((s + b) * torch.log1p(s / b.clamp_min(_B_FLOOR)) - s)
         value = radicand if self.squared else torch.sqrt(radicand.clamp_min(_RADICAND_FLOOR))
-        loss = -value
-        if self.normalisation == "batch":
-            loss = torch.where(_has_both_classes(target, self.min_class_events), loss, 0.0 * loss)
-        return loss.to(logits.dtype)
+        return -value
 
 
 #: Floor for the selected background in a significance: s / b is unbounded as b -> 0.
 _B_FLOOR = 1e-9
 
 
-def _phi(x: Tensor) -> Tensor:
-    """(1 + x) ln(1 + x) - x for x >= 0, accurate also for small x (where it is ~x^2 / 2).
+def _bennett(x: Tensor) -> Tensor:
+    """Bennett's function h(x) = (1 + x) ln(1 + x) - x for x >= 0, accurate also for small x
+    (where it is ~x^2 / 2). 2 b h(s / b) is the squared significance of s events over b.
 
     Written as x^2 + (1 + x) (ln(1 + x) - x), with ln(1 + x) - x from its series for x < 0.01:
     the direct formula loses digits to cancellation exactly where significances live.
@@ -171,33 +182,34 @@ def asimov_z2(s: Tensor, b: Tensor, sys_uncertainty: float) -> Tensor:
 
     With sigma_b = f b (Elwood & Kruecker, arXiv:1806.00322, eq. 9) and u = s / b, k = f^2 b,
     t = f^2 s / (1 + f^2 b), the formula of docs/formulas.md is exactly
-        Z_A^2 = 2 b [ phi(u) - phi(t) - phi(t) / k ],   phi(x) = (1 + x) ln(1 + x) - x.
+        Z_A^2 = 2 b [ h(u) - h(t) - h(t) / k ],   h(x) = (1 + x) ln(1 + x) - x (`_bennett`).
     (Expand ln((s+b)(b+sigma^2) / (b^2+(s+b)sigma^2)) = ln(1 + u) - ln(1 + t) and use
     1 + u + 1/k = (1 + 1/k)(1 + t).) The textbook form subtracts two terms of order s that
     agree to ~10 digits when b is on the full-data scale; this form loses only ~log10(1 + k).
-    As f -> 0, t -> 0 and phi(t) / k -> 0: Z_A^2 -> 2 b phi(u) = 2 [(s + b) ln(1 + s/b) - s],
+    As f -> 0, t -> 0 and h(t) / k -> 0: Z_A^2 -> 2 b h(u) = 2 [(s + b) ln(1 + s/b) - s],
     the squared AMS with b_reg = 0 (f = 0 uses that limit).
     """
     s = s.to(torch.float64)
     b = b.to(torch.float64).clamp_min(_B_FLOOR)
     u = s / b
     if sys_uncertainty == 0:
-        return 2.0 * b * _phi(u)
+        return 2.0 * b * _bennett(u)
     f2 = sys_uncertainty**2
     k = f2 * b
     t = f2 * s / (1.0 + k)
-    phi_t = _phi(t)
-    return 2.0 * b * (_phi(u) - phi_t - phi_t / k)
+    h_t = _bennett(t)
+    return 2.0 * b * (_bennett(u) - h_t - h_t / k)
 
 
-class AsimovLoss(nn.Module):
+class AsimovLoss(_SoftCountLoss):
     """Asimov significance with a relative background uncertainty `sys_uncertainty` (f).
 
     `objective="neg_z2"` minimises -Z_A^2, `"inv_z2"` minimises 1/Z_A^2 (Elwood & Kruecker's
     choice; Z_A^2 is floored so an empty selection gives a large finite loss). f multiplies b,
     so b must be in events: `normalisation="batch"` (the default) puts s and b on the full-data
     scale. `b_reg` is added to b as in the AMS, which keeps the loss finite for small b; with
-    `b_reg=0` and f -> 0 the loss tends to -AMS(b_reg=0)^2.
+    `b_reg=0` and f -> 0 the loss tends to -AMS(b_reg=0)^2. The other options are
+    `_SoftCountLoss`'s.
     """
 
     def __init__(
@@ -211,29 +223,16 @@ class AsimovLoss(nn.Module):
         s_tot: float = S_TOT,
         b_tot: float = B_TOT,
     ) -> None:
-        super().__init__()
-        _check_normalisation(normalisation)
-        _check_positive("temperature", temperature)
+        super().__init__(b_reg, normalisation, temperature, min_class_events, s_tot, b_tot)
         if sys_uncertainty < 0:
             raise ValueError(f"loss.sys_uncertainty must be >= 0, got {sys_uncertainty}")
         if objective not in ("neg_z2", "inv_z2"):
             raise ValueError(f"loss.objective must be 'neg_z2' or 'inv_z2', got {objective!r}")
-        if b_reg < 0:
-            raise ValueError(f"loss.b_reg must be >= 0, got {b_reg}")
-        self.sys_uncertainty, self.objective, self.b_reg = sys_uncertainty, objective, b_reg
-        self.normalisation, self.temperature = normalisation, temperature
-        self.min_class_events = min_class_events
-        self.s_tot, self.b_tot = s_tot, b_tot
+        self.sys_uncertainty, self.objective = sys_uncertainty, objective
 
-    def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        s, b = soft_counts(
-            logits, target, weight, self.normalisation, self.s_tot, self.b_tot, self.temperature
-        )
-        z2 = asimov_z2(s, b + self.b_reg, self.sys_uncertainty)
-        loss = -z2 if self.objective == "neg_z2" else 1.0 / z2.clamp_min(_Z2_FLOOR)
-        if self.normalisation == "batch":
-            loss = torch.where(_has_both_classes(target, self.min_class_events), loss, 0.0 * loss)
-        return loss.to(logits.dtype)
+    def significance_loss(self, s: Tensor, b: Tensor) -> Tensor:
+        z2 = asimov_z2(s, b, self.sys_uncertainty)
+        return -z2 if self.objective == "neg_z2" else 1.0 / z2.clamp_min(_Z2_FLOOR)
 
 
 #: Floor for Z_A^2 under 1/Z_A^2: an empty selection costs 1e6, not infinity.
@@ -320,5 +319,5 @@ class DeltaZBarLoss(nn.Module):
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
         sign = 2.0 * target.to(torch.float64) - 1.0
         hinge = torch.relu(1.0 - logits.to(torch.float64) * sign)
-        w = normalised_weights(target, weight, self.s_tot, self.b_tot)
+        w = rescaled_weights(target, weight, self.s_tot, self.b_tot)
         return delta_z_lovasz(hinge, target, w, self.s_tot, self.eps).to(logits.dtype)

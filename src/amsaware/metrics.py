@@ -1,8 +1,8 @@
 """Weighted significance and ranking metrics as torchmetrics `Metric`s.
 
 Written by hand because no maintained library has them: the challenge's AMS with per-class weight
-rescaling, and a weighted ROC AUC (torchmetrics' AUROC takes no sample weights). Unweighted AUROC
-and accuracy come from torchmetrics itself.
+rescaling (`amsaware.data.weights`), and a weighted ROC AUC (torchmetrics' AUROC takes no sample
+weights). Unweighted AUROC and accuracy come from torchmetrics itself.
 
 Every metric keeps its inputs as concatenated states (`dist_reduce_fx="cat"`), so under DDP each
 process gathers all events before computing and the value is the same as in one process.
@@ -21,6 +21,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
 from amsaware.data.schema import B_TOT, S_TOT
+from amsaware.data.weights import rescaled_weights, scale_to
 
 #: Regularisation term of the challenge's AMS.
 B_REG = 10.0
@@ -36,25 +37,6 @@ def ams(s: Tensor | float, b: Tensor | float, b_reg: float = B_REG) -> Tensor:
     b = torch.as_tensor(b, dtype=torch.float64)
     radicand = 2.0 * ((s + b + b_reg) * torch.log1p(s / (b + b_reg)) - s)
     return torch.sqrt(torch.clamp(radicand, min=0.0))
-
-
-def rescaled_weights(
-    target: Tensor, weight: Tensor, s_tot: float = S_TOT, b_tot: float = B_TOT
-) -> Tensor:
-    """Weights rescaled per class so signal sums to `s_tot` and background to `b_tot`.
-
-    This puts any subset (a fold, a bootstrap sample, a leaderboard split) on the scale of the
-    full data set, as the challenge's KaggleWeight does. A class absent from the subset has no
-    events to rescale and contributes nothing. `weight` may carry leading batch dimensions
-    (`(..., n)`, one weight vector per row, e.g. bootstrap resamples as event counts x weights);
-    each row is rescaled on its own.
-    """
-    weight = weight.to(torch.float64)
-    signal = target.bool()
-    w_sig = torch.where(signal, weight, 0.0).sum(-1, keepdim=True)
-    w_bkg = torch.where(signal, 0.0, weight).sum(-1, keepdim=True)
-    scale = torch.where(signal, s_tot / w_sig, b_tot / w_bkg)
-    return weight * scale
 
 
 def _last_of_ties(sorted_scores: Tensor) -> Tensor:
@@ -124,8 +106,7 @@ class AMSCurve:
 
 def _to_total(cumulative: Tensor, total: float) -> Tensor:
     """Rescale cumulative weights so the loosest cut holds `total` (0 for an absent class)."""
-    last = cumulative[..., -1:]
-    return torch.where(last > 0, cumulative * (total / last), 0.0)
+    return cumulative * scale_to(total, cumulative[..., -1:])
 
 
 def ams_curve(

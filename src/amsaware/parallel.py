@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from amsaware.data.datamodule import HiggsDataModule, ShuffledBatches
-from amsaware.data.schema import B_TOT, S_TOT, EventTable
+from amsaware.data.schema import EventTable
 from amsaware.metrics import ValidationEvents, classification_metrics
-from amsaware.model import MLP, OptimizerFactory, SchedulerFactory, SignificanceClassifier
+from amsaware.model import MLP, SignificanceClassifier
 
 if TYPE_CHECKING:
     from amsaware.experiment import FineTune
@@ -186,24 +186,30 @@ class FoldParallelClassifier(SignificanceClassifier):
     TensorBoard shows the same runs either way.
     """
 
-    def __init__(
-        self,
-        net: StackedMLP,
-        loss: nn.Module,
-        optimizer: OptimizerFactory,
-        s_tot: float = S_TOT,
-        b_tot: float = B_TOT,
-        scheduler: SchedulerFactory | None = None,
-        compile_mode: str | None = None,
-        phase: int | None = None,
-    ) -> None:
-        super().__init__(net, loss, optimizer, s_tot, b_tot, scheduler, compile_mode, phase)
+    def __init__(self, net: StackedMLP, *args: Any, **kwargs: Any) -> None:
+        """`SignificanceClassifier`'s arguments with a `StackedMLP` as `net`; `from_module`
+        takes them from a sequential module instead."""
+        super().__init__(net, *args, **kwargs)
         k = net.n_models
         self.train_loss = nn.ModuleList(MeanMetric(nan_strategy="disable") for _ in range(k))
         self.val_metrics = nn.ModuleList(
-            classification_metrics("val/", s_tot, b_tot) for _ in range(k)
+            classification_metrics("val/", *self.totals) for _ in range(k)
         )
         self.val_events = nn.ModuleList(ValidationEvents() for _ in range(k))
+
+    @classmethod
+    def from_module(cls, module: SignificanceClassifier, net: StackedMLP) -> FoldParallelClassifier:
+        """The fold models `net` trained as `module`, a sequential module of the same phase,
+        would train one: its loss, optimizer and scheduler, totals, compile mode and phase."""
+        return cls(
+            net,
+            module.loss,
+            module.optimizer_factory,
+            *module.totals,
+            scheduler=module.scheduler_factory,
+            compile_mode=module.compile_mode,
+            phase=module.phase,
+        )
 
     def training_step(self, batch: StackedBatch, batch_idx: int) -> Tensor:
         x, target, weight, sizes = batch
@@ -265,20 +271,6 @@ class TrainedFold:
     pretrained: MLP | None = None
 
 
-def _parallel_module(nets: StackedMLP, template: SignificanceClassifier) -> FoldParallelClassifier:
-    """A `FoldParallelClassifier` for `nets` with the loss, optimizer and options of a
-    sequential module (`template`) of the same phase."""
-    return FoldParallelClassifier(
-        nets,
-        template.loss,
-        template.optimizer_factory,
-        *template.totals,
-        scheduler=template.scheduler_factory,
-        compile_mode=template.compile_mode,
-        phase=template.phase,
-    )
-
-
 def fit_folds_in_parallel(
     table: EventTable,
     folds: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -305,7 +297,7 @@ def fit_folds_in_parallel(
         n_folds,
         "/".join(str(len(dm.train_table)) for dm in datamodules),
     )
-    module = _parallel_module(StackedMLP(nets), make_module())
+    module = FoldParallelClassifier.from_module(make_module(), StackedMLP(nets))
     L.seed_everything(seeds[0], verbose=False)
     stages = [f"fold{k}" for k in range(n_folds)]
     trainer = make_trainer(stages)
@@ -315,7 +307,7 @@ def fit_folds_in_parallel(
     if finetune is not None and finetune.max_epochs > 0:
         pretrained = [net.cpu() for net in module.net.unstack()]
         epochs = module.epoch_offset + trainer.current_epoch
-        module = _parallel_module(module.net, finetune.make_module(module.net))
+        module = FoldParallelClassifier.from_module(finetune.make_module(module.net), module.net)
         module.epoch_offset = epochs  # the folds' curves continue
         trainer = finetune.make_trainer(stages, [])
         rebatched = [datamodule.rebatched(finetune.batch_size) for datamodule in datamodules]

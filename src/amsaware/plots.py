@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from amsaware.data.schema import B_TOT, S_TOT
-from amsaware.metrics import ams_curve, rescaled_weights
+from amsaware.data.weights import rescaled_weights
+from amsaware.metrics import ams_curve
 from amsaware.run_folder import atomic_path
 
 Scores = Mapping[str, np.ndarray]
@@ -191,7 +192,7 @@ def precision_recall_curves(
     """
     colours = _colours(list(scores))
     label = np.asarray(label)
-    w = None if weight is None else _rescaled(label, weight, totals)
+    w = None if weight is None else rescaled_weights(label, weight, *totals)
     with style():
         figure, (ax,) = _figure()
         for name, s in scores.items():
@@ -213,11 +214,6 @@ def precision_recall_curves(
     return figure
 
 
-def _rescaled(label: np.ndarray, weight: np.ndarray, totals: Totals) -> np.ndarray:
-    target = torch.from_numpy(np.asarray(label).astype(np.int64))
-    return rescaled_weights(target, torch.as_tensor(np.asarray(weight)), *totals).numpy()
-
-
 def weighted_pr_counts(
     scores: np.ndarray,
     label: np.ndarray,
@@ -230,7 +226,7 @@ def weighted_pr_counts(
     and negatives of `score >= threshold`, with precision and recall."""
     scores = np.asarray(scores, dtype=np.float64)
     signal = np.asarray(label).astype(bool)
-    w = _rescaled(signal, weight, totals)
+    w = rescaled_weights(signal, weight, *totals)
     bucket = np.clip(np.floor(scores * (num_thresholds - 1)), 0, num_thresholds - 1).astype(int)
     # Weight at or above each threshold: a reversed cumulative sum of per-bucket weights.
     sig = np.bincount(bucket[signal], w[signal], minlength=num_thresholds)[::-1].cumsum()[::-1]
@@ -296,9 +292,7 @@ def score_distributions(
     totals: Totals = (S_TOT, B_TOT),
 ) -> Figure:
     """Weighted score histograms of signal and background (full-data yields), one panel a run."""
-    target = torch.tensor(np.asarray(label, dtype=np.int64))
-    w = torch.tensor(np.asarray(weight, np.float64))
-    yields = rescaled_weights(target, w, *totals).numpy()
+    yields = rescaled_weights(label, np.asarray(weight, np.float64), *totals)
     signal = np.asarray(label).astype(bool)
     edges = np.linspace(0.0, 1.0, bins + 1)
     with style():

@@ -9,6 +9,9 @@ with its ask-and-tell API. This module holds what the sweeper and the trials sha
 - `metric_names` / `check_optimized_metric`: the metric names a run's metrics.json will have,
   so that a mistyped `optimized_metric` stops the search before the first trial trains;
 - `fold_metric`: which per-fold metric a trial reports to the pruner after each fold;
+- `fingerprint` / `default_study_name` / `check_fingerprint`: what a search holds fixed, the
+  study name keyed by its hash, and the refusal to continue a study searched with other
+  fixed settings;
 - `open_study`: the study, with a clear message where the database predates Optuna 3;
 - `trial_link` / `load_for_trial`: inside a run, which trial it is (from the overrides the
   sweeper gave it), and its data built once per process for all the trials run there;
@@ -22,9 +25,11 @@ sweeper plugin that Hydra imports for every `train.py --help` and shell completi
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
+import os
 import re
 import shlex
 import time
@@ -36,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
     import optuna
@@ -50,6 +56,8 @@ RESULTS = "optimization_results.yaml"
 FAIL_REASON = "fail_reason"
 PRUNED_AT = "pruned_at"
 RUN_DIR = "run_dir"
+#: The study's user attribute holding the fixed settings its trials ran with (`fingerprint`).
+FINGERPRINT = "fingerprint"
 
 #: Studies of in-memory searches (`hydra.sweeper.storage: null`) by name, so that trials run in
 #: the sweeper's own process (Hydra's basic launcher) can report to them for pruning.
@@ -263,6 +271,132 @@ def absolute_storage(storage: str | None) -> str | None:
     if path is None or path.is_absolute():
         return storage
     return f"sqlite:///{path.resolve()}"
+
+
+#: Task config keys that do not change a trial's objective, left out of the fingerprint: where
+#: files go, how many threads, loggers, progress bars, checkpoint writing, the accelerator and
+#: torch.compile (speed, not the result beyond float rounding), one-run-per-folder switches.
+NOT_FIXED = (
+    "paths",
+    "threads",
+    "data.download",
+    "logger",
+    "compile",
+    "overwrite",
+    "resume",
+    "callbacks.progress_bar",
+    "callbacks.model_checkpoint",
+    "callbacks.preprocessing",
+    "callbacks.pruning",
+    "trainer.accelerator",
+    "trainer.enable_progress_bar",
+    "trainer.enable_checkpointing",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+)
+#: Config groups whose choice is left out (their values are in the fingerprint or do not count).
+NOT_FIXED_GROUPS = ("logger", "paths", "callbacks", "trainer", "hparams_search")
+
+
+def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(item, f"{prefix}.{key}" if prefix else str(key), into)
+    else:
+        into[prefix] = value
+
+
+def _excluded(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in prefixes)
+
+
+def fingerprint(cfg: DictConfig, searched: Iterable[str]) -> dict[str, Any]:
+    """Everything a search holds fixed, as {dotted key: value}: the task config resolved
+    (data with its path and sizes, cv, cut, trainer epochs, loss, finetune, model, optimizer,
+    seed, optimized_metric, ...) and the config groups chosen (`choices.experiment`), minus the
+    searched keys and `NOT_FIXED`. Two searches with the same fingerprint optimise the same
+    objective, so they may share a study; `cfg` is the sweeper's composed config (with `hydra`).
+    """
+    searched = [key.lstrip("+~") for key in searched]
+    skip = [*NOT_FIXED, *searched]
+    values: dict[str, Any] = {}
+    for key in cfg:
+        key = str(key)
+        if key == "hydra" or _excluded(key, skip):
+            continue
+        node = cfg[key]
+        item = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        flat: dict[str, Any] = {}
+        _flatten(item, key, flat)
+        for name, value in flat.items():
+            if _excluded(name, skip):
+                continue
+            if name.endswith("path") and isinstance(value, str) and os.path.isabs(value):
+                value = os.path.normpath(value)  # <root>/conf/../data/x -> <root>/data/x
+            values[name] = value
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
+    for group, choice in choices.items():
+        group = str(group)
+        if group.split("/")[0] in ("hydra", *NOT_FIXED_GROUPS):
+            continue
+        if group in searched:
+            continue
+        values[f"choices.{group}"] = choice
+    # The JSON round trip gives what the study's user attributes will read back.
+    return json.loads(json.dumps(values, sort_keys=True, default=str))
+
+
+def fingerprint_hash(values: Mapping[str, Any]) -> str:
+    """8 hex digits of the SHA-256 of the fingerprint's canonical JSON."""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def default_study_name(values: Mapping[str, Any]) -> str:
+    """`<loss>[-<finetune>]-<data>-<hash>`: readable, and keyed by everything held fixed, so
+    a search over other data, sizes, folds or epochs starts a study of its own."""
+    parts = [values.get("choices.loss"), values.get("choices.finetune"), values.get("choices.data")]
+    prefix = "-".join(str(part) for part in parts if part not in (None, "null"))
+    return f"{prefix or 'study'}-{fingerprint_hash(values)}"
+
+
+def check_fingerprint(
+    study: optuna.Study, values: Mapping[str, Any], storage: str | None, adopt: bool = False
+) -> None:
+    """Record the search's fixed settings in the study, or refuse a study searched with others.
+
+    A new study (no trials) gets them. A study that holds them must hold these: else this
+    search would continue an optimisation of another objective, and its best trial would be
+    one this command never ran. A study without them (written before fingerprints, or by
+    another tool) is refused unless `adopt` (`hydra.sweeper.adopt_study=true`), which records
+    this search's settings in it: the user vouches that its trials ran with them.
+    """
+    where = f" in {storage}" if storage else ""
+    stored = study.user_attrs.get(FINGERPRINT)
+    if stored is None:
+        if study.get_trials(deepcopy=False) and not adopt:
+            raise SearchConfigError(
+                f"study {study.study_name!r}{where} has trials but no record "
+                "of the settings they ran with (it predates study fingerprints), so this search "
+                "cannot tell whether it optimises the same objective. Leave "
+                "hydra.sweeper.study_name unset for a new study keyed by this search's settings, "
+                "or pass hydra.sweeper.adopt_study=true if its trials ran with exactly these "
+                "settings (this search's are then recorded in it)"
+            )
+        study.set_user_attr(FINGERPRINT, dict(values))
+        return
+    differing = sorted(k for k in set(stored) | set(values) if stored.get(k) != values.get(k))
+    if differing:
+        shown = "; ".join(
+            f"{key}: {stored.get(key, '(unset)')!r} in the study, "
+            f"{values.get(key, '(unset)')!r} in this search"
+            for key in differing
+        )
+        raise SearchConfigError(
+            f"study {study.study_name!r}{where} was searched with other fixed settings, so its "
+            f"trials optimised another objective: {shown}. Leave hydra.sweeper.study_name unset "
+            "(the default name is keyed by these settings) or choose another one"
+        )
 
 
 def open_study(

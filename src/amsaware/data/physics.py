@@ -9,7 +9,7 @@ from the number of jets.
 Processes (`PROCESSES`): signal gluon-fusion and vector-boson-fusion H -> tau tau (m_H = 125
 GeV); background Z -> tau tau (91.19 GeV), W + jets with a jet faking the hadronic tau, and top
 pairs (one W -> lepton, the other -> hadronic tau or a jet faking it). Each event is built as
-four-vectors (E, px, py, pz):
+four-vectors (E, px, py, pz) on the last axis (`amsaware.data.kinematics`, as the DER_ features):
 
 - the boson gets its transverse momentum from recoil against the generated jets plus a soft
   (Gaussian) component, a rapidity, and decays isotropically in its rest frame;
@@ -40,6 +40,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from amsaware.data import kinematics
 from amsaware.data.derived import derived_features
 from amsaware.data.schema import PRI_FEATURES
 
@@ -65,30 +66,7 @@ _PRI = {name: k for k, name in enumerate(PRI_FEATURES)}
 
 
 # ---------------------------------------------------------------------------------------------
-# four-vectors, shape (..., 4) = (E, px, py, pz)
-
-
-def _from_rapidity(pt, y, phi, mass, pseudo: bool = False) -> np.ndarray:
-    """Four-vector from pT, (pseudo)rapidity, phi and mass."""
-    if pseudo:
-        pz = pt * np.sinh(y)
-        energy = np.sqrt(pt**2 + pz**2 + mass**2)
-    else:
-        mt = np.sqrt(pt**2 + mass**2)
-        energy, pz = mt * np.cosh(y), mt * np.sinh(y)
-    return np.stack([energy, pt * np.cos(phi), pt * np.sin(phi), pz], axis=-1)
-
-
-def _pt(p: np.ndarray) -> np.ndarray:
-    return np.hypot(p[..., 1], p[..., 2])
-
-
-def _eta(p: np.ndarray) -> np.ndarray:
-    return np.arcsinh(p[..., 3] / np.maximum(_pt(p), 1e-9))
-
-
-def _phi(p: np.ndarray) -> np.ndarray:
-    return np.arctan2(p[..., 2], p[..., 1])
+# decays; four-vectors as in `amsaware.data.kinematics`, shape (..., 4) = (E, px, py, pz)
 
 
 def _decay(parent: np.ndarray, m1: float, m2: float, rng: np.random.Generator):
@@ -160,7 +138,7 @@ def _jets(n: int, n_jets: int, rng, median: float, width: float, eta_scale: floa
     pt = np.concatenate([pt, soft], axis=1)
     k = n_jets + SOFT_JETS
     eta = _truncated_normal(n * k, 0.0, eta_scale, JET_ETA_MAX, rng).reshape(n, k)
-    return _from_rapidity(pt, eta, rng.uniform(-np.pi, np.pi, (n, k)), 0.0, pseudo=True)
+    return kinematics.from_pseudorapidity(pt, eta, rng.uniform(-np.pi, np.pi, (n, k)), 0.0)
 
 
 def _vbf_jets(n: int, n_jets: int, rng) -> np.ndarray:
@@ -170,7 +148,7 @@ def _vbf_jets(n: int, n_jets: int, rng) -> np.ndarray:
     eta2 = -side * np.abs(rng.normal(2.2, 0.9, n))
     eta = np.clip(np.stack([eta1, eta2], axis=1), -JET_ETA_MAX + 1e-3, JET_ETA_MAX - 1e-3)
     pt = JET_PT_MIN + 35.0 * np.exp(0.8 * rng.standard_normal((n, 2)))
-    tags = _from_rapidity(pt, eta, rng.uniform(-np.pi, np.pi, (n, 2)), 0.0, pseudo=True)
+    tags = kinematics.from_pseudorapidity(pt, eta, rng.uniform(-np.pi, np.pi, (n, 2)), 0.0)
     return np.concatenate([tags, _jets(n, max(n_jets - 2, 0), rng, 15.0, 0.8, 1.5)], axis=1)
 
 
@@ -187,7 +165,7 @@ def _boson(n, jets, mass, width, soft, rapidity, rng) -> tuple[np.ndarray, np.nd
     py = -jets[..., 2].sum(axis=1) - radiation[:, 1]
     y = rng.normal(0, rapidity, n)
     pt = np.hypot(px, py)
-    return _from_rapidity(pt, y, np.arctan2(py, px), m), radiation
+    return kinematics.from_rapidity(pt, y, np.arctan2(py, px), m), radiation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +206,7 @@ def _w_to_lepton(w: np.ndarray, rng, tau_share: float = 0.15):
 def _fake_tau(jet: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     """A jet reconstructed as a hadronic tau: pT response ~0.8, fake rate falling with pT."""
     response = np.clip(rng.normal(0.8, 0.12, len(jet)), 0.3, 1.2)
-    fake_rate = FAKE_RATE * np.exp(-_pt(jet) / 60.0)
+    fake_rate = FAKE_RATE * np.exp(-kinematics.pt(jet) / 60.0)
     return response[:, None] * jet, fake_rate
 
 
@@ -261,7 +239,9 @@ def _w_jets(n, n_jets, rng) -> Truth:
     # the jet that fakes the tau is one more recoiling jet, generated from a lower threshold
     fake_pt = 18.0 + 10.0 * np.exp(0.9 * rng.standard_normal((n, 1)))
     fake_eta = _truncated_normal(n, 0.0, 1.8, TAU_ETA_MAX, rng)[:, None]
-    fake = _from_rapidity(fake_pt, fake_eta, rng.uniform(-np.pi, np.pi, (n, 1)), 0.0, pseudo=True)
+    fake = kinematics.from_pseudorapidity(
+        fake_pt, fake_eta, rng.uniform(-np.pi, np.pi, (n, 1)), 0.0
+    )
     jets = _jets(n, n_jets, rng, 14.0, 1.25, 2.5)
     w, radiation = _boson(n, np.concatenate([jets, fake], axis=1), M_W, GAMMA_W, 20.0, 2.0, rng)
     lepton, nu = _w_to_lepton(w, rng)
@@ -275,8 +255,8 @@ def _top_pair(n, n_jets, rng) -> Truth:
     del n_jets  # the jets come from the decays
     pt = rng.gamma(2.5, 40.0, n)
     phi = rng.uniform(-np.pi, np.pi, n)
-    top1 = _from_rapidity(pt, rng.normal(0, 1.0, n), phi, M_TOP)
-    top2 = _from_rapidity(
+    top1 = kinematics.from_rapidity(pt, rng.normal(0, 1.0, n), phi, M_TOP)
+    top2 = kinematics.from_rapidity(
         pt * np.exp(rng.normal(0, 0.3, n)), rng.normal(0, 1.0, n), phi + np.pi, M_TOP
     )
     b1, w1 = _decay(top1, 0.0, M_W, rng)
@@ -315,10 +295,10 @@ def _select(truth: Truth, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lepton = _smear(truth.lepton, np.full(n, LEP_RESOLUTION), rng)
     tau = _smear(truth.tau, np.full(n, TAU_RESOLUTION), rng)
     passed = (
-        (_pt(lepton) > LEP_PT_MIN)
-        & (np.abs(_eta(lepton)) < LEP_ETA_MAX)
-        & (_pt(tau) > TAU_PT_MIN)
-        & (np.abs(_eta(tau)) < TAU_ETA_MAX)
+        (kinematics.pt(lepton) > LEP_PT_MIN)
+        & (np.abs(kinematics.eta(lepton)) < LEP_ETA_MAX)
+        & (kinematics.pt(tau) > TAU_PT_MIN)
+        & (np.abs(kinematics.eta(tau)) < TAU_ETA_MAX)
     )
     return lepton, tau, passed
 
@@ -326,10 +306,10 @@ def _select(truth: Truth, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _detector(truth: Truth, lepton: np.ndarray, tau: np.ndarray, rng) -> np.ndarray:
     """The 17 PRI_ columns (NaN where undefined) of events with measured `lepton` and `tau`."""
     n = len(truth.lepton)
-    jet_pt_true = _pt(truth.jets)
+    jet_pt_true = kinematics.pt(truth.jets)
     resolution = np.hypot(JET_STOCHASTIC / np.sqrt(np.maximum(jet_pt_true, 1.0)), JET_CONSTANT)
     jets = _smear(truth.jets, resolution, rng, tails=True)
-    jet_pt, jet_eta = _pt(jets), _eta(jets)
+    jet_pt, jet_eta = kinematics.pt(jets), kinematics.eta(jets)
     inside = np.abs(jet_eta) < JET_ETA_MAX
     kept = inside & (jet_pt > JET_PT_MIN)
     in_met = inside & (jet_pt > JET_MET_MIN)
@@ -348,7 +328,12 @@ def _detector(truth: Truth, lepton: np.ndarray, tau: np.ndarray, rng) -> np.ndar
     met = truth.neutrinos + mismeasured + soft_true - soft_measured
     # calorimeter sum: a muon (half the leptons) leaves almost none of its pT there
     electron = rng.random(n) < 0.5
-    sumet = soft_sumet + electron * _pt(lepton) + _pt(tau) + np.where(in_met, jet_pt, 0.0).sum(1)
+    sumet = (
+        soft_sumet
+        + electron * kinematics.pt(lepton)
+        + kinematics.pt(tau)
+        + np.where(in_met, jet_pt, 0.0).sum(1)
+    )
 
     order = np.argsort(-np.where(kept, jet_pt, -1.0), axis=1)
     jet_pt = np.take_along_axis(np.where(kept, jet_pt, 0.0), order, axis=1)
@@ -356,12 +341,12 @@ def _detector(truth: Truth, lepton: np.ndarray, tau: np.ndarray, rng) -> np.ndar
     n_jets = kept.sum(axis=1)
     pri = np.full((n, len(PRI_FEATURES)), np.nan)
     columns = {
-        "PRI_tau_pt": _pt(tau),
-        "PRI_tau_eta": _eta(tau),
-        "PRI_tau_phi": _phi(tau),
-        "PRI_lep_pt": _pt(lepton),
-        "PRI_lep_eta": _eta(lepton),
-        "PRI_lep_phi": _phi(lepton),
+        "PRI_tau_pt": kinematics.pt(tau),
+        "PRI_tau_eta": kinematics.eta(tau),
+        "PRI_tau_phi": kinematics.phi(tau),
+        "PRI_lep_pt": kinematics.pt(lepton),
+        "PRI_lep_eta": kinematics.eta(lepton),
+        "PRI_lep_phi": kinematics.phi(lepton),
         "PRI_met": np.hypot(met[:, 0], met[:, 1]),
         "PRI_met_phi": np.arctan2(met[:, 1], met[:, 0]),
         "PRI_met_sumet": sumet,
@@ -374,7 +359,11 @@ def _detector(truth: Truth, lepton: np.ndarray, tau: np.ndarray, rng) -> np.ndar
         if jets.shape[1] <= rank:
             continue
         has = n_jets > rank
-        for quantity, values in (("pt", jet_pt), ("eta", _eta(jets)), ("phi", _phi(jets))):
+        for quantity, values in (
+            ("pt", jet_pt),
+            ("eta", kinematics.eta(jets)),
+            ("phi", kinematics.phi(jets)),
+        ):
             pri[has, _PRI[f"PRI_jet_{which}_{quantity}"]] = values[has, rank]
     return pri
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from amsaware.data import copula, physics
 from amsaware.data.schema import B_TOT, FEATURES, S_TOT, Dataset, EventTable
+from amsaware.data.weights import rescaled_weights
 
 Generator = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -149,20 +150,19 @@ def _normalise(
     """Rescale per class (and per KaggleSet) so each part carries the full-data totals."""
     out = weight.copy()
     parts = (
-        [(None, True)]
+        [(None, np.ones(len(label), dtype=bool))]
         if kaggle_set is None
         else [(s, kaggle_set == s) for s in np.unique(kaggle_set)]
     )
     for part, in_part in parts:
-        for cls, total, name in ((1, S_TOT, "signal"), (0, B_TOT, "background")):
-            mask = in_part & (label == cls)
-            if not mask.any():
+        for cls, name in ((1, "signal"), (0, "background")):
+            if not (in_part & (label == cls)).any():
                 where = "" if part is None else f" in KaggleSet '{part}'"
                 raise ValueError(
                     f"{what}: no {name} events{where}, so weights cannot be normalised per "
                     "class; ask for more events"
                 )
-            out[mask] *= total / out[mask].sum()
+        out[in_part] = rescaled_weights(label[in_part], weight[in_part], S_TOT, B_TOT)
     return out
 
 

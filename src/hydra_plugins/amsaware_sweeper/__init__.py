@@ -44,7 +44,11 @@ class AmsawareSweeperConf:
     direction: Any = "maximize"
     #: A database URL (sqlite:///FILE, postgresql://...) or null for an in-memory study.
     storage: Any = None
+    #: null: `<loss>[-<finetune>]-<data>-<hash of the fixed settings>` (amsaware.search).
     study_name: str | None = None
+    #: Continue a study that has trials but no record of their fixed settings (written before
+    #: fingerprints), recording this search's in it.
+    adopt_study: bool = False
     n_trials: int = 20
     #: Trials launched at once (set the launcher's parallelism to match).
     n_jobs: int = 1
@@ -145,8 +149,13 @@ class AmsawareSweeper(Sweeper):
         pruner = self._instantiate(settings.pruner)
         if pruner is not None and search.fold_metric(metric) is None:
             log.warning("optimized_metric %s has no per-fold value: nothing is pruned", metric)
+        fixed_values = _fingerprint(cfg, space)
+        study_name = settings.study_name or search.default_study_name(fixed_values)
         study = search.open_study(
-            settings.study_name, storage, directions, pruner=pruner or optuna.pruners.NopPruner()
+            study_name, storage, directions, pruner=pruner or optuna.pruners.NopPruner()
+        )
+        search.check_fingerprint(
+            study, fixed_values, storage, bool(settings.get("adopt_study", False))
         )
         sampler = self._sampler(settings.sampler, len(study.trials), study.study_name)
         study.sampler = sampler or study.sampler
@@ -252,6 +261,26 @@ class AmsawareSweeper(Sweeper):
         )
         log.info("best trial of the study: #%d, %s = %.6g", best.number, metric, best.value)
         log.info("re-run the best trial: sh %s", path)
+
+
+def _fingerprint(cfg: DictConfig, space: dict[str, Any]) -> dict[str, Any]:
+    """`amsaware.search.fingerprint` of the sweeper's config. Its `${hydra:...}` paths resolve
+    through Hydra's global config, published here for the moment when a caller (a test, an
+    API user) composed the config without running Hydra."""
+    import copy
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from amsaware.search import fingerprint
+
+    holder = HydraConfig.instance()
+    published = holder.cfg
+    if published is None:
+        holder.set_config(copy.deepcopy(cfg))  # set_config makes its `hydra` node read-only
+    try:
+        return fingerprint(cfg, space)
+    finally:
+        holder.cfg = published
 
 
 def _directions(direction: Any) -> list[str]:
