@@ -14,10 +14,12 @@ from torch import nn
 from amsaware.data.preprocessing import FittedPreprocessing
 from amsaware.run_folder import (
     Cut,
+    FoldScores,
     RunFolder,
     RunFolderError,
     SavePreprocessing,
     atomic_path,
+    events_digest,
     fold_stage,
     read_json,
     scorers_of,
@@ -418,6 +420,68 @@ def test_a_folder_written_before_the_record_loads_by_the_fixed_names(run):
     run.metrics_path.write_text(json.dumps(metrics))
     assert set(run.checkpoint("final")) == {"weight", "bias"}
     assert run.preprocessing("fold0").to_dict() == stats().to_dict()
+
+
+# --- a finished fold's scores, for resume ---------------------------------------------------
+
+
+def test_fold_scores_round_trip_with_their_dtypes(run):
+    scores = FoldScores(
+        np.array([4, 0, 2]),
+        np.array([0.5, -1.0, 3.0], dtype=np.float32),
+        events_digest(np.arange(3)),
+        np.array([1.0, 2.0], dtype=np.float32),
+        np.array([0.1, 0.2, 0.3], dtype=np.float32),
+    )
+    assert run.fold_scores("fold0") is None  # not finished
+    run.write_fold_scores("fold0", scores)
+    back = run.fold_scores("fold0")
+    assert back.events == scores.events
+    for name in ("val_index", "val_logits", "test_logits", "pretrain_logits"):
+        assert getattr(back, name).dtype == getattr(scores, name).dtype, name
+        np.testing.assert_array_equal(getattr(back, name), getattr(scores, name))
+    run.write_fold_scores("fold1", FoldScores(np.array([1]), np.array([0.0]), "x"))
+    assert run.fold_scores("fold1").test_logits is None
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        {"val_index": np.array([0, 1]), "val_logits": np.array([0.0]), "events": np.array("x")},
+        {"val_index": np.array([0]), "val_logits": np.array([np.nan]), "events": np.array("x")},
+        {"val_index": np.array([0]), "events": np.array("x")},
+        {"val_index": np.array([0]), "val_logits": np.array(["a"]), "events": np.array("x")},
+    ],
+)
+def test_damaged_fold_scores_are_named(run, arrays):
+    path = run.fold_scores_path("fold2")
+    path.parent.mkdir(parents=True)
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+    with pytest.raises(RunFolderError, match=r"fold2/fold_scores\.npz: corrupt"):
+        run.fold_scores("fold2")
+
+
+def test_fold_scores_holding_objects_are_refused_unread(run):
+    path = run.fold_scores_path("fold0")
+    path.parent.mkdir(parents=True)
+    with path.open("wb") as handle:
+        np.savez(handle, val_index=np.array([object()], dtype=object))
+    with pytest.raises(RunFolderError, match=r"fold_scores\.npz: corrupt, not a fold's scores"):
+        run.fold_scores("fold0")
+
+
+def test_clearing_a_stage_removes_its_checkpoint_and_logger_folders_only(run):
+    finished(run, stages=("fold0", "fold1"))
+    for logger in ("tensorboard", "csv"):
+        (run.path / logger / "fold1").mkdir(parents=True)
+        (run.path / logger / "fold1" / "events").write_text("half")
+    run.clear_stage("fold1")
+    assert not run.stage_dir("fold1").exists()
+    assert not (run.path / "tensorboard" / "fold1").exists()
+    assert not (run.path / "csv" / "fold1").exists()
+    assert run.checkpoint_path("fold0").is_file() and run.metrics_path.is_file()
+    run.clear_stage("fold7")  # nothing there: nothing to do
 
 
 # --- the contract on a finished run: the session's ams_run (helpers.TINY, loss=ams) ---------

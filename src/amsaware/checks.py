@@ -4,12 +4,14 @@
 schema (`cv`, `cut` and the top-level keys; a misspelt key, even one added with `+`,
 is an error instead of a silently ignored setting), refuses values that cannot be meant
 (no epochs, fewer than two folds, a non-positive learning rate, a negative seed), claims the
-run folder (one run per folder, a lock held for the run's lifetime) and makes Ctrl-C end the
-run with exit status 130 after logging where it stopped. Checks of the events themselves
-(weights, feature magnitudes) run after loading, in `amsaware.data.formats.check_trainable`.
+run folder (one run per folder, a lock held for the run's lifetime; `resume=true` or
+`ckpt_path=` is the one other way into a used folder, for the command that wrote it) and makes
+Ctrl-C end the run with exit status 130 after logging where it stopped. Checks of the events
+themselves (weights, feature magnitudes) run after loading, in
+`amsaware.data.formats.check_trainable`.
 
-Every error is a `ConfigError` (a `ValueError`) naming the key, or a `RunFolderError` naming
-the folder and what is in it.
+Every error is a `ConfigError` (a `ValueError`) naming the key, or a `RunFolderError`
+(`amsaware.run_folder`'s, also a `ValueError`) naming the folder and what is in it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from types import FrameType
 from typing import IO, Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 # The one error for a run folder: here, one that already holds a run or is being written.
 from amsaware.run_folder import RunFolderError
@@ -82,6 +84,7 @@ TOP_LEVEL: frozenset[str] = frozenset(
         "optimized_metric",
         "overwrite",
         "resume",
+        "ckpt_path",
         "cv",
         "cut",
         "optimizer",
@@ -195,10 +198,99 @@ def check_values(cfg: DictConfig) -> None:
     threads = cfg.get("threads")
     if threads is not None and (not _integer(threads) or threads < 1):
         raise ConfigError(f"threads is {threads!r}; expected an integer >= 1 or null")
-    for key in ("final_fit", "overwrite"):
+    for key in ("final_fit", "overwrite", "resume"):
         value = cfg.get(key, False)
         if not isinstance(value, bool):
             raise ConfigError(f"{key} is {value!r}; expected true or false")
+    check_resume_options(cfg)
+
+
+# --- resume ----------------------------------------------------------------------------------
+
+#: Keys a resumed run's command may set differently from the run's own.
+RESUME_KEYS = ("resume", "ckpt_path", "overwrite")
+
+
+def resuming(cfg: DictConfig) -> bool:
+    """Whether the command continues the run in its folder (`resume=true` or `ckpt_path=`)."""
+    return bool(cfg.get("resume")) or cfg.get("ckpt_path") is not None
+
+
+def check_resume_options(cfg: DictConfig) -> None:
+    """What resume cannot do, refused before anything runs (docs/training.md, Resume)."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and not isinstance(ckpt_path, str):
+        raise ConfigError(f"ckpt_path is {ckpt_path!r}; expected the path of a run folder")
+    if not resuming(cfg):
+        return
+    how = "ckpt_path=..." if ckpt_path is not None else "resume=true"
+    if cfg.get("overwrite"):
+        raise ConfigError(
+            f"{how} continues the run in its folder and overwrite=true deletes it: choose one"
+        )
+    if (cfg.get("cv") or {}).get("parallel"):
+        raise ConfigError(
+            f"{how} cannot resume cv.parallel=true: its folds train together as one model, so "
+            "an interrupted run has no finished fold to keep; train it again (overwrite=true)"
+        )
+    if (cfg.get("callbacks") or {}).get("early_stopping"):
+        raise ConfigError(
+            f"{how} cannot resume callbacks.early_stopping: the final fit's epoch count comes "
+            "from the folds' early-stopping state, which a finished fold does not keep; train "
+            "it again (overwrite=true)"
+        )
+
+
+def resume_folder(ckpt_path: str) -> Path:
+    """The run folder `ckpt_path=` names, checked to hold a train.py run's config."""
+    folder = Path(ckpt_path)
+    if folder.is_file():
+        raise RunFolderError(
+            f"ckpt_path={ckpt_path} is a file; ckpt_path names the run folder to continue "
+            "(e.g. logs/train/runs/<time>): a run resumes all its stages, each from its own "
+            "files"
+        )
+    if not (folder / ".hydra" / "config.yaml").is_file():
+        raise RunFolderError(
+            f"ckpt_path={ckpt_path}: no run folder of train.py there (no .hydra/config.yaml) "
+            "to continue"
+        )
+    return folder
+
+
+def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    if isinstance(stored, dict) and isinstance(current, dict):
+        keys = sorted(set(stored) | set(current), key=str)
+        return [
+            key
+            for name in keys
+            for key in _differences(stored.get(name), current.get(name), f"{prefix}{name}.")
+        ]
+    return [] if stored == current else [prefix.rstrip(".")]
+
+
+def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
+    """A resumed command must be the run's own: its config may differ from the folder's
+    `.hydra/config.yaml` only in `RESUME_KEYS`. A folder without one has nothing to compare."""
+    from amsaware.run_folder import read_plain_config
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return
+    current = OmegaConf.to_container(cfg, resolve=False)
+    current = {k: v for k, v in current.items() if k != "hydra"}
+    differ = [
+        key
+        for key in _differences(read_plain_config(path), current)
+        if key.split(".")[0] not in RESUME_KEYS
+    ]
+    if differ:
+        raise RunFolderError(
+            f"{run_dir}: cannot resume: the command's config differs from the run's "
+            f"({path}) in {', '.join(differ[:12])}{' ...' if len(differ) > 12 else ''}. "
+            "Resume with the run's own settings (only resume and ckpt_path may differ), or "
+            "train into another folder."
+        )
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -280,6 +372,10 @@ def claim_run_folder(run_dir: str | Path, overwrite: bool = False, resume: bool 
     """
     run_dir = Path(run_dir)
     lock_run_folder(run_dir)
+    if resume and (run_dir / "metrics.json").is_file():
+        raise RunFolderError(
+            f"{run_dir} holds a finished run (metrics.json): there is nothing to resume"
+        )
     found = previous_run(run_dir)
     if not found or resume:
         return
@@ -379,13 +475,19 @@ class RunFolderCallback(Callback):
         # Hydra has published its config; it does that after this hook, with the same config.
         from hydra.core.hydra_config import HydraConfig
 
-        HydraConfig.instance().set_config(config)
         try:
+            if config.get("ckpt_path") is not None:
+                # Continue in the named folder: the run's files, log and config go there.
+                folder = resume_folder(config.ckpt_path)
+                with read_write(config.hydra), open_dict(config.hydra):
+                    config.hydra.run.dir = str(folder)
+            HydraConfig.instance().set_config(config)
             check_config(task)
             if _main_process():
                 run_dir = Path(config.hydra.run.dir)
-                overwrite, resume = bool(config.get("overwrite")), bool(config.get("resume"))
-                claim_run_folder(run_dir, overwrite, resume)
+                claim_run_folder(run_dir, bool(config.get("overwrite")), resuming(task))
+                if resuming(task):
+                    check_resume_config(run_dir, task)
         except (ConfigError, RunFolderError) as error:
             # Hydra turns a callback's exception into a warning and runs the job anyway.
             raise SystemExit(f"{type(error).__name__}: {error}") from None
@@ -395,6 +497,29 @@ def check_run(cfg: DictConfig) -> None:
     """Everything refused before a run starts, then the run folder claimed (see module doc)."""
     check_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    if resuming(cfg):
+        _check_resume_target(cfg, run_dir)
     if _main_process():
-        claim_run_folder(run_dir, bool(cfg.get("overwrite", False)), bool(cfg.get("resume")))
+        claim_run_folder(run_dir, bool(cfg.get("overwrite", False)), resuming(cfg))
+        if resuming(cfg):
+            check_resume_config(run_dir, cfg)
     exit_on_interrupt(run_dir)
+
+
+def _check_resume_target(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run is one run in its own folder: not a sweep's trial, and `ckpt_path` is
+    the folder it writes into (train.py makes it so; a library caller sets both)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError(
+            "resume=true and ckpt_path are for a single run, not a sweep (-m): a search "
+            "continues through its study"
+        )
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and Path(ckpt_path).resolve() != run_dir.resolve():
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is not the run's output folder {run_dir}: a run is "
+            "continued in its own folder (set paths.output_dir to it)"
+        )

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from amsaware import plots
-from amsaware.checks import check_run
+from amsaware.checks import check_run, resuming
 from amsaware.data.datamodule import HiggsDataModule, stratified_folds
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
@@ -41,7 +41,16 @@ from amsaware.model import SignificanceClassifier, predict_logit
 from amsaware.parallel import fit_folds_in_parallel
 from amsaware.progress import RunClock, StageProgressBar, stage_label
 from amsaware.pruning import fold_hook
-from amsaware.run_folder import FINAL, Cut, RunFolder, fold_stage, scorers_of
+from amsaware.run_folder import (
+    FINAL,
+    Cut,
+    FoldScores,
+    RunFolder,
+    RunFolderError,
+    events_digest,
+    fold_stage,
+    scorers_of,
+)
 from amsaware.search import check_optimized_metric, load_for_trial
 from amsaware.stopping import EarlyStopping, median_epochs
 
@@ -325,6 +334,70 @@ class _Accumulator:
         )
 
 
+@dataclass(frozen=True)
+class FoldStore:
+    """Each finished fold's scores in its run folder (`RunFolder.write_fold_scores`), and, when
+    resuming, the folds found finished there instead of training them again.
+
+    A fold without saved scores was interrupted (or never started): its folders are cleared
+    and it trains from scratch, seeded as in an uninterrupted run, so the resumed run's results
+    are those of a run never stopped.
+    """
+
+    run: RunFolder
+    resume: bool = False
+
+    @staticmethod
+    def _events(table: EventTable, plan: _FoldPlan, test: EventTable | None) -> str:
+        rows = plan.val_index
+        parts = [table.event_id[rows], table.features[rows], table.label[rows], table.weight[rows]]
+        if test is not None:
+            parts += [test.event_id, test.features]
+        return events_digest(*parts)
+
+    def load(
+        self, plan: _FoldPlan, table: EventTable, test: EventTable | None, finetune: bool
+    ) -> FoldScores | None:
+        """The fold's saved scores when resuming and it finished; else None (folders cleared)."""
+        if not self.resume:
+            return None
+        scores = self.run.fold_scores(plan.stage)
+        if scores is None:
+            self.run.clear_stage(plan.stage)
+            return None
+        path = self.run.fold_scores_path(plan.stage)
+        same = np.array_equal(scores.val_index, plan.val_index)
+        same = same and scores.events == self._events(table, plan, test)
+        same = same and (scores.test_logits is None) == (test is None)
+        same = same and (scores.pretrain_logits is None) == (not finetune)
+        if not same:
+            raise RunFolderError(
+                f"{path}: this fold was scored on other events than the command's data gives "
+                "now (the data changed since the run): it cannot be resumed; train it again "
+                "into another folder or with overwrite=true"
+            )
+        return scores
+
+    def save(
+        self,
+        plan: _FoldPlan,
+        table: EventTable,
+        test: EventTable | None,
+        z_val: torch.Tensor,
+        z_test: np.ndarray | None,
+        z_pretrain: torch.Tensor | None,
+    ) -> None:
+        """Mark the fold finished: its scores, written after its checkpoint."""
+        scores = FoldScores(
+            plan.val_index,
+            z_val.numpy(),
+            self._events(table, plan, test),
+            z_test,
+            None if z_pretrain is None else z_pretrain.numpy(),
+        )
+        self.run.write_fold_scores(plan.stage, scores)
+
+
 def cross_validate(
     table: EventTable,
     n_folds: int,
@@ -339,6 +412,7 @@ def cross_validate(
     finetune: FineTune | None = None,
     on_fold: Callable[[int, dict[str, float]], None] | None = None,
     clock: RunClock | None = None,
+    store: FoldStore | None = None,
 ) -> CrossValidation:
     """Train one model per stratified fold and score its held-out events (and `test`'s).
 
@@ -349,8 +423,11 @@ def cross_validate(
     (`amsaware.parallel`); `save_stage` then writes each fold's checkpoint and preprocessing,
     which the sequential path's callbacks write. `on_fold(k, metrics)` is called after each
     fold with its validation metrics (a search's pruning may raise there to stop the run).
-    `clock` logs each finished stage's time.
+    `clock` logs each finished stage's time. `store` keeps each finished fold's scores and,
+    when resuming, reloads the folds that finished instead of training them (sequential only).
     """
+    if parallel and store is not None and store.resume:
+        raise ValueError("resuming needs sequential folds (cv.parallel=false)")
     plans = plan_folds(table.label, n_folds, seed, repeats)
     totals = (table.s_tot, table.b_tot)
     n_test = None if test is None else len(test)
@@ -369,6 +446,12 @@ def cross_validate(
         if clock is not None:
             clock.stage_done(stage_label([p.stage for p in plans], len(plans)), len(plans))
     for j, plan in enumerate(plans):
+        saved = None if store is None else store.load(plan, table, test, finetune is not None)
+        if saved is not None:
+            label = stage_label(plan.stage, len(plans))
+            log.info("%s: finished before the interruption; its scores reloaded", label)
+            _add_saved(plan, saved, table, batch_size, after, before, on_fold)
+            continue
         if parallel:
             datamodule, net, logger = trained[j].datamodule, trained[j].net, trained[j].logger
             pretrained_net = trained[j].pretrained
@@ -393,16 +476,40 @@ def cross_validate(
             if clock is not None:
                 clock.stage_done(stage_label(plan.stage, len(plans)))
         x_val, y_val, w_val = datamodule.val_tensors
+        z_pretrain = None if before is None else predict_logit(pretrained_net, x_val)
         if before is not None:
-            before.add(plan, predict_logit(pretrained_net, x_val), y_val, w_val, None)
+            before.add(plan, z_pretrain, y_val, w_val, None)
         z_val = predict_logit(net, x_val)
         z_test = None if test is None else predict_logit(net, datamodule.preprocess(test)).numpy()
         metrics = after.add(plan, z_val, y_val, w_val, z_test)
+        if store is not None and not parallel:
+            store.save(plan, table, test, z_val, z_test, z_pretrain)
         if on_fold is not None:
             on_fold(plan.index, metrics)
         p_val = torch.sigmoid(z_val).numpy()
         plots.log_to_logger(logger, "val/", p_val, y_val.numpy(), w_val.numpy(), totals=totals)
     return after.result(None if before is None else before.result())
+
+
+def _add_saved(
+    plan: _FoldPlan,
+    saved: FoldScores,
+    table: EventTable,
+    batch_size: int,
+    after: _Accumulator,
+    before: _Accumulator | None,
+    on_fold: Callable[[int, dict[str, float]], None] | None,
+) -> None:
+    """A finished fold's saved scores into the accumulators, as if it had just trained."""
+    datamodule = HiggsDataModule(
+        table, batch_size, plan.seed, train_index=plan.train_index, val_index=plan.val_index
+    )
+    _, y_val, w_val = datamodule.val_tensors  # the labels and weights training scores with
+    if before is not None:
+        before.add(plan, torch.from_numpy(saved.pretrain_logits), y_val, w_val, None)
+    metrics = after.add(plan, torch.from_numpy(saved.val_logits), y_val, w_val, saved.test_logits)
+    if on_fold is not None:
+        on_fold(plan.index, metrics)
 
 
 def summarise_cv(cv: CrossValidation, table: EventTable) -> dict[str, Any]:
@@ -996,6 +1103,13 @@ def _run_with(
     fold_test = dataset.test if cfg.final_fit and ensemble != "final" else None
     final = bool(cfg.final_fit) and ensemble != "folds"
     clock = RunClock(int(cfg.cv.folds) * int(repeats), int(cfg.cv.folds), final)
+    parallel = bool(cfg.cv.get("parallel", False))
+    run = RunFolder(run_dir)
+    if resuming(cfg):
+        log.info("resuming the run in %s: finished folds are reloaded, the rest trained", run)
+        for stage in (FINAL, "oof", "summary"):  # after the folds: always trained again
+            run.clear_stage(stage)
+    store = None if parallel else FoldStore(run, resuming(cfg))
     cv = cross_validate(
         dataset.train,
         cfg.cv.folds,
@@ -1004,15 +1118,15 @@ def _run_with(
         make_module,
         make_trainer,
         fold_test,
-        parallel=bool(cfg.cv.get("parallel", False)),
+        parallel=parallel,
         save_stage=save_stage,
         repeats=repeats,
         finetune=finetune,
         on_fold=fold_hook(cfg),
         clock=clock,
+        store=store,
     )
     train = dataset.train
-    run = RunFolder(run_dir)
     metrics: dict[str, Any] = {}
     if cv.pretrain is not None:
         metrics["pretrain"] = _write_pretrain(run, cv.pretrain, train, cut_options)

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,11 @@ PRETRAIN = "pretrain"
 EVAL_METRICS = "eval_metrics.json"
 #: metrics.json's record of each stage's files (paths relative to the folder, and sha256).
 STAGE_FILES = "stages"
+#: Beside a finished fold's checkpoint, written after it: the fold's validation and test logits,
+#: what a resumed run reloads instead of training the fold again.
+FOLD_SCORES = "fold_scores.npz"
+#: The loggers' per-stage folders (`<logger>/<stage>/`), cleared when a stage restarts.
+LOGGER_FOLDERS = ("tensorboard", "csv")
 
 FINAL = "final"
 SCORERS = ("final", "folds")
@@ -461,6 +467,33 @@ def read_config(path: Path) -> RunConfig:
     return RunConfig(Path(path), model, folds, repeats, ensemble, final_fit, source, options, raw)
 
 
+# --- a finished fold, for resuming -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FoldScores:
+    """What a finished fold contributes to its run, kept so that a resumed run need not train
+    it again: its validation rows and their logits (with a fine-tune also from before the
+    second phase), its test logits (fold ensemble), and `events`, a digest of the events they
+    were computed on (so that changed data is noticed)."""
+
+    val_index: np.ndarray
+    val_logits: np.ndarray
+    events: str
+    test_logits: np.ndarray | None = None
+    pretrain_logits: np.ndarray | None = None
+
+
+def events_digest(*arrays: np.ndarray) -> str:
+    """sha256 of arrays' dtypes, shapes and bytes: the identity of the events a fold saw."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 # --- submissions ------------------------------------------------------------------------------
 
 
@@ -646,7 +679,78 @@ class RunFolder:
             torch.save(checkpoint, tmp)
         return path
 
+    def fold_scores_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / FOLD_SCORES
+
+    def write_fold_scores(self, stage: str, scores: FoldScores) -> Path:
+        """A finished fold's scores (`FoldScores`), written after its checkpoint: the mark that
+        the fold is done. NumPy's format, read back without pickle."""
+        path = self.fold_scores_path(stage)
+        if not _main_process():
+            return path
+        arrays = {
+            "val_index": np.asarray(scores.val_index, dtype=np.int64),
+            "val_logits": np.asarray(scores.val_logits),
+            "events": np.array(scores.events),
+        }
+        for name in ("test_logits", "pretrain_logits"):
+            if getattr(scores, name) is not None:
+                arrays[name] = np.asarray(getattr(scores, name))
+        with atomic_path(path) as tmp, tmp.open("wb") as handle:
+            np.savez(handle, **arrays)
+        return path
+
+    def clear_stage(self, stage: str) -> None:
+        """Delete what an interrupted stage left (`checkpoints/<stage>/`, its loggers' folders),
+        so that it restarts from scratch without mixing files of two attempts."""
+        if not _main_process():
+            return
+        for folder in (self.stage_dir(stage), *(self.path / n / stage for n in LOGGER_FOLDERS)):
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
+
     # -- readers --
+
+    def fold_scores(self, stage: str) -> FoldScores | None:
+        """A finished fold's scores, or None where the fold did not finish."""
+        path = self.fold_scores_path(stage)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except Exception as error:
+            raise RunFolderError(
+                f"{path}: corrupt, not a fold's scores ({type(error).__name__}); delete it and "
+                "the fold is trained again"
+            ) from None
+        required = {"val_index", "val_logits", "events"}
+        known = required | {"test_logits", "pretrain_logits"}
+        if not required <= set(arrays) <= known:
+            raise RunFolderError(
+                f"{path}: corrupt, holds {sorted(arrays)}; expected {sorted(required)} "
+                "(and test_logits, pretrain_logits)"
+            )
+        index, logits = arrays["val_index"], arrays["val_logits"]
+        fine = index.ndim == 1 and index.dtype.kind == "i" and logits.shape == index.shape
+        for name in ("val_logits", "test_logits", "pretrain_logits"):
+            if name in arrays:
+                value = arrays[name]
+                fine = fine and value.dtype.kind == "f" and value.ndim == 1
+                fine = fine and bool(np.isfinite(value).all())
+        if "pretrain_logits" in arrays:
+            fine = fine and arrays["pretrain_logits"].shape == index.shape
+        if not fine or arrays["events"].shape != ():
+            raise RunFolderError(
+                f"{path}: corrupt, the arrays are not one fold's finite logits of its rows"
+            )
+        return FoldScores(
+            index,
+            logits,
+            str(arrays["events"]),
+            arrays.get("test_logits"),
+            arrays.get("pretrain_logits"),
+        )
 
     def config(self) -> RunConfig:
         """The run's config (`.hydra/config.yaml`) as checked plain values, with clear errors.
