@@ -1,6 +1,8 @@
-"""compare.py, TensorBoard and the analysis notebook on two tiny finished runs."""
+"""compare.py, TensorBoard and the analysis notebook on two tiny finished runs (the session's
+bce_run and ams_run: the same events and folds)."""
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -11,27 +13,33 @@ import urllib.request
 
 import pandas as pd
 import pytest
+from omegaconf import open_dict
 
 from amsaware import comparison
-from amsaware.comparison import FIGURES, RunFolderError, compare, training_history
+from amsaware.comparison import FIGURES, RunFolderError, compare, run_comparison, training_history
 from tests.conftest import REPO
-from tests.test_train import METRIC_NAMES, train
+from tests.helpers import METRIC_NAMES, compose_config, entry_point
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory):
-    """Two tiny runs of the same events and folds: BCE (the reference) and soft AMS."""
-    root = tmp_path_factory.mktemp("tiny_runs")
-    train(root / "bce")
-    train(root / "ams", "loss=ams")
-    return root / "bce", root / "ams"
+def tiny_runs(bce_run, ams_run):
+    """Two tiny runs of the same events and folds: BCE (the reference) and soft AMS, which
+    alone logged to TensorBoard."""
+    return bce_run, ams_run
 
 
 def run_compare(*overrides):
-    command = [sys.executable, "compare.py", *overrides]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return entry_point("compare.py", *overrides)
+
+
+def compare_in_process(out, *overrides):
+    """What compare.py does, in this process: its composed config, run_comparison."""
+    cfg = compose_config("compare", *overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    return run_comparison(cfg)
 
 
 def test_compare_writes_json_table_and_every_figure(tiny_runs, tmp_path):
@@ -59,22 +67,23 @@ def test_compare_writes_json_table_and_every_figure(tiny_runs, tmp_path):
         assert (out / name).stat().st_size > 10_000, name
 
 
-def test_three_runs_and_a_difference_within_noise(tiny_runs, tmp_path):
+def test_three_runs_and_a_difference_within_noise(tiny_runs, tmp_path, capsys, caplog):
     bce, ams = tiny_runs
     twin = tmp_path / "twin"
     shutil.copytree(bce, twin)
     out = tmp_path / "out"
-    done = run_compare(f"runs=[{bce},{twin},{ams}]", f"hydra.run.dir={out}", "compare.seed=3")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "twin vs bce on auroc: +0.0000 is within noise" in done.stderr + done.stdout
-    assert "| twin | auroc | +0.0000 | +0.0000 | [+0.0000, +0.0000] | 0.500 |" in done.stdout
+    caplog.set_level(logging.INFO, logger="amsaware.comparison")
+    compare_in_process(out, f"runs=[{bce},{twin},{ams}]", "compare.seed=3")
+    assert "twin vs bce on auroc: +0.0000 is within noise" in caplog.text
+    printed = capsys.readouterr().out
+    assert "| twin | auroc | +0.0000 | +0.0000 | [+0.0000, +0.0000] | 0.500 |" in printed
     report = json.loads((out / "comparison.json").read_text())
     assert [d["run"] for d in report["differences"]] == ["twin"] * 4 + ["ams"] * 4
     assert report["seed"] == 3 and report["n_resamples"] == 1000
 
 
 def test_training_history_is_read_from_tensorboard(tiny_runs):
-    history = training_history(tiny_runs[0])
+    history = training_history(tiny_runs[1])
     assert set(history) == {"fold0", "fold1", "fold2", "final"}
     assert len(history["fold0"]["train/loss"]) == 2  # experiment=smoke: 2 epochs
     assert len(history["fold2"]["val/ams_max"]) == 2
@@ -107,11 +116,10 @@ def edit_oof(run_dir, edit):
 
 def test_missing_run_folder_is_named(tiny_runs, tmp_path):
     missing = tmp_path / "nope"
-    done = run_compare(f"runs=[{tiny_runs[0]},{missing}]", f"hydra.run.dir={tmp_path / 'o'}")
-    assert done.returncode != 0
-    assert f"run folder {missing} does not exist" in done.stderr
-    done = run_compare(f"runs={tiny_runs[0]}", f"hydra.run.dir={tmp_path / 'o'}")
-    assert done.returncode != 0 and "runs must be a list of run folders" in done.stderr
+    with pytest.raises(RunFolderError, match=f"run folder {missing} does not exist"):
+        compare_in_process(tmp_path / "o", f"runs=[{tiny_runs[0]},{missing}]")
+    with pytest.raises(RunFolderError, match="runs must be a list of run folders"):
+        compare_in_process(tmp_path / "o", f"runs={tiny_runs[0]}")
 
 
 def test_missing_files_are_named(tiny_runs, tmp_path):
@@ -178,7 +186,7 @@ def get_json(url):
 def test_tensorboard_serves_the_design_metric_names(tiny_runs):
     port = free_port()
     command = [
-        sys.executable, "-m", "tensorboard.main", "--logdir", str(tiny_runs[0]),
+        sys.executable, "-m", "tensorboard.main", "--logdir", str(tiny_runs[1]),
         "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
     ]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -203,6 +211,7 @@ def test_tensorboard_serves_the_design_metric_names(tiny_runs):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow  # a Jupyter kernel's start; compare.py's test covers the calls it makes
 def test_notebook_runs_headless(tiny_runs, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient

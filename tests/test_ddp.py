@@ -85,7 +85,7 @@ def test_train_py_under_ddp_shards_each_epoch_and_writes_one_run_folder(tmp_path
     from amsaware.data.datamodule import stratified_folds
     from amsaware.data.synthetic import make_dataset
     from tests.conftest import DEFAULT_GENERATOR
-    from tests.test_train import train
+    from tests.helpers import train
 
     run_dir = tmp_path / "ddp"
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "threads=1"]
@@ -98,7 +98,7 @@ def test_train_py_under_ddp_shards_each_epoch_and_writes_one_run_folder(tmp_path
         last = events.Scalars(name)[-1].value  # the gathered metric after the last epoch
         assert last == pytest.approx(metrics["cv"]["folds"][0][name], rel=1e-5), name
 
-    train_table = make_dataset(1500, 1100, DEFAULT_GENERATOR, 42).train  # test_train.TINY's data
+    train_table = make_dataset(1500, 1100, DEFAULT_GENERATOR, 42).train  # helpers.TINY's data
     n_fold0 = len(stratified_folds(train_table.label, 3, 42)[0][0])
     steps = torch.load(run_dir / "checkpoints" / "fold0" / "last.ckpt", weights_only=True)
     assert steps["global_step"] == 2 * -(-(n_fold0 // 2) // 64)  # 2 epochs of half the fold

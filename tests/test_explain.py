@@ -1,7 +1,6 @@
 """explain.py: SHAP attributions of a finished run's scorer, on its own events or a file."""
 
 import shutil
-import subprocess
 import sys
 from dataclasses import replace
 
@@ -18,9 +17,8 @@ from amsaware.data.schema import FEATURES
 from amsaware.data.synthetic import make_dataset
 from amsaware.inference import Scorer, StageModel, load_scorer
 from amsaware.run_folder import Cut, RunFolder, RunFolderError
-from tests.conftest import REPO
-from tests.test_predict import kaggle_frame
-from tests.test_train import train
+from tests import helpers
+from tests.helpers import entry_point, kaggle_frame
 
 pytest.importorskip("shap")
 
@@ -40,9 +38,7 @@ TINY_RUN = [
     "trainer.max_epochs=1",
     "model.n_layers=2",
     "model.hidden_size=16",
-    "callbacks.progress_bar=null",
     "~logger",
-    "threads=1",
     "ensemble=both",
 ]
 FEATURE_COUNT = len(FEATURES)
@@ -50,24 +46,22 @@ FEATURE_COUNT = len(FEATURES)
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny run with a final model and a fold ensemble, both with thresholds (~10 s)."""
+    """A tiny run with a final model and a fold ensemble, both with thresholds (seconds)."""
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train(run_dir, *TINY_RUN, tiny=False)
+    helpers.run(run_dir, *TINY_RUN, tiny=False)
     return run_dir
 
 
 def test_explain_py_writes_every_output_for_the_runs_own_events(run, tmp_path):
     out = tmp_path / "explain"
-    command = [
-        sys.executable,
+    done = entry_point(
         "explain.py",
         f"run={run}",
         "explain.n_events=80",
         "explain.n_background=20",
         "explain.threads=1",
         f"hydra.run.dir={out}",
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for region in ex.REGIONS:
         for name in (ex.SHAP_VALUES, ex.BEESWARM, ex.BAR):
@@ -153,7 +147,9 @@ def test_a_linear_scorers_attributions_are_exact_and_zero_where_it_has_no_weight
     z_background = scorer.models[0].preprocessing.transform(background)
     expected = np.array(weights) * (z - z_background.mean(axis=0))
     np.testing.assert_allclose(found.values, expected, rtol=0, atol=1e-5)
-    assert (found.values[:, 1] == 0).all()
+    # A zero weight contributes nothing; the tolerance is float32 rounding of the output, which
+    # the explainers difference over batches that CPUs' kernels may sum in another order.
+    np.testing.assert_allclose(found.values[:, 1], 0.0, rtol=0, atol=1e-6)
     assert found.additivity_error() < 1e-5
 
 
@@ -168,8 +164,11 @@ def test_a_feature_the_network_cannot_see_gets_zero_attribution(run, explainer):
     found = ex.explain_features(
         scorer, features[:10], features[200:215], explainer, "logit", max_evals=2 * 31 + 2
     )
-    assert (found.values[:, unseen] == 0).all()
-    assert np.abs(found.values[:, FEATURES.index("PRI_tau_pt")]).sum() > 0  # the others count
+    # Zero up to float32 rounding of the network's output (a logit of order 1, eps 1.2e-7): the
+    # explainers difference outputs of batches of masked inputs, whose sums CPUs' kernels may
+    # round differently per batch (2.5e-10 on an AMD EPYC where Intel gave 0).
+    np.testing.assert_allclose(found.values[:, unseen], 0.0, rtol=0, atol=1e-6)
+    assert np.abs(found.values[:, FEATURES.index("PRI_tau_pt")]).sum() > 1e-5  # the others count
     assert found.additivity_error() < 1e-4
 
 

@@ -5,7 +5,6 @@ thousand synthetic events for two epochs; library-level tests drive `cross_valid
 """
 
 import json
-import warnings
 
 import lightning as L
 import numpy as np
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from amsaware.comparison import load_run
 from amsaware.experiment import check_finetune, run_experiment
@@ -22,36 +21,7 @@ from amsaware.losses import BCELoss, SoftAMSLoss
 from amsaware.model import MLP, SignificanceClassifier
 from amsaware.protocol import FineTune, cross_validate, plan_folds
 from tests.conftest import REPO
-
-TINY = [
-    "experiment=smoke",
-    "data.n_train=1500",
-    "data.n_test=600",
-    "trainer.log_every_n_steps=1",
-    "threads=1",
-    "callbacks.progress_bar=null",
-    "+trainer.enable_progress_bar=false",
-]
-
-
-def compose_run(tmp_path, *overrides):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-    return cfg
-
-
-def run(tmp_path, *overrides):
-    cfg = compose_run(tmp_path, *overrides)
-    # What Hydra's run would keep beside the artifacts, for predict and compare.
-    (tmp_path / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        run_experiment(cfg)
-    return json.loads((tmp_path / "metrics.json").read_text())
+from tests.helpers import N_TEST, compose_run, quiet_trainer, run, train
 
 
 def oof(folder):
@@ -101,7 +71,7 @@ def test_the_finetuned_run_is_scored_and_compared_by_the_tools(finetuned_run):
     folder, _ = finetuned_run
     scorer = load_scorer(folder)
     test = pd.read_csv(folder / "test_predictions.csv")
-    assert len(test) == 600
+    assert len(test) == N_TEST
     before = load_run(folder / "pretrain", "pretrain")
     after = load_run(folder, "finetune")
     assert before.oof.EventId.equals(after.oof.EventId)
@@ -138,19 +108,6 @@ def recording_finetune(loss, batch_size, epochs=1):
         return quiet_trainer(epochs, [*callbacks, Record()])
 
     return FineTune(make_module, make_trainer, batch_size, epochs), seen
-
-
-def quiet_trainer(epochs, callbacks=()):
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=list(callbacks),
-    )
 
 
 def factories(table):
@@ -257,15 +214,14 @@ def test_every_finetune_option_composes(tmp_path):
 
 
 def test_finetune_composes_with_parallel_folds_and_both_ensembles(tmp_path):
-    metrics = run(
-        tmp_path, "finetune=ams", "finetune.max_epochs=1", "cv.parallel=true", "ensemble=both"
-    )
+    phase = ["finetune=ams", "finetune.max_epochs=1"]
+    metrics = run(tmp_path, *phase, "cv.parallel=true", "ensemble=both", "~logger")
     assert {"test", "test_folds", "pretrain"} <= set(metrics)
     for stage in ["fold0", "fold1", "fold2", "final"]:
         assert (tmp_path / "checkpoints" / stage / "last.ckpt").is_file()
     fold_models = load_scorer(tmp_path, "folds")
     written = pd.read_csv(tmp_path / "test_predictions_folds.csv")
-    assert len(written) == 600 and len(fold_models.models) == 3
+    assert len(written) == N_TEST and len(fold_models.models) == 3
 
 
 @pytest.mark.slow
@@ -277,8 +233,6 @@ def test_finetune_composes_with_compile(tmp_path):
 
 @pytest.mark.slow
 def test_finetune_under_ddp_writes_one_run_folder(tmp_path):
-    from tests.test_train import train
-
     run_dir = tmp_path / "ddp"
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "threads=1"]
     train(run_dir, *ddp, "finetune=ams", "finetune.max_epochs=1", "callbacks.progress_bar=null")

@@ -2,7 +2,6 @@
 
 import functools
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -10,13 +9,13 @@ import torch
 from amsaware.inference import load_scorer
 from amsaware.losses import AsimovLoss, SoftAMSLoss
 from amsaware.model import MLP, SignificanceClassifier, predict_proba
-from tests.test_finetune import run
+from tests.helpers import quiet_trainer, run
 
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt") / "run"
-    run(folder, "loss=ams", "finetune=asimov", "finetune.max_epochs=1", "cv.folds=2")
+    run(folder, "loss=ams", "finetune=asimov", "finetune.max_epochs=1", "cv.folds=2", "~logger")
     return folder
 
 
@@ -52,7 +51,7 @@ def test_options_scheduler_and_optimizer_round_trip(tmp_path):
         b_tot=50.0,
         scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=3),
     )
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer()
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     loaded = SignificanceClassifier.load_from_checkpoint(tmp_path / "m.ckpt")

@@ -12,7 +12,7 @@ from amsaware.experiment import describe_run
 from amsaware.losses import BCELoss, SoftAMSLoss
 from amsaware.model import MLP, SignificanceClassifier
 from amsaware.progress import RunClock, StageProgressBar, format_seconds, stage_label
-from tests.test_finetune import compose_run
+from tests.helpers import compose_run, quiet_trainer
 
 
 def test_stage_labels_keep_the_folder_names_and_count_from_one():
@@ -30,15 +30,7 @@ def fit_one(table, loss, bar, epochs=2):
     L.seed_everything(0, verbose=False)
     net = MLP(len(table.feature_names), 1, 8, 0.0)
     module = SignificanceClassifier(net, loss, lambda p: torch.optim.Adam(p, lr=1e-2))
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[bar],
-    )
+    trainer = quiet_trainer(epochs, [bar], enable_progress_bar=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(module, datamodule=datamodule)

@@ -1,8 +1,6 @@
 """eval.py: a finished run's test/ metrics on a labelled file, in eval_metrics.json."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,28 +8,27 @@ from omegaconf import OmegaConf
 
 from amsaware.evaluation import evaluate_file
 from amsaware.experiment import load_dataset
-from tests.conftest import REPO
-from tests.test_finetune import run
-from tests.test_predict import kaggle_frame
+from tests.helpers import entry_point, kaggle_frame
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(tmp_path_factory):
+def evaluated_run(ams_run, tmp_path_factory):
+    """The session's ams_run (read only) and a folder with its test events as a CERN file."""
     folder = tmp_path_factory.mktemp("eval")
-    metrics = run(folder / "run", "loss=ams")
+    metrics = json.loads((ams_run / "metrics.json").read_text())
     # The run's own test events (the synthetic source regenerates them from the seed), as the
     # CERN file: labels, KaggleWeight and alternating public ('b') and private ('v') sets.
-    test = load_dataset(OmegaConf.load(folder / "run" / ".hydra" / "config.yaml")).test
+    test = load_dataset(OmegaConf.load(ams_run / ".hydra" / "config.yaml")).test
     frame = kaggle_frame(test, with_labels=True)
     frame["KaggleWeight"] = frame["Weight"]
     frame["KaggleSet"] = np.where(np.arange(len(frame)) % 2 == 0, "b", "v")
     frame.to_csv(folder / "cern.csv.gz", index=False)
-    return folder, metrics
+    return folder, metrics, ams_run
 
 
 def test_eval_reproduces_the_runs_test_metrics_on_its_test_events(evaluated_run):
-    folder, trained = evaluated_run
-    report = evaluate_file(folder / "run", folder / "cern.csv.gz", folder / "out" / "s.csv")
+    folder, trained, run = evaluated_run
+    report = evaluate_file(run, folder / "cern.csv.gz", folder / "out" / "s.csv")
     metrics = report["metrics"]
     for name in ("test/ams", "test/auroc", "test/auroc_weighted", "test/ams_max"):
         assert metrics[name] == pytest.approx(trained["test"][name], rel=1e-9), name
@@ -44,23 +41,21 @@ def test_eval_reproduces_the_runs_test_metrics_on_its_test_events(evaluated_run)
 def test_eval_refuses_an_unlabelled_file(evaluated_run, tmp_path):
     import pandas as pd
 
-    folder, _ = evaluated_run
+    folder, _, run = evaluated_run
     frame = pd.read_csv(folder / "cern.csv.gz")
     unlabelled = frame.drop(columns=["KaggleWeight", "KaggleSet", "Weight", "Label"])
     unlabelled.to_csv(tmp_path / "test.csv", index=False)  # the Kaggle test file's columns
     with pytest.raises(ValueError, match="no labels and weights"):
-        evaluate_file(folder / "run", tmp_path / "test.csv", tmp_path / "s.csv")
+        evaluate_file(run, tmp_path / "test.csv", tmp_path / "s.csv")
 
 
 def test_eval_py_writes_eval_metrics_json(evaluated_run, tmp_path):
-    folder, _ = evaluated_run
-    command = [
-        sys.executable,
-        str(REPO / "eval.py"),
-        f"run={folder / 'run'}",
+    folder, _, run = evaluated_run
+    done = entry_point(
+        "eval.py",
+        f"run={run}",
         f"input={folder / 'cern.csv.gz'}",
         f"output={tmp_path / 'scores.csv'}",
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "test/ams_private" in json.loads((tmp_path / "eval_metrics.json").read_text())["metrics"]

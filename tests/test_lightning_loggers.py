@@ -5,7 +5,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from tests.test_finetune import run
+from tests.helpers import run
 
 STAGES = {"fold0", "fold1", "final", "summary"}
 FIGURES = {"roc.png", "ams_vs_fraction.png", "score_distribution.png"}

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from amsaware.experiment import load_dataset
 from amsaware.inference import load_stage
-from tests.test_finetune import run
+from tests.helpers import run
 
 STOP = ["callbacks=early_stopping", "callbacks.progress_bar=null", "trainer.max_epochs=8"]
 

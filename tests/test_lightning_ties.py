@@ -7,14 +7,14 @@ import pytest
 from amsaware.comparison import load_run
 from amsaware.metrics import add_to_logit_sums, logit_of_mean
 from amsaware.protocol import CrossValidation, choose_cut_of
-from tests.test_finetune import run
+from tests.helpers import run
 
 
 @pytest.fixture(scope="module")
 def raw_soft_ams(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ties") / "run"
     # The seed paper's soft AMS on raw weights (loss=ams), the loss whose scores saturate.
-    run(folder, "loss=ams", "loss.normalisation=raw", "optimizer.lr=0.01")
+    run(folder, "loss=ams", "loss.normalisation=raw", "optimizer.lr=0.01", "~logger")
     return folder
 
 

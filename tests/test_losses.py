@@ -4,7 +4,6 @@ import itertools
 import math
 from functools import partial
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -21,6 +20,7 @@ from amsaware.losses import (
     soft_counts,
 )
 from amsaware.model import MLP, SignificanceClassifier
+from tests.helpers import quiet_trainer
 
 
 @pytest.fixture
@@ -317,13 +317,6 @@ def test_a_configured_scheduler_drops_the_learning_rate_per_epoch():
     module = SignificanceClassifier(
         MLP(4, 1, 8, 0.0), BCELoss(), partial(torch.optim.SGD, lr=0.5), scheduler=drop
     )
-    trainer = L.Trainer(
-        max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(3)
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05)

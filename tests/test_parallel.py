@@ -3,7 +3,6 @@
 from functools import partial
 from types import SimpleNamespace
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -16,7 +15,7 @@ from amsaware.losses import BCELoss, SoftAMSLoss
 from amsaware.model import MLP, SignificanceClassifier
 from amsaware.parallel import FoldBatches, FoldParallelClassifier, StackedMLP
 from amsaware.protocol import cross_validate
-from tests.test_train import METRIC_NAMES, train
+from tests.helpers import METRIC_NAMES, quiet_trainer, run
 
 
 def mlps(k=3, n_features=6, n_layers=2, hidden=8, dropout=0.0):
@@ -94,15 +93,7 @@ def factories(table, loss, optimizer, dropout=0.0, compile_mode=None):
         return SignificanceClassifier(net, loss, optimizer, compile_mode=compile_mode)
 
     def make_trainer(stages):
-        return L.Trainer(
-            max_epochs=2,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-        )
+        return quiet_trainer(2)
 
     return make_module, make_trainer
 
@@ -156,7 +147,7 @@ def test_the_loaders_tensors_live_on_the_training_device(small_table):
 @pytest.fixture(scope="module")
 def parallel_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "parallel"
-    train(run_dir, "cv.parallel=true", "ensemble=both", "callbacks.progress_bar=null")
+    run(run_dir, "cv.parallel=true", "ensemble=both")
     return run_dir
 
 

@@ -22,7 +22,7 @@ from amsaware.data.formats import read_cern
 from amsaware.data.schema import DER_FEATURES, FEATURES, PRI_FEATURES
 from amsaware.data.synthetic import generate
 from tests.conftest import REAL_SAMPLE
-from tests.test_train import train
+from tests.helpers import run
 
 COL = {name: k for k, name in enumerate(FEATURES)}
 PRI = {name: k for k, name in enumerate(PRI_FEATURES)}
@@ -215,7 +215,7 @@ def test_a_discriminator_finds_it_harder_to_tell_from_real_than_the_copula(real,
 
 def test_train_runs_end_to_end_on_physics_events(tmp_path):
     run_dir = tmp_path / "physics"
-    train(run_dir, "data.generator=physics")
+    run(run_dir, "data.generator=physics", "~logger")
     assert "generator: physics" in (run_dir / ".hydra" / "config.yaml").read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.5 < metrics["cv"]["oof"]["oof/auroc"] <= 1.0

@@ -26,6 +26,7 @@ from amsaware.run_folder import (
     submission_frame,
     write_json,
 )
+from tests.helpers import METRIC_NAMES, N_TEST, N_TRAIN
 
 CONFIG = """\
 seed: 1
@@ -481,3 +482,50 @@ def test_clearing_a_stage_removes_its_checkpoint_and_logger_folders_only(run):
     assert not (run.path / "csv" / "fold1").exists()
     assert run.checkpoint_path("fold0").is_file() and run.metrics_path.is_file()
     run.clear_stage("fold7")  # nothing there: nothing to do
+
+
+# --- the contract on a finished run: the session's ams_run (helpers.TINY, loss=ams) ---------
+
+
+def test_a_finished_run_holds_every_artifact(ams_run):
+    for name in ["metrics.json", "oof_predictions.csv", "test_predictions.csv", "submission.csv"]:
+        assert (ams_run / name).stat().st_size > 0, name
+    assert (ams_run / ".hydra" / "config.yaml").exists()
+    for stage in ["fold0", "fold1", "fold2", "final"]:
+        assert list((ams_run / "tensorboard" / stage).glob("events.out.tfevents.*")), stage
+        assert (ams_run / "checkpoints" / stage / "last.ckpt").exists(), stage
+    assert not list(ams_run.rglob("*.tmp"))
+
+
+def test_metrics_json_follows_the_contract(ams_run):
+    metrics = json.loads((ams_run / "metrics.json").read_text())
+    folds = metrics["cv"]["folds"]
+    assert [f["fold"] for f in folds] == [0, 1, 2]
+    for name in METRIC_NAMES:
+        assert all(f"val/{name}" in f for f in folds)
+        assert f"val/{name}" in metrics["cv"]["mean"] and f"val/{name}" in metrics["cv"]["std"]
+        assert f"oof/{name}" in metrics["cv"]["oof"]
+        assert f"test/{name}" in metrics["test"]
+    assert 0.05 <= metrics["cut"]["fraction"] <= 0.5
+    assert 0.0 <= metrics["cut"]["threshold"] <= 1.0
+    for name in ["test/ams", "test/ams_public", "test/ams_private"]:
+        assert metrics["test"][name] >= 0.0
+
+
+def test_predictions_and_submission_follow_the_contract(ams_run):
+    run_dir = ams_run
+    n_train, n_test = N_TRAIN, N_TEST
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    oof = pd.read_csv(run_dir / "oof_predictions.csv")
+    assert list(oof.columns) == ["EventId", "fold", "label", "weight", "score", "logit"]
+    assert len(oof) == n_train and oof.EventId.is_unique
+    assert set(oof.fold) == {0, 1, 2} and oof.score.between(0, 1).all()
+    test = pd.read_csv(run_dir / "test_predictions.csv")
+    assert list(test.columns) == ["EventId", "score", "logit"] and len(test) == n_test
+    submission = pd.read_csv(run_dir / "submission.csv")
+    assert list(submission.columns) == ["EventId", "RankOrder", "Class"]
+    assert sorted(submission.RankOrder) == list(range(1, n_test + 1))
+    n_signal = (submission.Class == "s").sum()
+    assert n_signal == pytest.approx(metrics["cut"]["fraction"] * n_test, abs=1)
+    signal_ranks = submission.loc[submission.Class == "s", "RankOrder"]
+    assert signal_ranks.min() == n_test - n_signal + 1

@@ -3,8 +3,6 @@
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from amsaware.data.samples import (  # noqa: E402
     read_feature_file,
 )
 from amsaware.data.schema import B_TOT, S_TOT  # noqa: E402
+from tests import helpers  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 FEATURES = ["lep_pt", "met", "mjj", "njet"]
@@ -452,21 +451,17 @@ def samples_run(sample_files, tmp_path_factory):
     cfg |= {"test_fraction": 0.2, "seed": "${seed}", "batch_size": 256}
     (conf / "mysamples.yaml").write_text(yaml.safe_dump(cfg))
     run_dir = root / "run"
-    command = [
-        sys.executable,
-        "train.py",
-        "--config-dir",
-        str(root / "conf"),
-        f"hydra.run.dir={run_dir}",
+    # train.py --config-dir ROOT/conf data=mysamples, in-process: Hydra's search path override.
+    helpers.run(
+        run_dir,
+        f"hydra.searchpath=[file://{root / 'conf'}]",
         "data=mysamples",
         "experiment=smoke",
         "loss=ams",
         "loss.normalisation=batch",
-        "threads=1",
-        "callbacks.progress_bar=null",
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+        "~logger",
+        tiny=False,
+    )
     return run_dir, load(config(folder), test_fraction=0.2, seed=42)
 
 
@@ -506,6 +501,9 @@ def test_run_records_and_uses_the_datas_totals(samples_run):
 
 
 def test_predict_scores_a_root_file_by_branch_name(samples_run, sample_files, tmp_path):
+    from amsaware.inference import load_scorer, predict_file, read_input
+    from amsaware.run_folder import RunFolder
+
     run_dir, _ = samples_run
     folder, data = sample_files
     # another tree name, extra branches, other branch order: read by name, tree= says which
@@ -513,24 +511,12 @@ def test_predict_scores_a_root_file_by_branch_name(samples_run, sample_files, tm
     branches["EventId"] = np.arange(N["ggH"], dtype=np.int64) + 7
     source = write_root(tmp_path / "new_ggH.root", branches, tree="Nominal")
     output = tmp_path / "scores.csv"
-    command = [
-        sys.executable,
-        "predict.py",
-        f"run={run_dir}",
-        f"input={source}",
-        f"output={output}",
-        "tree=Nominal",
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    predict_file(run_dir, source, output, tree="Nominal")  # predict.py's call for tree=Nominal
     scores = pd.read_csv(output)
     assert list(scores.columns) == ["EventId", "score", "selected"]
     assert scores.EventId.tolist() == (np.arange(N["ggH"]) + 7).tolist()
     assert scores.score.between(0, 1).all() and scores.selected.isin([0, 1]).all()
     # the same events through the library and the run's own tree default agree
-    from amsaware.inference import load_scorer, read_input
-    from amsaware.run_folder import RunFolder
-
     scorer = load_scorer(run_dir)
     table = read_input(RunFolder(run_dir).config(), folder / "ggH.root", scorer.feature_names)
     expected = scorer.score(table)[::-1]

@@ -946,6 +946,9 @@ run_sweeper(Path(sys.argv[1]), "hydra.sweeper.n_trials=8", f"hydra.sweeper.stora
 """
 
 
+# A throwaway PostgreSQL server and two sweeper processes (~30 s): CI's slow phase, where
+# .ci/run installs the server programs.
+@pytest.mark.slow
 def test_two_sweeper_processes_fill_one_study_in_a_server_database(postgres_url, tmp_path):
     env = os.environ | {"PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
     # Seeds 1 and 2: a sampler reseeded by adding the trial count would collide (1+1 == 2+0).

@@ -4,17 +4,16 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
 from amsaware import experiment
 from amsaware.checks import ConfigError, check_config
 from amsaware.data.formats import DataFormatError, check_trainable, read_cern, read_kaggle_train
-from amsaware.data.schema import FEATURES
 from amsaware.data.sources import opendata
 from amsaware.data.synthetic import make_dataset
 from tests.conftest import REPO
+from tests.helpers import kaggle_frame
 
 
 def compose_train(tmp_path, *overrides, smoke=True):
@@ -83,6 +82,7 @@ def test_the_shipped_configs_pass(tmp_path, overrides):
     check_config(compose_train(tmp_path, *overrides))
 
 
+@pytest.mark.slow  # train.py's start; the PROBES above refuse the same key in-process
 def test_a_typo_exits_before_hydra_writes_anything(tmp_path):
     """Through train.py: the message names the key and the run folder is never created."""
     run_dir = tmp_path / "run"
@@ -97,13 +97,7 @@ def test_a_typo_exits_before_hydra_writes_anything(tmp_path):
 
 
 def kaggle_training(path, n=3000, seed=3):
-    table = make_dataset(n, 0, seed=seed).train
-    features = pd.DataFrame(table.features, columns=list(FEATURES)).fillna(-999.0)
-    features["PRI_jet_num"] = features["PRI_jet_num"].astype(int)
-    frame = pd.concat([pd.DataFrame({"EventId": table.event_id}), features], axis=1)
-    frame["Weight"] = table.weight
-    frame["Label"] = np.where(table.label == 1, "s", "b")
-    return frame
+    return kaggle_frame(make_dataset(n, 0, seed=seed).train, with_labels=True)
 
 
 def test_one_event_outweighing_its_class_is_named_by_file_and_row(tmp_path, no_training):

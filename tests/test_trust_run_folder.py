@@ -5,8 +5,6 @@ import os
 import pickle
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -18,8 +16,9 @@ from amsaware.data.schema import MISSING
 from amsaware.data.synthetic import make_dataset
 from amsaware.inference import load_scorer, predict_file
 from amsaware.run_folder import RunFolder, RunFolderError
-from tests.conftest import DEFAULT_GENERATOR, REPO
-from tests.test_train import train
+from tests import helpers
+from tests.conftest import DEFAULT_GENERATOR
+from tests.helpers import entry_point, kaggle_frame
 
 SEED = 42
 N_TEST = 400
@@ -29,14 +28,14 @@ SMALL = [
     f"data.n_test={N_TEST}",
     "cv.folds=2",
     "trainer.max_epochs=1",
-    "callbacks.progress_bar=null",
+    "~logger",
 ]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "small"
-    train(run_dir, *SMALL, tiny=False)
+    helpers.run(run_dir, *SMALL, tiny=False)
     return run_dir
 
 
@@ -50,8 +49,6 @@ def copy(run, tmp_path):
 
 def events_file(folder):
     """The run's own test events as a Kaggle test.csv."""
-    from tests.test_predict import kaggle_frame
-
     path = folder / "events.csv"
     kaggle_frame(make_dataset(600, N_TEST, DEFAULT_GENERATOR, SEED).test).to_csv(path, index=False)
     return path
@@ -112,11 +109,11 @@ def test_a_planted_target_is_refused_and_never_runs(copy, tmp_path, tool, where,
     assert not marker.exists()
 
 
+@pytest.mark.slow  # predict.py's start; the planted targets above go through its library call
 def test_predict_py_refuses_a_tampered_folder(copy, tmp_path):
     marker = plant(copy, tmp_path, "model.dropout")
     events, output = events_file(tmp_path), tmp_path / "scores.csv"
-    command = [sys.executable, "predict.py", f"run={copy}", f"input={events}", f"output={output}"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = entry_point("predict.py", f"run={copy}", f"input={events}", f"output={output}")
     assert done.returncode == 1
     assert "model.dropout is {'_target_': 'pandas.read_pickle'" in done.stderr
     assert not marker.exists() and not output.exists()
