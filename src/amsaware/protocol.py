@@ -90,9 +90,8 @@ def choose_cut(
     The challenge winners read their cut (~15%) off such a cross-validated curve.
     """
     check_cut_options(min_fraction, max_fraction, smoothing)
-    curve = ams_curve(
-        torch.from_numpy(scores), torch.from_numpy(label), torch.from_numpy(weight), s_tot, b_tot
-    )
+    # Copies: arrays read from pandas may be read-only views, which torch cannot wrap.
+    curve = ams_curve(*(torch.tensor(np.asarray(a)) for a in (scores, label, weight)), s_tot, b_tot)
     half = round(smoothing / step / 2)
     lo = max(step, min_fraction - half * step)
     hi = min(1.0, max_fraction + half * step)
@@ -508,7 +507,7 @@ def summarise_cv(cv: CrossValidation, table: EventTable) -> dict[str, Any]:
     oof = evaluate(
         torch.from_numpy(cv.scores),
         torch.from_numpy(table.label.astype(np.int64)),
-        torch.from_numpy(table.weight),
+        torch.tensor(table.weight),  # a copy: a table read by pandas may hold read-only arrays
         "oof/",
         table.s_tot,
         table.b_tot,
