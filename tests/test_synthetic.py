@@ -20,7 +20,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from amsaware.data import copula, synthetic
+from amsaware.data import copula, sources, synthetic
 from amsaware.data.formats import read_cern
 from amsaware.data.schema import B_TOT, FEATURES, NEEDS_ONE_JET, NEEDS_TWO_JETS, S_TOT
 from amsaware.data.synthetic import GENERATORS, generate, make_dataset
@@ -45,7 +45,7 @@ def synth(generator):
 
 @pytest.fixture(scope="module")
 def copula_synth():
-    return generate(50_000, seed=1)
+    return generate(50_000, seed=1, generator="copula")
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +73,12 @@ def _cv_auc(x: np.ndarray, y: np.ndarray) -> float:
 # the contract, without the real sample
 
 
-def test_copula_is_registered_and_default():
+def test_physics_is_the_default_from_python_as_in_the_config():
     assert set(GENERATOR_NAMES) <= set(GENERATORS)
-    assert generate(100, seed=0).source == "synthetic:copula"
-    assert generate(100, seed=0, generator="physics").source == "synthetic:physics"
+    assert DEFAULT_GENERATOR == synthetic.DEFAULT_GENERATOR == "physics"  # conf/data/synthetic.yaml
+    assert generate(100, seed=0).source == "synthetic:physics"
+    assert generate(100, seed=0, generator="copula").source == "synthetic:copula"
+    assert sources.synthetic(100, 0).train.source == "synthetic:physics"
 
 
 def test_same_seed_gives_same_events_and_another_seed_does_not(generator):

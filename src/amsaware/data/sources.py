@@ -21,7 +21,10 @@ from amsaware.data.schema import Dataset
 
 
 def synthetic(
-    n_train: int = 250_000, n_test: int = 550_000, generator: str = "copula", seed: int = 0
+    n_train: int = 250_000,
+    n_test: int = 550_000,
+    generator: str = synthetic_data.DEFAULT_GENERATOR,
+    seed: int = 0,
 ) -> Dataset:
     """Embedded synthetic events with labelled test events split like the leaderboard."""
     return synthetic_data.make_dataset(n_train, n_test, generator, seed)

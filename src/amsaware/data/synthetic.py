@@ -60,10 +60,12 @@ def _copula(n_events: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
 
 
 GENERATORS: dict[str, Generator] = {"copula": _copula, "physics": physics.sample}
+#: The generator of `generate`, `make_dataset` and `data=synthetic` unless one is named.
+DEFAULT_GENERATOR = "physics"
 
 
 def generate(
-    n_events: int, seed: int, generator: str = "copula", first_event_id: int = 0
+    n_events: int, seed: int, generator: str = DEFAULT_GENERATOR, first_event_id: int = 0
 ) -> EventTable:
     """`n_events` labelled events, weights rescaled per class to S_TOT and B_TOT.
 
@@ -76,7 +78,7 @@ def generate(
 
 
 def make_dataset(
-    n_train: int = 250_000, n_test: int = 550_000, generator: str = "copula", seed: int = 0
+    n_train: int = 250_000, n_test: int = 550_000, generator: str = DEFAULT_GENERATOR, seed: int = 0
 ) -> Dataset:
     """A challenge-shaped data set: training events (KaggleSet 't') and labelled test events.
 
