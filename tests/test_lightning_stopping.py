@@ -47,6 +47,8 @@ def test_the_fold_model_is_its_best_epoch_and_the_checkpoint_agrees(stopped):
     best = int(losses.argmin())
     assert metrics["early_stopping"]["fold_epochs"]["fold0"] == best + 1
     assert history["val/loss_best"].dropna().iloc[-1] == pytest.approx(losses[best], rel=1e-6)
+    # It sits on the curve's best point: the epoch axis's step of the best epoch.
+    assert history.loc[history["val/loss_best"].notna(), "step"].tolist() == [best]
     # The checkpoint was rewritten after the restore: it scores the fold's events as the
     # restored model did for oof_predictions.csv (the last epoch's weights would not).
     assert best + 1 < len(losses)  # the test needs a fold that trained past its best

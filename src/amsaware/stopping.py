@@ -51,8 +51,9 @@ class EarlyStopping(LightningEarlyStopping):
                 trainer.save_checkpoint(path)
         best = float(self.best_score)
         if math.isfinite(best):
+            # At the epoch it was reached, on the epoch axis every curve uses.
+            step = getattr(pl_module, "epoch_offset", 0) + self.best_epoch
             for logger in trainer.loggers:
-                step = trainer.fit_loop.epoch_loop._batches_that_stepped
                 logger.log_metrics({f"{self.monitor}_best": best}, step=step)
 
     @property
