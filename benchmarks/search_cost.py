@@ -184,6 +184,7 @@ def overhead(overrides: list[str]) -> list[dict]:
     import amsaware.loggers as loggers
     import amsaware.model as model
     import amsaware.plots as plots
+    import amsaware.protocol as protocol
     import amsaware.pruning as pruning
     from amsaware.run_folder import RunFolder
 
@@ -207,7 +208,7 @@ def overhead(overrides: list[str]) -> list[dict]:
 
     timed(pl.Trainer, "fit", "fit")
     timed(_EvaluationLoop, "run", "validation")
-    timed(experiment, "evaluate", "metrics")
+    timed(protocol, "evaluate", "metrics")
     timed(model, "classification_metrics", "metrics")
     timed(plots, "log_to_logger", "figures")
     timed(loggers.StageLoggers, "make", "loggers")

@@ -290,7 +290,9 @@ def test_a_finetune_search_tunes_the_phase_keys(tmp_path):
         "finetune.max_epochs=1",
         "hydra.sweeper.n_trials=2",
     )
-    trials = study(logs, "bce-ams-synthetic").trials
+    found = study(logs)  # the storage's one study, named <loss>-<finetune>-<data>-<hash>
+    assert found.study_name.startswith("bce-ams-synthetic-")
+    trials = found.trials
     assert len(trials) == 2
     assert {"finetune.optimizer.lr", "finetune.batch_size"} <= set(trials[0].params)
     assert "finetune.max_epochs" not in trials[0].params  # fixed on the command line

@@ -145,6 +145,7 @@ def test_a_folds_saved_scores_round_trip_and_changed_data_is_refused(tmp_path, s
         (["cv.parallel=true"], "cannot resume cv.parallel=true"),
         (["callbacks=early_stopping"], "cannot resume callbacks.early_stopping"),
         (["+trainer.strategy=ddp"], "cannot resume trainer.strategy=ddp"),
+        (["callbacks.model_checkpoint=null"], "cannot resume a run without checkpoints"),
         (["overwrite=true"], "overwrite=true deletes it: choose one"),
         (["resume=maybe"], "resume is 'maybe'; expected true or false"),
     ],
@@ -154,6 +155,13 @@ def test_what_resume_cannot_do_is_refused_before_anything_runs(tmp_path, overrid
     with pytest.raises(ConfigError, match=message):
         experiment.run_experiment(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_without_checkpoints_keeps_no_fold_scores(tmp_path):
+    # A search trial's settings: nothing to resume from, so nothing written for it.
+    run(tmp_path / "run", "callbacks.model_checkpoint=null", "callbacks.preprocessing=null")
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_resuming_with_another_config_is_refused_naming_the_keys(tmp_path):

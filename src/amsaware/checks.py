@@ -239,6 +239,11 @@ def check_resume_options(cfg: DictConfig) -> None:
             "from the folds' early-stopping state, which a finished fold does not keep; train "
             "it again (overwrite=true)"
         )
+    if (cfg.get("callbacks") or {}).get("model_checkpoint", True) is None:
+        raise ConfigError(
+            f"{how} cannot resume a run without checkpoints (callbacks.model_checkpoint=null): "
+            "its finished folds kept nothing to reload; train it again (overwrite=true)"
+        )
     strategy = str((cfg.get("trainer") or {}).get("strategy", "auto"))
     if "ddp" in strategy:
         raise ConfigError(

@@ -508,7 +508,10 @@ def _run_with(
         log.info("resuming the run in %s: finished folds are reloaded, the rest trained", run)
         for stage in (FINAL, "oof", "summary"):  # after the folds: always trained again
             run.clear_stage(stage)
-    store = None if parallel else FoldStore(run, resuming(cfg))
+    # Each finished fold's scores are what a resumed run reloads beside its checkpoint; a run
+    # that writes no checkpoints (a search trial) cannot be resumed, so it writes none either.
+    checkpoints = cfg.callbacks.get("model_checkpoint") is not None
+    store = FoldStore(run, resuming(cfg)) if checkpoints and not parallel else None
     cv = cross_validate(
         dataset.train,
         cfg.cv.folds,
