@@ -1,7 +1,7 @@
 """A run from a composed config: `run_experiment(cfg)` builds the data, the module and trainer
 factories, the loggers and the run folder from `cfg` and runs `amsaware.protocol` with them.
 
-The only Hydra-aware part of the library: the protocol itself takes plain values.
+The protocol itself takes plain values; the config is read here.
 """
 
 from __future__ import annotations
