@@ -421,23 +421,25 @@ def log_to_logger(
     """The ROC, AMS-vs-fraction and score-distribution figures into every Lightning logger
     given (one, or a list as a trainer's `loggers`) that takes figures: TensorBoard (with the
     weighted PR curve, `log_to_tensorboard`), MLflow (PNG artifacts `<prefix><name>.png`) and
-    W&B (images). False when none does (`logger=null`, CSV)."""
+    W&B (images). The figures are built once for all of them. False when none takes figures
+    (`logger=null`, CSV)."""
     items = [item for item in (logger if isinstance(logger, list | tuple) else [logger]) if item]
     sinks = [item for item in items if type(item).__name__ in FIGURE_LOGGERS]
+    if not sinks:
+        return False
+    figures = stage_figures(prefix, scores, label, weight, cut_fraction, totals)
     for item in sinks:
-        if type(item).__name__ == "TensorBoardLogger":
-            log_to_tensorboard(
-                item.experiment, prefix, scores, label, weight, step, cut_fraction, totals
-            )
+        kind = type(item).__name__
+        if kind == "TensorBoardLogger":
+            _to_tensorboard(item.experiment, prefix, figures, scores, label, weight, step, totals)
             continue
-        figures = stage_figures(prefix, scores, label, weight, cut_fraction, totals)
         with style():  # rendered in the style they were built in
             for tag, figure in figures.items():
-                if type(item).__name__ == "MLFlowLogger":
+                if kind == "MLFlowLogger":
                     item.experiment.log_figure(item.run_id, figure, f"{prefix}{tag}.png")
                 else:
                     item.log_image(key=f"{prefix}{tag}", images=[figure])
-    return bool(sinks)
+    return True
 
 
 def stage_figures(
@@ -479,9 +481,23 @@ def log_to_tensorboard(
     `writer` is a `SummaryWriter` (a Lightning TensorBoardLogger's `experiment`).
     """
     figures = stage_figures(prefix, scores, label, weight, cut_fraction, totals)
-    with style():  # rendered in the style they were built in
+    _to_tensorboard(writer, prefix, figures, scores, label, weight, step, totals)
+
+
+def _to_tensorboard(
+    writer: Any,
+    prefix: str,
+    figures: dict[str, Figure],
+    scores: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray,
+    step: int,
+    totals: Totals,
+) -> None:
+    """Built figures and the weighted PR curve into a TensorBoard writer."""
+    with style():  # rendered in the style they were built in; kept open for other loggers
         for tag, figure in figures.items():
-            writer.add_figure(f"{prefix}{tag}", figure, global_step=step)
+            writer.add_figure(f"{prefix}{tag}", figure, global_step=step, close=False)
     counts = weighted_pr_counts(np.asarray(scores, dtype=np.float64), label, weight, totals=totals)
     writer.add_pr_curve_raw(
         f"{prefix}pr_curve", **counts, global_step=step, num_thresholds=len(counts["recall"])
