@@ -8,32 +8,28 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from amsaware import experiment, protocol
 from amsaware.checks import ConfigError, check_resume_config, resume_folder
 from amsaware.run_folder import FOLD_SCORES, RunFolder, RunFolderError
+from tests import helpers
 from tests.conftest import REPO
+from tests.helpers import QUIET
 
-TINY = [
+#: This file's runs: smaller than helpers.TINY's, a smaller network.
+SIZES = [
     "experiment=smoke",
     "data.n_train=900",
     "data.n_test=300",
     "model.hidden_size=16",
     "trainer.log_every_n_steps=1",
-    "threads=1",
-    "callbacks.progress_bar=null",
-    "+trainer.enable_progress_bar=false",
 ]
+TINY = [*SIZES, *QUIET]
 
 
 def compose_run(folder, *overrides):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(folder)
-    return cfg
+    return helpers.compose_run(folder, *SIZES, *overrides, tiny=False)
 
 
 def run(folder, *overrides):
