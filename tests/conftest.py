@@ -18,6 +18,15 @@ DEFAULT_GENERATOR: str = OmegaConf.load(REPO / "conf" / "data" / "synthetic.yaml
 __all__ = ["DEFAULT_GENERATOR", "REAL_SAMPLE", "REPO"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A test named by its id (`pytest tests/test_x.py::test_y`) runs even where it is marked
+    slow: pyproject's `-m 'not slow'` is for the whole suite, not for a test asked for by name.
+    """
+    named = [arg for arg in config.args if "::" in arg]
+    if named and len(named) == len(config.args) and config.option.markexpr == "not slow":
+        config.option.markexpr = ""
+
+
 @pytest.fixture(scope="session")
 def small_table() -> EventTable:
     return generate(3_000, seed=7)

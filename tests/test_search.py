@@ -651,6 +651,23 @@ def study(logs: Path, name: str | None = None) -> optuna.Study:
     return only_study(f"sqlite:///{logs}/optuna/studies.db", name)
 
 
+def test_the_search_command_as_typed_keeps_its_study_under_the_project(tmp_path):
+    """No path given: the study's storage resolves through paths.root_dir (a ${hydra:...}
+    path) when Hydra builds the sweeper, before any run. A copy of the project's conf/ and
+    train.py stands in for the project, so the study lands under tmp_path."""
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "conf", project / "conf")
+    shutil.copy(REPO / "train.py", project)
+    command = [sys.executable, "train.py", "-m", "hparams_search=optuna", *TINY_TRIAL]
+    command.append("hydra.sweeper.n_trials=1")
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=project, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = study(project / "logs").trials
+    assert [t.state for t in trials] == [COMPLETE]
+    assert Path(trials[0].user_attrs["run_dir"]).parent.parent == project / "multirun"
+
+
 def test_a_mistyped_metric_stops_the_search_before_any_trial(tmp_path):
     done = search(tmp_path / "logs", tmp_path / "sweep", "optimized_metric=oof/ams_mx", check=False)
     assert done.returncode != 0

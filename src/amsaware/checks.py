@@ -479,6 +479,16 @@ class RunFolderCallback(Callback):
     runs: each trial of a sweep is claimed by `check_run`.
     """
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra resolves the sweeper's settings when it builds the sweeper, right after this
+        # hook and before it publishes its config; the search's storage lies under
+        # paths.log_dir, which resolves through ${hydra:...} (paths.root_dir).
+        import copy
+
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(copy.deepcopy(config))  # it makes `hydra` read-only
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if "cv" not in config or "trainer" not in config:
             return
