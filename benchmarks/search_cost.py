@@ -15,8 +15,9 @@ synthetic data, the preprocessing, the out-of-fold scoring and the artifacts.
 
 The projected search is `trials x trial time`, scaled by 10 / `--epochs` when a shorter trial
 was measured (an overestimate: start-up and data do not grow with epochs).
-Targets (issue 6): the 50-trial search at full size under 60 minutes on 2 CPU cores and under
-5 minutes on one H100 (`--trainer gpu`).
+Goals: the 50-trial search at the default size (250,000 events) within 60 minutes for the
+AMS configuration and 2 hours for BCE on 2 CPU cores, under 5 minutes on one GPU
+(`--trainer gpu`).
 
 Where a trial's time goes beyond its training steps (docs/search.md):
 
@@ -29,6 +30,14 @@ counted inside validation), figures (TensorBoard, MLflow, W&B), loggers (their c
 hparams and closing), the data, the artifacts (CSV, JSON), pruning reports, building the
 trainers, and the rest; then the process's start (imports, Hydra, the study) and the
 sweeper's wall time between trials. CPU seconds change less than wall time with the load.
+
+A whole search, as a user types it (its wall and CPU time, trials complete / pruned / failed,
+the share of epochs or folds it trained, its best value and top five):
+
+    python benchmarks/search_cost.py --search --out-dir DIR loss=ams threads=1 ...
+
+runs `train.py -m hparams_search=optuna OVERRIDES` in a fresh process with its study in a new
+database under DIR, and writes DIR/search.json.
 
 Pruners, replayed (how the default pruner of hparams_search=optuna was chosen):
 
@@ -170,6 +179,56 @@ def replay_study(study_name: str, storage: str) -> None:
         )
 
 
+def live_search(overrides: list[str], out_dir: Path) -> dict:
+    """`train.py -m hparams_search=optuna OVERRIDES` as a user types it, in a fresh process
+    with its study in a fresh database under `out_dir`; its wall and CPU time and the study's
+    outcome."""
+    import resource
+
+    import optuna
+
+    logs, sweep = out_dir / "logs", out_dir / "multirun"
+    if logs.exists() or sweep.exists():
+        raise SystemExit(f"{out_dir} already holds a search: give --out-dir a new folder")
+    command = [sys.executable, "train.py", "-m", "hparams_search=optuna", *overrides]
+    command += [f"paths.log_dir={logs}", f"hydra.sweep.dir={sweep}"]
+    print(" ".join(command), flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"the search failed (exit {done.returncode})")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    storage = f"sqlite:///{logs}/optuna/studies.db"
+    (name,) = optuna.study.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == states.COMPLETE]
+    n_steps = max(len(t.intermediate_values) for t in complete)
+    ran = sum(len(t.intermediate_values) for t in trials)
+    ranked = sorted((t.value for t in complete), reverse=study.direction.name == "MAXIMIZE")
+    row = {
+        "study": name,
+        "overrides": overrides,
+        "wall_min": round(wall / 60, 1),
+        "cpu_user_s": round(usage.ru_utime),
+        "trials": len(trials),
+        "complete": len(complete),
+        "pruned": sum(t.state == states.PRUNED for t in trials),
+        "failed": sum(t.state == states.FAIL for t in trials),
+        # Steps are epochs with cv.parallel=true, folds otherwise.
+        "steps_run": f"{ran} of {len(trials) * n_steps}",
+        "work": round(ran / (len(trials) * n_steps), 3),
+        "best_value": study.best_value,
+        "best_params": study.best_params,
+        "top5": [round(v, 4) for v in ranked[:5]],
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+    print(json.dumps(row, indent=2))
+    return row
+
+
 def overhead(overrides: list[str]) -> list[dict]:
     """Time a search's trials part by part, in this process (see the module doc)."""
     import functools
@@ -272,6 +331,12 @@ def main() -> None:
         action="store_true",
         help="time a search's trials part by part; other arguments go to train.py",
     )
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help="run a whole search as typed and summarise it; other arguments go to train.py",
+    )
+    parser.add_argument("--out-dir", type=Path, help="--search: where its study and trials go")
     parser.add_argument("--storage", default="sqlite:///logs/optuna/studies.db")
     parser.add_argument("--events", type=int, default=250_000)
     parser.add_argument("--epochs", type=int, default=PAPER_EPOCHS)
@@ -284,6 +349,12 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     if args.overhead:
         overhead(rest)
+        return
+    if args.search:
+        out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="search-"))
+        row = live_search(rest, out_dir.resolve())
+        (out_dir / "search.json").write_text(json.dumps(row, indent=2) + "\n")
+        print(f"written: {out_dir / 'search.json'}")
         return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

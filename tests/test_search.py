@@ -865,6 +865,24 @@ def test_the_overhead_benchmark_times_each_part_of_a_trial(tmp_path):
     assert "start until the first trial" in done.stdout
 
 
+@pytest.mark.slow
+def test_the_search_benchmark_summarises_a_whole_search(tmp_path):
+    command = [sys.executable, "benchmarks/search_cost.py", "--search", "--out-dir", str(tmp_path)]
+    command += [*TINY_TRIAL, "cv.folds=3", "hydra.sweeper.n_trials=4"]
+    command.append("hydra.sweeper.pruner.n_startup_trials=1")
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads((tmp_path / "search.json").read_text())
+    trials = study(tmp_path / "logs").trials
+    assert row["trials"] == len(trials) == 4
+    assert row["complete"] + row["pruned"] + row["failed"] == 4
+    steps = sum(len(t.intermediate_values) for t in trials)
+    assert row["steps_run"] == f"{steps} of {4 * 3}"
+    assert row["best_value"] == max(t.value for t in trials if t.state == COMPLETE)
+    assert row["wall_min"] > 0 and row["cpu_user_s"] >= 0
+
+
 def test_trials_in_one_process_build_the_data_once_and_get_their_own_copy(monkeypatch):
     import amsaware.search
 
