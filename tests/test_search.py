@@ -53,6 +53,9 @@ TINY_TRIAL = [
     "cv.folds=2",
     "threads=1",
 ]
+#: Searches run folds in parallel and report every quarter epoch; these trials train their
+#: folds one after the other and report after each fold.
+SEQUENTIAL = ["cv.parallel=false", "trainer.val_check_interval=1.0"]
 COMPLETE = optuna.trial.TrialState.COMPLETE
 FAIL = optuna.trial.TrialState.FAIL
 PRUNED = optuna.trial.TrialState.PRUNED
@@ -168,6 +171,14 @@ def test_best_run_command_keeps_the_task_and_replaces_the_searched_keys():
         "python train.py loss=ams 'data.path=/data/my file.csv' model.n_layers=3 "
         "optimizer.lr=0.000123"
     )
+    # The search's own settings that change a trial's result are written as the trials ran,
+    # replacing the command line's.
+    command = best_run_command(
+        ["hparams_search=optuna", "cv.parallel=false", "seed=3"],
+        {"model.n_layers": 3},
+        {"cv.parallel": True},
+    )
+    assert command == "python train.py seed=3 cv.parallel=true model.n_layers=3"
 
 
 def test_sqlite_path():
@@ -680,8 +691,9 @@ def finished_search(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     logs = root / "logs"
     first = root / "first"
-    # 3 folds and a pruner that compares from the first trial on: trials get pruned. TensorBoard
-    # asked for (trials have no logger by default), for its HPARAMS view.
+    # 3 folds trained at once and reporting every quarter epoch (the search's default), and a
+    # pruner that compares from the first trial on: trials get pruned. TensorBoard asked for
+    # (trials have no logger by default), for its HPARAMS view.
     search(
         logs,
         first,
@@ -724,12 +736,13 @@ def test_a_real_search_with_a_pruner_records_pruned_trials(finished_search):
     pruned = [t for t in trials if t.state == PRUNED]
     assert pruned, [(t.state, t.intermediate_values) for t in trials]
     for trial in pruned:
-        assert trial.user_attrs[PRUNED_AT].startswith("fold ")
+        # One epoch of 1,000 training events a fold: 4 to 16 batches, a validation every 1-4.
+        assert trial.user_attrs[PRUNED_AT] == f"epoch {len(trial.intermediate_values) / 4:g} of 1"
         log = (Path(trial.user_attrs["run_dir"]) / "train.log").read_text()
         assert f"trial {trial.number} pruned after {trial.user_attrs[PRUNED_AT]}" in log
     for trial in trials:
         if trial.state == COMPLETE:
-            assert sorted(trial.intermediate_values) == [0, 1, 2]
+            assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
 
 
 @pytest.mark.slow
@@ -779,8 +792,8 @@ def test_fold_parallel_trials_report_and_are_pruned_per_epoch(tmp_path):
         tmp_path / "logs",
         tmp_path / "sweep",
         "hydra.sweeper.n_trials=4",
-        "cv.parallel=true",
         "trainer.max_epochs=3",
+        "trainer.val_check_interval=1.0",
         "hydra.sweeper.pruner.n_startup_trials=1",
     )
     trials = study(tmp_path / "logs").trials
@@ -790,6 +803,29 @@ def test_fold_parallel_trials_report_and_are_pruned_per_epoch(tmp_path):
     pruned = [t for t in trials if t.state == PRUNED]
     assert pruned, [(t.state, t.intermediate_values) for t in trials]
     assert all(t.user_attrs[PRUNED_AT].startswith("epoch ") for t in pruned)
+
+
+@pytest.mark.slow
+def test_fold_parallel_trials_report_every_quarter_epoch(tmp_path):
+    search(
+        tmp_path / "logs",
+        tmp_path / "sweep",
+        "hydra.sweeper.n_trials=4",
+        "cv.parallel=true",
+        "trainer.max_epochs=2",
+        "trainer.val_check_interval=0.25",
+        "data.batch_size=64",  # 750 training events a fold: 12 batches, a validation every 3
+        "hydra.sweeper.pruner.n_startup_trials=1",
+    )
+    trials = study(tmp_path / "logs").trials
+    complete = [t for t in trials if t.state == COMPLETE]
+    assert complete and all(sorted(t.intermediate_values) == list(range(8)) for t in complete)
+    pruned = [t for t in trials if t.state == PRUNED]
+    assert pruned, [(t.state, t.intermediate_values) for t in trials]
+    for trial in pruned:
+        steps = sorted(trial.intermediate_values)
+        assert steps == list(range(len(steps))) and len(steps) < 8
+        assert trial.user_attrs[PRUNED_AT] == f"epoch {len(steps) / 4:g} of 2"
 
 
 @pytest.mark.slow
@@ -822,6 +858,7 @@ def test_joblib_trials_report_to_the_study_through_its_storage(tmp_path):
         "hydra.sweeper.n_jobs=2",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
+        *SEQUENTIAL,
     )
     assert "is launching 2 jobs" in done.stdout + done.stderr
     trials = study(tmp_path / "logs").trials
@@ -868,7 +905,7 @@ def test_the_overhead_benchmark_times_each_part_of_a_trial(tmp_path):
 @pytest.mark.slow
 def test_the_search_benchmark_summarises_a_whole_search(tmp_path):
     command = [sys.executable, "benchmarks/search_cost.py", "--search", "--out-dir", str(tmp_path)]
-    command += [*TINY_TRIAL, "cv.folds=3", "hydra.sweeper.n_trials=4"]
+    command += [*TINY_TRIAL, "cv.folds=3", *SEQUENTIAL, "hydra.sweeper.n_trials=4"]
     command.append("hydra.sweeper.pruner.n_startup_trials=1")
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
@@ -914,6 +951,7 @@ def test_submitit_jobs_are_pruned_through_the_studys_storage(tmp_path):
         tmp_path / "sweep",
         "hydra.sweeper.n_trials=2",
         "cv.folds=3",
+        *SEQUENTIAL,
         "hydra.sweeper.pruner.n_startup_trials=1",
         "hydra/launcher=submitit_local",
         "hydra.launcher.timeout_min=10",

@@ -10,7 +10,9 @@ sweeper's study object in the same process).
   fold with the fold's metrics; the fold's value of the metric `optimized_metric` is built
   from (`val/ams_max` for `oof/ams_max`) is reported at step = fold index.
 - `cv.parallel=true`: the `EpochPruning` callback reports the folds' mean of that metric after
-  every validation epoch, at step = epoch.
+  every validation, at step = the validation's index: one per epoch, or several with
+  `trainer.val_check_interval` < 1 (searches validate every quarter epoch, so that a pruner can
+  stop a hopeless trial a quarter of an epoch in).
 
 Trials report whether or not a pruner is set (the values show in optuna-dashboard and let
 `benchmarks/search_cost.py --replay` try the pruners on a finished search). When the study's
@@ -37,7 +39,9 @@ log = logging.getLogger(__name__)
 class TrialReporter:
     """Reports a run's intermediate values to its Optuna trial and stops it when pruned."""
 
-    def __init__(self, link: TrialLink, metric: str, n_steps: int, unit: str) -> None:
+    def __init__(
+        self, link: TrialLink, metric: str, n_steps: int, unit: str, steps_per_unit: int = 1
+    ) -> None:
         import optuna
         from hydra.utils import instantiate
 
@@ -56,6 +60,7 @@ class TrialReporter:
         self.metric = metric
         self.n_steps = n_steps
         self.unit = unit
+        self.steps_per_unit = steps_per_unit
 
     def report(self, step: int, value: float) -> None:
         """Report `value` at `step` (0-based); raise `optuna.TrialPruned` if the pruner says so."""
@@ -64,7 +69,8 @@ class TrialReporter:
         self.trial.report(value, step)
         if step + 1 >= self.n_steps or not self.trial.should_prune():
             return
-        where = f"{self.unit} {step + 1} of {self.n_steps}"
+        per = self.steps_per_unit
+        where = f"{self.unit} {(step + 1) / per:g} of {self.n_steps / per:g}"
         self.trial.set_user_attr(PRUNED_AT, where)
         message = (
             f"trial {self.trial.number} pruned after {where}: {self.metric} = {value:.4g} is "
@@ -74,7 +80,9 @@ class TrialReporter:
         raise optuna.TrialPruned(message)
 
 
-def _reporter(cfg: DictConfig, unit: str, n_steps: int) -> TrialReporter | None:
+def _reporter(
+    cfg: DictConfig, unit: str, n_steps: int, steps_per_unit: int = 1
+) -> TrialReporter | None:
     link = trial_link()
     if link is None:
         return None  # not a search trial
@@ -94,7 +102,7 @@ def _reporter(cfg: DictConfig, unit: str, n_steps: int) -> TrialReporter | None:
             cfg.optimized_metric,
         )
         return None
-    return TrialReporter(link, metric, n_steps, unit)
+    return TrialReporter(link, metric, n_steps, unit, steps_per_unit)
 
 
 FoldHook = Callable[[int, Mapping[str, float]], None]
@@ -116,13 +124,20 @@ def fold_hook(cfg: DictConfig) -> FoldHook | None:
 
 
 class EpochPruning(L.Callback):
-    """Reports the folds' mean validation metric after each epoch of a fold-parallel fit
-    (`cv.parallel=true`) in a search trial; does nothing anywhere else."""
+    """Reports the folds' mean validation metric after each validation of a fold-parallel fit
+    (`cv.parallel=true`) in a search trial; does nothing anywhere else.
+
+    Step k is the fit's k-th validation: the epoch's with one validation per epoch, and, with
+    `trainer.val_check_interval` < 1, `per_epoch` steps per epoch (Lightning validates every
+    `val_check_batch` training batches, `num_training_batches // val_check_batch` times an
+    epoch)."""
 
     def __init__(self, optimized_metric: str) -> None:
         self.optimized_metric = optimized_metric
         self._reporter: TrialReporter | None = None
         self._looked = False
+        self._epoch = -1  # the epoch of the last report, and the reports made in it
+        self._in_epoch = 0
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs before the module's own hook, which computes, logs and resets the metrics.
@@ -130,14 +145,28 @@ class EpochPruning(L.Callback):
             return
         if not isinstance(pl_module, FoldParallelClassifier):
             return  # a single model's fit: sequential folds report per fold instead
+        per_epoch = _validations_per_epoch(trainer)
         if not self._looked:
             self._looked = True
             cfg = DictConfig({"optimized_metric": self.optimized_metric, "cv": {}})
-            self._reporter = _reporter(cfg, "epoch", int(trainer.max_epochs or 0))
+            n_steps = int(trainer.max_epochs or 0) * per_epoch
+            self._reporter = _reporter(cfg, "epoch", n_steps, per_epoch)
         if self._reporter is None:
             return
         name = self._reporter.metric
         values = [float(metrics.compute()[name]) for metrics in pl_module.val_metrics]
         value = math.fsum(values) / len(values)
         # A fine-tune's epochs continue the first phase's count (FoldParallelClassifier).
-        self._reporter.report(trainer.current_epoch + pl_module.epoch_offset, value)
+        epoch = trainer.current_epoch + pl_module.epoch_offset
+        self._in_epoch = self._in_epoch + 1 if epoch == self._epoch else 1
+        self._epoch = epoch
+        self._reporter.report(epoch * per_epoch + min(self._in_epoch, per_epoch) - 1, value)
+
+
+def _validations_per_epoch(trainer: L.Trainer) -> int:
+    """How often Lightning validates in one training epoch (1 unless `val_check_interval`
+    < 1, when it validates every `val_check_batch` batches)."""
+    every = trainer.val_check_batch
+    if not isinstance(every, int) or every <= 0 or every >= trainer.num_training_batches:
+        return 1
+    return max(1, int(trainer.num_training_batches) // every)

@@ -509,25 +509,38 @@ def load_for_trial(source: dict[str, Any], load: Callable[[dict[str, Any]], T]) 
 # The best run
 
 
+#: What a search's config (conf/hparams_search/_search.yaml) sets for its trials that changes a
+#: trial's result and that a plain `train.py` run does not share: best_run.sh passes it on.
+TRIAL_RESULT_KEYS = ("cv.parallel",)
+
+
 def best_run_command(
-    task_overrides: Iterable[str], best_params: Mapping[str, Any], script: str = "train.py"
+    task_overrides: Iterable[str],
+    best_params: Mapping[str, Any],
+    trial_settings: Mapping[str, Any] | None = None,
+    script: str = "train.py",
 ) -> str:
     """The `python train.py ...` command that re-runs a trial as an ordinary training run.
 
     Keeps the command line's task overrides (loss, data, sizes, ...) except the search itself
     (`hparams_search`) and the searched keys, which take the trial's values. Hydra's own
     settings (`hydra.*`, `hydra/launcher=...`) belong to the sweep and are dropped.
+    `trial_settings` (`TRIAL_RESULT_KEYS` as the trials ran) are written as they were, so
+    that the run trains its folds as the trial did.
     """
     parser = OverridesParser.create()
-    searched = {key.lstrip("+~") for key in best_params}
+    settings = dict(trial_settings or {})
+    replaced = {key.lstrip("+~") for key in best_params} | set(settings)
     kept = []
     for text in task_overrides:
         override = parser.parse_override(text)
         key = override.get_key_element().lstrip("+~")
-        if key in searched or key == "hparams_search" or key.split("/")[0].startswith("hydra"):
+        if key in replaced or key == "hparams_search" or key.split("/")[0].startswith("hydra"):
             continue
         kept.append(text)
-    chosen = [f"{key}={override_value(value)}" for key, value in best_params.items()]
+    chosen = [
+        f"{key}={override_value(value)}" for key, value in (settings | dict(best_params)).items()
+    ]
     return shlex.join(["python", script, *kept, *chosen])
 
 
@@ -538,11 +551,12 @@ def write_best_run(
     best_value: float,
     study_name: str | None,
     metric: str,
+    trial_settings: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `best_run.sh` (executable): the command re-running the study's best trial."""
     from amsaware.run_folder import atomic_path
 
-    command = best_run_command(task_overrides, best_params)
+    command = best_run_command(task_overrides, best_params, trial_settings)
     value = f"{best_value:.6g}" if math.isfinite(best_value) else str(best_value)
     text = (
         "#!/bin/sh\n"

@@ -258,6 +258,7 @@ class AmsawareSweeper(Sweeper):
             float(best.value),
             study.study_name,
             metric,
+            {key: OmegaConf.select(self.config, key) for key in search.TRIAL_RESULT_KEYS},
         )
         log.info("best trial of the study: #%d, %s = %.6g", best.number, metric, best.value)
         log.info("re-run the best trial: sh %s", path)
