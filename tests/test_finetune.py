@@ -8,6 +8,7 @@ import json
 
 import lightning as L
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -296,3 +297,9 @@ def test_a_finetune_search_tunes_the_phase_keys(tmp_path):
     assert len(trials) == 2
     assert {"finetune.optimizer.lr", "finetune.batch_size"} <= set(trials[0].params)
     assert "finetune.max_epochs" not in trials[0].params  # fixed on the command line
+    # The fine-tune's reports follow the pretraining's four (a quarter epoch each) as further
+    # steps instead of overwriting them.
+    for trial in trials:
+        steps = sorted(trial.intermediate_values)
+        assert steps == list(range(len(steps)))
+        assert len(steps) >= 5 or trial.state != optuna.trial.TrialState.COMPLETE

@@ -188,6 +188,19 @@ def test_sqlite_path():
     assert sqlite_path(None) is None
 
 
+@pytest.mark.parametrize(
+    ("every", "batches", "per_epoch"),
+    [(3, 12, 4), (3, 14, 4), (1, 3, 3), (12, 12, 1), (float("inf"), 12, 1)],
+)
+def test_validations_per_epoch_follow_lightnings_val_check_batch(every, batches, per_epoch):
+    from types import SimpleNamespace
+
+    from amsaware.pruning import _validations_per_epoch
+
+    trainer = SimpleNamespace(val_check_batch=every, num_training_batches=batches)
+    assert _validations_per_epoch(trainer) == per_epoch
+
+
 def test_metric_names_and_the_per_fold_metric_pruning_reports():
     names = metric_names(final_fit=False)
     assert {"oof/ams_max", "val/auroc", "cut/ams_smoothed"} <= set(names)
@@ -271,12 +284,12 @@ class ReportingLauncher:
             given["hydra.sweeper.trial"],
             self.pruner_cfg,
         )
-        reporter = TrialReporter(link, "val/ams_max", n_steps=3, unit="fold")
+        reporter = TrialReporter(link, "val/ams_max")
         if math.isinf(given.get("optimizer.lr", 1e-3)):
             raise RuntimeError("fold 0 diverged: 750 of 750 validation scores are not finite")
         value = float(given["model.n_layers"] - 2)
         for k in range(3):
-            reporter.report(k, value)
+            reporter.report(value, f"fold {k + 1} of 3", last=k == 2)
         return value
 
 

@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 
 
 class TrialReporter:
-    """Reports a run's intermediate values to its Optuna trial and stops it when pruned."""
+    """Reports a run's intermediate values to its Optuna trial and stops it when pruned.
 
-    def __init__(
-        self, link: TrialLink, metric: str, n_steps: int, unit: str, steps_per_unit: int = 1
-    ) -> None:
+    Steps are the trial's reports in order (0, 1, ...), continuing after those an earlier
+    phase of the same run made (a fine-tune after its pretraining)."""
+
+    def __init__(self, link: TrialLink, metric: str) -> None:
         import optuna
         from hydra.utils import instantiate
 
@@ -58,19 +59,17 @@ class TrialReporter:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, link.number)
         self.trial = optuna.trial.Trial(study, trial_id)
         self.metric = metric
-        self.n_steps = n_steps
-        self.unit = unit
-        self.steps_per_unit = steps_per_unit
+        self.step = len(storage.get_trial(trial_id).intermediate_values)
 
-    def report(self, step: int, value: float) -> None:
-        """Report `value` at `step` (0-based); raise `optuna.TrialPruned` if the pruner says so."""
+    def report(self, value: float, where: str, last: bool = False) -> None:
+        """Report `value` at the next step; unless it is the `last` one, raise
+        `optuna.TrialPruned` if the pruner says so (`where`: the run's progress, in words)."""
         import optuna
 
-        self.trial.report(value, step)
-        if step + 1 >= self.n_steps or not self.trial.should_prune():
+        self.trial.report(value, self.step)
+        self.step += 1
+        if last or not self.trial.should_prune():
             return
-        per = self.steps_per_unit
-        where = f"{self.unit} {(step + 1) / per:g} of {self.n_steps / per:g}"
         self.trial.set_user_attr(PRUNED_AT, where)
         message = (
             f"trial {self.trial.number} pruned after {where}: {self.metric} = {value:.4g} is "
@@ -80,9 +79,7 @@ class TrialReporter:
         raise optuna.TrialPruned(message)
 
 
-def _reporter(
-    cfg: DictConfig, unit: str, n_steps: int, steps_per_unit: int = 1
-) -> TrialReporter | None:
+def _reporter(cfg: DictConfig) -> TrialReporter | None:
     link = trial_link()
     if link is None:
         return None  # not a search trial
@@ -102,7 +99,7 @@ def _reporter(
             cfg.optimized_metric,
         )
         return None
-    return TrialReporter(link, metric, n_steps, unit, steps_per_unit)
+    return TrialReporter(link, metric)
 
 
 FoldHook = Callable[[int, Mapping[str, float]], None]
@@ -113,12 +110,14 @@ def fold_hook(cfg: DictConfig) -> FoldHook | None:
     sequential folds (with `cv.parallel` the `EpochPruning` callback reports instead)."""
     if cfg.cv.get("parallel", False):
         return None
-    reporter = _reporter(cfg, "fold", int(cfg.cv.folds) * int(cfg.cv.get("repeats", 1)))
+    reporter = _reporter(cfg)
     if reporter is None:
         return None
+    n_folds = int(cfg.cv.folds) * int(cfg.cv.get("repeats", 1))
 
     def on_fold(k: int, metrics: Mapping[str, float]) -> None:
-        reporter.report(k, float(metrics[reporter.metric]))
+        last = k + 1 >= n_folds
+        reporter.report(float(metrics[reporter.metric]), f"fold {k + 1} of {n_folds}", last)
 
     return on_fold
 
@@ -127,10 +126,10 @@ class EpochPruning(L.Callback):
     """Reports the folds' mean validation metric after each validation of a fold-parallel fit
     (`cv.parallel=true`) in a search trial; does nothing anywhere else.
 
-    Step k is the fit's k-th validation: the epoch's with one validation per epoch, and, with
-    `trainer.val_check_interval` < 1, `per_epoch` steps per epoch (Lightning validates every
-    `val_check_batch` training batches, `num_training_batches // val_check_batch` times an
-    epoch)."""
+    Step k is the run's k-th validation: one per epoch, or, with `trainer.val_check_interval`
+    < 1, several (Lightning validates every `val_check_batch` training batches,
+    `num_training_batches // val_check_batch` times an epoch). A fit's last validation is
+    reported but never pruned."""
 
     def __init__(self, optimized_metric: str) -> None:
         self.optimized_metric = optimized_metric
@@ -145,22 +144,24 @@ class EpochPruning(L.Callback):
             return
         if not isinstance(pl_module, FoldParallelClassifier):
             return  # a single model's fit: sequential folds report per fold instead
-        per_epoch = _validations_per_epoch(trainer)
         if not self._looked:
             self._looked = True
             cfg = DictConfig({"optimized_metric": self.optimized_metric, "cv": {}})
-            n_steps = int(trainer.max_epochs or 0) * per_epoch
-            self._reporter = _reporter(cfg, "epoch", n_steps, per_epoch)
+            self._reporter = _reporter(cfg)
         if self._reporter is None:
             return
         name = self._reporter.metric
         values = [float(metrics.compute()[name]) for metrics in pl_module.val_metrics]
         value = math.fsum(values) / len(values)
-        # A fine-tune's epochs continue the first phase's count (FoldParallelClassifier).
-        epoch = trainer.current_epoch + pl_module.epoch_offset
+        epoch, per_epoch = trainer.current_epoch, _validations_per_epoch(trainer)
         self._in_epoch = self._in_epoch + 1 if epoch == self._epoch else 1
         self._epoch = epoch
-        self._reporter.report(epoch * per_epoch + min(self._in_epoch, per_epoch) - 1, value)
+        done = min(self._in_epoch, per_epoch) / per_epoch  # of this epoch
+        last = epoch + 1 >= int(trainer.max_epochs or 0) and done == 1
+        # A fine-tune's epochs continue the first phase's count (FoldParallelClassifier).
+        offset = pl_module.epoch_offset
+        where = f"epoch {offset + epoch + done:g} of {offset + int(trainer.max_epochs or 0)}"
+        self._reporter.report(value, where, last)
 
 
 def _validations_per_epoch(trainer: L.Trainer) -> int:
