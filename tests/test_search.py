@@ -56,6 +56,10 @@ TINY_TRIAL = [
 #: Searches run folds in parallel and report every quarter epoch; these trials train their
 #: folds one after the other and report after each fold.
 SEQUENTIAL = ["cv.parallel=false", "trainer.val_check_interval=1.0"]
+#: A pruner that stops trials in a search of a few: below the median of the earlier trials
+#: from the second trial on (the default, successive halving, needs a finished trial first).
+MEDIAN = ["hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1"]
+NO_PRUNER = ["hydra/sweeper/pruner=none"]
 COMPLETE = optuna.trial.TrialState.COMPLETE
 FAIL = optuna.trial.TrialState.FAIL
 PRUNED = optuna.trial.TrialState.PRUNED
@@ -95,9 +99,11 @@ def test_search_space_is_the_papers():
     assert sweeper.direction == "maximize"
     assert sweeper.sampler.seed == cfg.seed
     assert "TPESampler" in sweeper.sampler._target_
-    assert "MedianPruner" in sweeper.pruner._target_
+    assert "SuccessiveHalvingPruner" in sweeper.pruner._target_
     assert cfg.optimized_metric == "oof/ams_max"
     assert cfg.final_fit is False
+    # Folds trained at once, reporting to the pruner every quarter epoch.
+    assert cfg.cv.parallel is True and cfg.trainer.val_check_interval == 0.25
 
 
 def test_trials_have_no_logger_unless_asked():
@@ -299,7 +305,7 @@ def run_sweeper(
     sweep_overrides = [
         f"paths.log_dir={tmp_path}/logs",
         f"hydra.sweep.dir={tmp_path}/sweep",
-        *(["hydra.sweeper.pruner.n_startup_trials=2"] if pruner else ["hydra/sweeper/pruner=none"]),
+        *([*MEDIAN[:1], "hydra.sweeper.pruner.n_startup_trials=2"] if pruner else NO_PRUNER),
         *([] if storage else ["hydra.sweeper.storage=null"]),
         *overrides,
     ]
@@ -712,7 +718,7 @@ def finished_search(tmp_path_factory):
         first,
         "hydra.sweeper.n_trials=4",
         "cv.folds=3",
-        "hydra.sweeper.pruner.n_startup_trials=1",
+        *MEDIAN,
         "logger=tensorboard",
     )
     return logs, first
@@ -807,7 +813,7 @@ def test_fold_parallel_trials_report_and_are_pruned_per_epoch(tmp_path):
         "hydra.sweeper.n_trials=4",
         "trainer.max_epochs=3",
         "trainer.val_check_interval=1.0",
-        "hydra.sweeper.pruner.n_startup_trials=1",
+        *MEDIAN,
     )
     trials = study(tmp_path / "logs").trials
     for trial in trials:
@@ -823,13 +829,12 @@ def test_fold_parallel_trials_report_every_quarter_epoch(tmp_path):
     search(
         tmp_path / "logs",
         tmp_path / "sweep",
-        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_trials=6",
         "cv.parallel=true",
         "trainer.max_epochs=2",
         "trainer.val_check_interval=0.25",
         "data.batch_size=64",  # 750 training events a fold: 12 batches, a validation every 3
-        "hydra.sweeper.pruner.n_startup_trials=1",
-    )
+    )  # the default pruner: successive halving, from the first finished trial on
     trials = study(tmp_path / "logs").trials
     complete = [t for t in trials if t.state == COMPLETE]
     assert complete and all(sorted(t.intermediate_values) == list(range(8)) for t in complete)
@@ -919,7 +924,7 @@ def test_the_overhead_benchmark_times_each_part_of_a_trial(tmp_path):
 def test_the_search_benchmark_summarises_a_whole_search(tmp_path):
     command = [sys.executable, "benchmarks/search_cost.py", "--search", "--out-dir", str(tmp_path)]
     command += [*TINY_TRIAL, "cv.folds=3", *SEQUENTIAL, "hydra.sweeper.n_trials=4"]
-    command.append("hydra.sweeper.pruner.n_startup_trials=1")
+    command += MEDIAN
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -965,7 +970,7 @@ def test_submitit_jobs_are_pruned_through_the_studys_storage(tmp_path):
         "hydra.sweeper.n_trials=2",
         "cv.folds=3",
         *SEQUENTIAL,
-        "hydra.sweeper.pruner.n_startup_trials=1",
+        *MEDIAN,
         "hydra/launcher=submitit_local",
         "hydra.launcher.timeout_min=10",
     )
