@@ -217,7 +217,7 @@ def live_search(overrides: list[str], out_dir: Path) -> dict:
         "complete": len(complete),
         "pruned": sum(t.state == states.PRUNED for t in trials),
         "failed": sum(t.state == states.FAIL for t in trials),
-        # Steps are epochs with cv.parallel=true, folds otherwise.
+        # Steps are validations with cv.parallel=true (4 an epoch in searches), folds otherwise.
         "steps_run": f"{ran} of {len(trials) * n_steps}",
         "work": round(ran / (len(trials) * n_steps), 3),
         "best_value": study.best_value,

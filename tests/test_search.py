@@ -305,7 +305,7 @@ def run_sweeper(
     sweep_overrides = [
         f"paths.log_dir={tmp_path}/logs",
         f"hydra.sweep.dir={tmp_path}/sweep",
-        *([*MEDIAN[:1], "hydra.sweeper.pruner.n_startup_trials=2"] if pruner else NO_PRUNER),
+        *([MEDIAN[0], "hydra.sweeper.pruner.n_startup_trials=2"] if pruner else NO_PRUNER),
         *([] if storage else ["hydra.sweeper.storage=null"]),
         *overrides,
     ]
