@@ -42,7 +42,12 @@ from amsaware.search import (
     parse_space,
     sqlite_path,
 )
-from hydra_plugins.amsaware_sweeper import AmsawareSweeper, _fingerprint
+from hydra_plugins.amsaware_sweeper import (
+    PRUNERS,
+    AmsawareSweeper,
+    _fingerprint,
+    first_decision_step,
+)
 from tests.conftest import REPO
 
 TINY_TRIAL = [
@@ -300,12 +305,20 @@ class ReportingLauncher:
 
 
 def run_sweeper(
-    tmp_path: Path, *overrides: str, arguments=(), storage: bool = True, pruner: bool = True
+    tmp_path: Path,
+    *overrides: str,
+    arguments=(),
+    storage: bool = True,
+    pruner: bool | list[str] = True,
 ):
+    """The sweeper in this process, its trials run by ReportingLauncher; `pruner`: True for
+    the median pruner from the third trial on, False for none, or the pruner's overrides."""
+    if not isinstance(pruner, list):
+        pruner = [MEDIAN[0], "hydra.sweeper.pruner.n_startup_trials=2"] if pruner else NO_PRUNER
     sweep_overrides = [
         f"paths.log_dir={tmp_path}/logs",
         f"hydra.sweep.dir={tmp_path}/sweep",
-        *([MEDIAN[0], "hydra.sweeper.pruner.n_startup_trials=2"] if pruner else NO_PRUNER),
+        *pruner,
         *([] if storage else ["hydra.sweeper.storage=null"]),
         *overrides,
     ]
@@ -360,6 +373,39 @@ def test_an_in_memory_study_prunes_trials_run_in_the_sweepers_process(tmp_path):
     results = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
     assert results.trials.this_search.pruned >= 1
     assert not (tmp_path / "logs" / "optuna").exists()
+
+
+@pytest.mark.parametrize(
+    ("pruner", "first"),
+    [
+        ({}, None),
+        (PRUNERS["median"], 0),
+        ({**PRUNERS["percentile"], "n_warmup_steps": 2}, 2),
+        ({**PRUNERS["successive_halving"], "min_resource": "auto"}, None),
+        ({**PRUNERS["successive_halving"], "min_resource": 4}, 4),
+        ({**PRUNERS["successive_halving"], "min_resource": 2, "min_early_stopping_rate": 1}, 8),
+        (PRUNERS["hyperband"], 1),
+    ],
+)
+def test_the_first_step_a_pruner_can_stop_a_trial_at(pruner, first):
+    assert first_decision_step(OmegaConf.create(pruner)) == first
+
+
+def test_a_pruner_that_decides_only_after_a_trials_last_report_is_named(tmp_path, caplog):
+    # The default pruner, successive halving deciding first at step 4 (1.25 epochs with four
+    # reports an epoch), never stops a trial that reports once per fold, 3 times.
+    late = ["hydra/sweeper/pruner=successive_halving"]
+    with caplog.at_level(logging.WARNING):
+        run_sweeper(tmp_path / "late", "hydra.sweeper.n_trials=3", pruner=late)
+    message = "trial 0 reported 3 values (steps 0-2), but the pruner decides first at step 4"
+    assert message in caplog.text
+    assert caplog.text.count("this search prunes nothing") == 1
+    assert "hydra.sweeper.pruner.min_resource" in caplog.text
+    caplog.clear()
+    early = [late[0], "hydra.sweeper.pruner.min_resource=1"]
+    with caplog.at_level(logging.WARNING):
+        run_sweeper(tmp_path / "early", "hydra.sweeper.n_trials=3", pruner=early)
+    assert "prunes nothing" not in caplog.text
 
 
 def test_resuming_continues_trial_numbers_without_reproposing_points(tmp_path):

@@ -85,7 +85,9 @@ PRUNERS: dict[str, dict[str, Any]] = {
     },
     "successive_halving": {
         "_target_": "optuna.pruners.SuccessiveHalvingPruner",
-        "min_resource": "auto",
+        # Rungs at steps 4 and 16: 1.25 and 4.25 epochs with a search's four reports an epoch
+        # (Optuna's `auto`, step 1 here, stopped slow starters at 0.5 epochs: docs/search.md).
+        "min_resource": 4,
         "reduction_factor": 4,
         "min_early_stopping_rate": 0,
     },
@@ -172,6 +174,7 @@ class AmsawareSweeper(Sweeper):
             ", ".join(space),
         )
         states: list[optuna.trial.TrialState] = []
+        warned = False
         try:
             while len(states) < n_trials:
                 batch = [study.ask(space) for _ in range(min(n_jobs, n_trials - len(states)))]
@@ -185,6 +188,8 @@ class AmsawareSweeper(Sweeper):
                     raise
                 for trial, job in zip(batch, returns, strict=True):
                     states.append(_tell(study, trial, job, directions))
+                    if states[-1] == optuna.trial.TrialState.COMPLETE and not warned:
+                        warned = _warn_if_never_pruned(settings.pruner, study, trial.number)
                 _check_failure_rate(states, float(settings.max_failure_rate), study)
         finally:
             search.IN_MEMORY_STUDIES.pop(study.study_name, None)
@@ -349,6 +354,45 @@ def _tell(study: Any, trial: Any, job: Any, directions: list[str]) -> Any:
     study.tell(trial, state=TrialState.FAIL)
     log.warning("trial %d failed: %s", trial.number, reason)
     return TrialState.FAIL
+
+
+def first_decision_step(pruner: Any) -> int | None:
+    """The first step at which the configured pruner (its `hydra.sweeper.pruner` node) can
+    stop a trial, where its options fix it; None where they do not (`min_resource: auto`)."""
+    if not pruner:
+        return None
+    name = str(pruner.get("_target_", "")).rsplit(".", 1)[-1]
+    if name in ("MedianPruner", "PercentilePruner"):
+        return int(pruner.get("n_warmup_steps", 0))
+    resource = pruner.get("min_resource", "auto")
+    if not isinstance(resource, int):
+        return None
+    if name == "SuccessiveHalvingPruner":
+        return resource * int(pruner.get("reduction_factor", 4)) ** int(
+            pruner.get("min_early_stopping_rate", 0)
+        )
+    return resource if name == "HyperbandPruner" else None
+
+
+def _warn_if_never_pruned(pruner: Any, study: Any, number: int) -> bool:
+    """Say so when a finished trial's reports all came before the pruner's first decision:
+    such a search prunes nothing (e.g. `min_resource: 4` counts quarter epochs, but sequential
+    folds report 3 times). True once it has checked a finished trial."""
+    first = first_decision_step(pruner)
+    reports = len(study.get_trials(deepcopy=False)[number].intermediate_values)
+    # The last report is never pruned (it is the trial's result), so decisions need one more.
+    if first is not None and reports and first >= reports - 1:
+        log.warning(
+            "trial %d reported %d values (steps 0-%d), but the pruner decides first at step %d: "
+            "this search prunes nothing. Lower hydra.sweeper.pruner.%s, or report more often "
+            "(cv.parallel=true trainer.val_check_interval=0.25: 4 reports an epoch)",
+            number,
+            reports,
+            reports - 1,
+            first,
+            "n_warmup_steps" if "min_resource" not in pruner else "min_resource",
+        )
+    return True
 
 
 def _check_failure_rate(states: list[Any], max_failure_rate: float, study: Any) -> None:
