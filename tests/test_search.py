@@ -62,7 +62,7 @@ TINY_TRIAL = [
 #: folds one after the other and report after each fold.
 SEQUENTIAL = ["cv.parallel=false", "trainer.val_check_interval=1.0"]
 #: A pruner that stops trials in a search of a few: below the median of the earlier trials
-#: from the second trial on (the default, successive halving, needs a finished trial first).
+#: from the second trial on (the default, successive halving, decides first at step 4).
 MEDIAN = ["hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1"]
 NO_PRUNER = ["hydra/sweeper/pruner=none"]
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -880,7 +880,7 @@ def test_fold_parallel_trials_report_every_quarter_epoch(tmp_path):
         "trainer.max_epochs=2",
         "trainer.val_check_interval=0.25",
         "data.batch_size=64",  # 750 training events a fold: 12 batches, a validation every 3
-    )  # the default pruner: successive halving, from the first finished trial on
+    )  # the default pruner: successive halving, deciding first at step 4 (1.25 epochs)
     trials = study(tmp_path / "logs").trials
     complete = [t for t in trials if t.state == COMPLETE]
     assert complete and all(sorted(t.intermediate_values) == list(range(8)) for t in complete)

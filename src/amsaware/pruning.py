@@ -154,13 +154,14 @@ class EpochPruning(L.Callback):
         values = [float(metrics.compute()[name]) for metrics in pl_module.val_metrics]
         value = math.fsum(values) / len(values)
         epoch, per_epoch = trainer.current_epoch, _validations_per_epoch(trainer)
+        max_epochs = int(trainer.max_epochs or 0)
         self._in_epoch = self._in_epoch + 1 if epoch == self._epoch else 1
         self._epoch = epoch
         done = min(self._in_epoch, per_epoch) / per_epoch  # of this epoch
-        last = epoch + 1 >= int(trainer.max_epochs or 0) and done == 1
+        last = epoch + 1 >= max_epochs and done == 1
         # A fine-tune's epochs continue the first phase's count (FoldParallelClassifier).
         offset = pl_module.epoch_offset
-        where = f"epoch {offset + epoch + done:g} of {offset + int(trainer.max_epochs or 0)}"
+        where = f"epoch {offset + epoch + done:g} of {offset + max_epochs}"
         self._reporter.report(value, where, last)
 
 

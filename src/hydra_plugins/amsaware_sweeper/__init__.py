@@ -174,7 +174,7 @@ class AmsawareSweeper(Sweeper):
             ", ".join(space),
         )
         states: list[optuna.trial.TrialState] = []
-        warned = False
+        checked_reach = False  # whether a finished trial showed the pruner can decide
         try:
             while len(states) < n_trials:
                 batch = [study.ask(space) for _ in range(min(n_jobs, n_trials - len(states)))]
@@ -188,8 +188,9 @@ class AmsawareSweeper(Sweeper):
                     raise
                 for trial, job in zip(batch, returns, strict=True):
                     states.append(_tell(study, trial, job, directions))
-                    if states[-1] == optuna.trial.TrialState.COMPLETE and not warned:
-                        warned = _warn_if_never_pruned(settings.pruner, study, trial.number)
+                    if states[-1] == optuna.trial.TrialState.COMPLETE and not checked_reach:
+                        checked_reach = True
+                        _warn_if_never_pruned(settings.pruner, study, trial.number)
                 _check_failure_rate(states, float(settings.max_failure_rate), study)
         finally:
             search.IN_MEMORY_STUDIES.pop(study.study_name, None)
@@ -374,10 +375,10 @@ def first_decision_step(pruner: Any) -> int | None:
     return resource if name == "HyperbandPruner" else None
 
 
-def _warn_if_never_pruned(pruner: Any, study: Any, number: int) -> bool:
+def _warn_if_never_pruned(pruner: Any, study: Any, number: int) -> None:
     """Say so when a finished trial's reports all came before the pruner's first decision:
     such a search prunes nothing (e.g. `min_resource: 4` counts quarter epochs, but sequential
-    folds report 3 times). True once it has checked a finished trial."""
+    folds report 3 times)."""
     first = first_decision_step(pruner)
     reports = len(study.get_trials(deepcopy=False)[number].intermediate_values)
     # The last report is never pruned (it is the trial's result), so decisions need one more.
@@ -392,7 +393,6 @@ def _warn_if_never_pruned(pruner: Any, study: Any, number: int) -> bool:
             first,
             "n_warmup_steps" if "min_resource" not in pruner else "min_resource",
         )
-    return True
 
 
 def _check_failure_rate(states: list[Any], max_failure_rate: float, study: Any) -> None:
