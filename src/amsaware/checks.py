@@ -21,6 +21,7 @@ import fcntl
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -281,21 +282,73 @@ def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if stored == current else [prefix.rstrip(".")]
 
 
+#: A resolver call inside an interpolation (`${hydra:...}`, `${oc.env:...}`, `${now:...}`), as
+#: opposed to a reference to another key (`${paths.data_dir}`).
+_RESOLVER_CALL = re.compile(r"\$\{\s*[\w.\-]+\s*:")
+
+
+def self_contained(cfg: DictConfig) -> dict[str, Any]:
+    """The task config as plain values, each resolver call replaced by its value now.
+
+    A run folder's `.hydra/config.yaml` is read as data (`amsaware.run_folder`): references to
+    other keys are followed, resolver calls are refused. Hydra saves the config with its own
+    `${hydra:...}` calls (the default `paths.root_dir`), which only resolve inside the Hydra
+    job that wrote them; resolving them here keeps every run readable by the tools. References
+    between keys stay, so the file still says where each path came from.
+    """
+
+    def plain(container: Any, raw: Any) -> Any:
+        items = raw.items() if isinstance(raw, dict) else enumerate(raw)
+        out = {k: _resolved(container, k, v) for k, v in items}
+        return out if isinstance(raw, dict) else list(out.values())
+
+    def _resolved(container: Any, key: Any, value: Any) -> Any:
+        if isinstance(value, (dict, list)):
+            return plain(container[key], value)
+        if not (isinstance(value, str) and _RESOLVER_CALL.search(value)):
+            return value
+        try:
+            resolved = container[key]
+        except Exception:  # a resolver unavailable here (no Hydra job): keep it as written
+            return value
+        if OmegaConf.is_config(resolved):
+            return OmegaConf.to_container(resolved, resolve=True)
+        return resolved
+
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    return plain(cfg, {k: v for k, v in raw.items() if k != "hydra"})
+
+
+def save_self_contained(cfg: DictConfig, path: Path) -> None:
+    """Rewrite a Hydra job's saved `config.yaml` as `self_contained(cfg)` (atomically)."""
+    from amsaware.run_folder import atomic_path
+
+    with atomic_path(path) as tmp:
+        OmegaConf.save(OmegaConf.create(self_contained(cfg)), tmp)
+
+
 def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
     """A resumed command must be the run's own: its config may differ from the folder's
-    `.hydra/config.yaml` only in `RESUME_KEYS`. A folder without one has nothing to compare."""
+    `.hydra/config.yaml` only in `RESUME_KEYS`. A folder without one has nothing to compare.
+
+    The folder keeps Hydra's resolver calls resolved (`self_contained`); runs written before
+    that keep them as written, so a key differs only if it differs from both forms."""
     from amsaware.run_folder import read_plain_config
 
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return
-    current = OmegaConf.to_container(cfg, resolve=False)
-    current = {k: v for k, v in current.items() if k != "hydra"}
+    stored = read_plain_config(path)
+    written = OmegaConf.to_container(cfg, resolve=False)
+    written = {k: v for k, v in written.items() if k != "hydra"}
     differ = [
         key
-        for key in _differences(read_plain_config(path), current)
-        if key.split(".")[0] not in RESUME_KEYS
+        for key in set(_differences(stored, written))
+        & set(_differences(stored, self_contained(cfg)))
+        # paths.output_dir is the run folder itself, the one ckpt_path names.
+        if key.split(".")[0] not in RESUME_KEYS and key != "paths.output_dir"
     ]
+    differ.sort()
     if differ:
         raise RunFolderError(
             f"{run_dir}: cannot resume: the command's config differs from the run's "
@@ -513,6 +566,19 @@ class RunFolderCallback(Callback):
         except (ConfigError, RunFolderError) as error:
             # Hydra turns a callback's exception into a warning and runs the job anyway.
             raise SystemExit(f"{type(error).__name__}: {error}") from None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra has just saved the job's config with its own ${hydra:...} calls; the run folder
+        # keeps it self-contained so that predict, eval, export and explain can read it.
+        if "cv" not in config or "trainer" not in config or not _main_process():
+            return
+        subdir = config.hydra.output_subdir
+        if subdir is None:
+            return
+        saved = Path(config.hydra.runtime.output_dir) / subdir / "config.yaml"
+        if saved.is_file():
+            task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+            save_self_contained(task, saved)
 
 
 def check_run(cfg: DictConfig) -> None:
