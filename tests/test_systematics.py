@@ -325,6 +325,7 @@ def test_the_shipped_config_gives_the_documented_defaults():
         ({"cuts": {"jet_pt": 30.0}}, r"systematics.cuts.jet_pt: 30 GeV is below"),
         ({"tes": 0.1, "cuts": {"tau_pt": 21.0}}, r"systematics.cuts.tau_pt: 21 GeV is below"),
         ({"cuts": {"met": 1}}, r"systematics.cuts: unknown keys \['met'\]"),
+        ({"cuts": {"tau_pt": "high"}}, r"systematics.cuts.tau_pt: expected a threshold"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_key(config, message):

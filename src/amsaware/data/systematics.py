@@ -176,6 +176,9 @@ def _cuts(config: object, key: str, sizes: Mapping[str, float | None]) -> Cuts:
     unknown = sorted(str(k) for k in config if k not in known)
     if unknown:
         raise ValueError(f"{key}: unknown keys {unknown}; expected some of {sorted(known)}")
+    for name, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{key}.{name}: expected a threshold in GeV, got {value!r}")
     cuts = Cuts(**{k: float(v) for k, v in config.items()})
     for name, scale, threshold in (
         ("tau_pt", "tes", FILE_TAU_PT),
