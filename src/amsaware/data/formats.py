@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from amsaware.data.schema import FEATURES, MISSING, EventTable
+from amsaware.data.systematics import KAGGLE_TRAIN_BACKGROUND_SCALE, processes_from_weights
 
 __all__ = [
     "KAGGLE_SETS",
@@ -489,6 +490,12 @@ def _to_table(df: pd.DataFrame, path: str | Path, weight_column: str | None) -> 
         _check_letters(path, "KaggleSet", sets, KAGGLE_SETS, "one of " + "/".join(KAGGLE_SETS))
         kaggle_set = sets.to_numpy().astype("<U1")
 
+    process = None
+    if label is not None and "Weight" in df:
+        # the CERN file's Weight is the raw weight; a Kaggle training.csv's is KaggleWeight of t
+        scale = 1.0 if "KaggleWeight" in df else KAGGLE_TRAIN_BACKGROUND_SCALE
+        process = processes_from_weights(df["Weight"].to_numpy(), label, scale=scale)
+
     features[features == MISSING] = np.nan
     return EventTable(
         event_id=event_id,
@@ -499,6 +506,7 @@ def _to_table(df: pd.DataFrame, path: str | Path, weight_column: str | None) -> 
         source=str(path),
         feature_names=FEATURES,
         row=np.arange(len(df)),
+        process=process,
     )
 
 

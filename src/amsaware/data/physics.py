@@ -469,13 +469,25 @@ def generate_primary(
     )
 
 
-def sample(n_events: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The `amsaware.data.synthetic` generator interface: (features (n, 30), label, weight).
+def process_names() -> np.ndarray:
+    """Each process's label for `EventTable.process`: its name in lower case ('ztautau', ...).
+
+    Lower case so that the background names match those `amsaware.data.systematics` recovers
+    from the 2014 files' weights, and one normalisation setting serves both.
+    """
+    return np.array([p.name.lower() for p in PROCESSES])
+
+
+def sample(
+    n_events: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The `amsaware.data.synthetic` generator interface: (features (n, 30), label, weight,
+    process), the last each event's true process name (`process_names`).
 
     PRI_ values are rounded to the files' 3 decimals first and the DER_ ones computed from the
     rounded values (and rounded in turn), so the stored identities hold as in the real files.
     """
-    pri, label, weight, _ = generate_primary(n_events, rng)
+    pri, label, weight, process = generate_primary(n_events, rng)
     der = np.round(derived_features(pri), 3)
     features = np.concatenate([der, pri], axis=1).astype(np.float32)
-    return features, label, weight
+    return features, label, weight, process_names()[process]

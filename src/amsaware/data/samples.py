@@ -623,6 +623,7 @@ def load_samples(
         feature_names=features,
         s_tot=s_tot,
         b_tot=b_tot,
+        process=_process_names(read),
     )
     log.info("totals: S_tot = %.6g (signal), B_tot = %.6g (background)", s_tot, b_tot)
     test_table = None
@@ -688,7 +689,13 @@ def _unlabelled(
         feature_names=features,
         s_tot=s_tot,
         b_tot=b_tot,
+        process=_process_names(read),
     )
+
+
+def _process_names(read: Sequence[SampleEvents]) -> np.ndarray:
+    """Each event's sample name: its process, for per-process normalisation nuisances."""
+    return np.concatenate([np.full(len(e.features), e.sample.name) for e in read])
 
 
 def read_feature_file(

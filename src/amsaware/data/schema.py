@@ -78,6 +78,9 @@ class EventTable:
     better (a physicist's samples: the sums of their weights). `subset` keeps them.
     `row` is each event's data row in its file (0-based), where a reader knows it, so that a
     check after loading can name the row as the readers do.
+    `process` names each event's physics process (strings, e.g. 'ztautau', 'ttbar', 'wjets')
+    where a source knows it: the normalisation nuisances of `amsaware.data.systematics` scale
+    each background process separately. None where unknown.
     """
 
     event_id: np.ndarray
@@ -90,6 +93,7 @@ class EventTable:
     s_tot: float = S_TOT
     b_tot: float = B_TOT
     row: np.ndarray | None = None
+    process: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -119,6 +123,7 @@ class EventTable:
             weight=take(self.weight),
             kaggle_set=take(self.kaggle_set),
             row=take(self.row),
+            process=take(self.process),
         )
 
 

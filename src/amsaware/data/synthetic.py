@@ -5,8 +5,9 @@ quirks: the 30 columns, the -999 (NaN) pattern that follows PRI_jet_num, DER_mas
 in ~15% of events, ~34% signal, and weights normalised per class to S_TOT/B_TOT within each
 KaggleSet. The events come from a generator chosen by name from `GENERATORS`, so a better one
 (a physics-level simulation) can replace the default without touching callers. A generator is
-`(n_events, rng) -> (features float32 (n, 30) with NaN, label int8, raw weight float64)`; this
-module adds EventIds, rescales the weights and splits sets.
+`(n_events, rng) -> (features float32 (n, 30) with NaN, label int8, raw weight float64)`, plus,
+where the generator knows it, each event's process name (`EventTable.process`); this module adds
+EventIds, rescales the weights and splits sets.
 
 Two generators are registered. "physics", train.py's default (conf/data/synthetic.yaml),
 simulates H -> tau tau and its backgrounds as four-vectors and computes the DER_ features from
@@ -39,7 +40,7 @@ from amsaware.data import copula, physics
 from amsaware.data.schema import B_TOT, FEATURES, S_TOT, Dataset, EventTable
 from amsaware.data.weights import rescaled_weights
 
-Generator = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
+Generator = Callable[[int, np.random.Generator], tuple[np.ndarray, ...]]
 
 #: The package file holding the fitted copula (aggregate statistics only, no events).
 COPULA_PARAMETERS = "synthetic_copula.json"
@@ -112,7 +113,9 @@ def _table(
 ) -> EventTable:
     if generator not in GENERATORS:
         raise ValueError(f"unknown generator {generator!r}; known: {sorted(GENERATORS)}")
-    features, label, weight = _checked(generator, n_events, *GENERATORS[generator](n_events, rng))
+    made = GENERATORS[generator](n_events, rng)
+    features, label, weight = _checked(generator, n_events, *made[:3])
+    process = _checked_process(generator, n_events, made[3]) if len(made) > 3 else None
     if kaggle_set is not None:
         kaggle_set = np.broadcast_to(kaggle_set, (n_events,)).copy()
     weight = _normalise(weight, label, kaggle_set, f"synthetic:{generator} ({n_events} events)")
@@ -123,6 +126,7 @@ def _table(
         weight=weight,
         kaggle_set=kaggle_set,
         source=f"synthetic:{generator}",
+        process=process,
     )
 
 
@@ -144,6 +148,17 @@ def _checked(
         np.asarray(label, dtype=np.int8),
         np.asarray(weight, dtype=np.float64),
     )
+
+
+def _checked_process(name: str, n: int, process: np.ndarray) -> np.ndarray:
+    """A generator's process names as a string array, or a ValueError naming the generator."""
+    process = np.asarray(process)
+    if process.shape != (n,) or process.dtype.kind != "U":
+        raise ValueError(
+            f"generator {name!r} returned process labels of shape {process.shape} and dtype "
+            f"{process.dtype}; expected ({n},) strings"
+        )
+    return process
 
 
 def _normalise(
