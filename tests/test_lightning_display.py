@@ -100,3 +100,20 @@ def test_the_run_line_shows_what_loss_ams_silently_sets(tmp_path):
     assert "batch=256" in line
     assert "epochs=2" in line
     assert "finetune=" in line and "data=" in line
+
+
+def test_epoch_lines_log_one_line_per_epoch_with_this_epochs_metrics(small_table, caplog):
+    """Where no terminal shows the bar: one line per epoch, with the epoch's own train/loss
+    (Lightning calls the module's on_train_epoch_end, which logs it, after the callbacks')."""
+    from amsaware.progress import EpochLines, show_bar
+
+    lines = EpochLines(stage="fold0 [1/3]")
+    with caplog.at_level(logging.INFO, logger="amsaware.progress"):
+        _, trainer, _ = fit_one(small_table, BCELoss(), lines, epochs=3)
+    said = [r.getMessage() for r in caplog.records if r.name == "amsaware.progress"]
+    assert [line.split(":")[0] for line in said] == [f"fold0 [1/3] epoch {k}/3" for k in (1, 2, 3)]
+    losses = [float(line.split("train/loss ")[1].split(",")[0]) for line in said]
+    assert losses[-1] == pytest.approx(float(trainer.callback_metrics["train/loss"]), rel=1e-3)
+    assert len(set(losses)) == 3  # each line its own epoch's loss, the first one included
+    assert "val/ams_max" in said[-1] and "\r" not in "".join(said)
+    assert show_bar(True) and not show_bar(False)

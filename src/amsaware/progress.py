@@ -1,5 +1,10 @@
 """What the console says while a run trains: stage names in the progress bar, a time estimate.
 
+On a terminal, Lightning's bar redraws one line; in a pipe or a file each redraw is a new frame
+joined by carriage returns (kilobytes per epoch). `progress: null` (auto) shows the bar only when
+stdout is a terminal and otherwise logs one line per epoch per stage (`EpochLines`), which also
+lands in the run's train.log; `progress: true|false` forces either.
+
 Stages keep the names of the run folder (`fold0`, `fold1`, ..., `final`: checkpoints,
 TensorBoard runs and metrics.json use them); the console adds a 1-based count, `fold0 [1/3]`,
 so a name always means the same model and the count says how far the run is.
@@ -8,6 +13,8 @@ so a name always means the same model and the count says how far the run is.
 from __future__ import annotations
 
 import logging
+import math
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +58,59 @@ class StageProgressBar(TQDMProgressBar):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         return items
+
+
+def show_bar(progress: bool | None) -> bool:
+    """Whether a stage shows Lightning's bar: `progress` if set, else only on a terminal."""
+    if progress is not None:
+        return bool(progress)
+    return sys.stdout.isatty()
+
+
+#: What an epoch line reports, in order, where the stage logged it.
+EPOCH_METRICS = ("train/loss", "val/loss", "val/ams_max")
+
+
+class EpochLines(L.Callback):
+    """One log line per finished epoch: `fold0 [1/3] epoch 2/10: train/loss 0.512 ... (3 s)`.
+
+    Replaces the progress bar where nobody watches it redraw (a pipe, a file, a batch job); the
+    line goes through logging, so Hydra's train.log keeps it too. Metrics are Lightning's
+    `callback_metrics` (a fold-parallel stage logs per fold to its loggers only: its line has
+    the epoch and time). Lightning calls callbacks' `on_train_epoch_end` before the module's,
+    which logs `train/loss`, so an epoch's line is written by the next hook (the next epoch's
+    start or the end of training), with nothing run in between.
+    """
+
+    def __init__(self, stage: str = "") -> None:
+        #: Set per trainer by `amsaware.experiment`, as `StageProgressBar.stage`.
+        self.stage = stage
+        self._started = time.perf_counter()
+        self._pending: tuple[int, int, float] | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        took = time.perf_counter() - self._started
+        self._pending = (trainer.current_epoch + 1, trainer.max_epochs, took)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: L.Trainer) -> None:
+        if self._pending is None or not trainer.is_global_zero:
+            return
+        epoch, epochs, took = self._pending
+        self._pending = None
+        values = []
+        for name in EPOCH_METRICS:
+            value = trainer.callback_metrics.get(name)
+            if value is not None and value.numel() == 1 and math.isfinite(float(value)):
+                values.append(f"{name} {float(value):.4g}")
+        where = f"{self.stage} epoch {epoch}/{epochs}" if self.stage else f"epoch {epoch}/{epochs}"
+        log.info("%s: %s (%s)", where, ", ".join(values) or "no metrics", format_seconds(took))
 
 
 class RunClock:
