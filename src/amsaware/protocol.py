@@ -3,6 +3,19 @@
 Pure functions of plain values and callables (tables, folds, module and trainer factories), so
 every step is testable without Hydra; `amsaware.experiment` composes them from a config.
 What a step writes goes through `amsaware.run_folder`.
+
+`cross_validate` composes `train_folds` (the fold models, sequential or all at once with
+`cv.parallel`; both train through `amsaware.phase`) with scoring and accumulating. After each
+fold model it calls the per-fold hook `on_fold(report)` with a `FoldReport`: the fold's stage
+name, its validation row indices into the training table, its metrics and logits, and `score`,
+a `RawScorer` that maps a raw feature matrix (n x the table's features, NaN where undefined,
+exactly as `EventTable.features` holds them) to logits through that fold's fitted
+preprocessing and network, e.g. to re-score shifted copies of its held-out events. A fold
+reloaded on resume from its saved scores has no model in memory: its `score` is None (load
+its checkpoint with `amsaware.inference` where one is needed). Figures, pruning and the fold
+ensemble's scorer hang on that hook (`amsaware.experiment`). For the test events, the final
+fit's `ScorerResult.score` is its `RawScorer`, and the fold ensemble's is the logit of the
+fold models' mean probability (`phase.ensemble_scorer`), kept where no fold was reloaded.
 """
 
 from __future__ import annotations
