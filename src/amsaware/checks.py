@@ -16,6 +16,9 @@ do. `check_config` returns the run's typed `amsaware.settings.Settings`; the pro
 those, not the config. The fine-tune's loss is built once after the data is loaded
 (`check_finetune`), since its options may depend on the data's totals.
 
+Over 600 lines for now: the run folder's claim and lock (`claim_run_folder`, `RUN_FILES`, the
+lock helpers) are moving to the run_folder package in a separate change.
+
 Every error is a `ConfigError` (a `ValueError`) naming the key, or a `RunFolderError`
 (`amsaware.run_folder`'s, also a `ValueError`) naming the folder and what is in it.
 """

@@ -16,6 +16,8 @@ its checkpoint with `amsaware.inference` where one is needed). Figures, pruning 
 ensemble's scorer hang on that hook (`amsaware.experiment`). For the test events, the final
 fit's `ScorerResult.score` is its `RawScorer`, and the fold ensemble's is the logit of the
 fold models' mean probability (`phase.ensemble_scorer`), kept where no fold was reloaded.
+
+About 640 lines: the protocol's steps in order, one concept; training itself is in `phase`.
 """
 
 from __future__ import annotations
