@@ -272,7 +272,7 @@ def overhead(overrides: list[str]) -> list[dict]:
     timed(plots, "log_to_logger", "figures")
     timed(loggers.StageLoggers, "make", "loggers")
     timed(loggers.StageLoggers, "close", "loggers")
-    timed(experiment, "_log_hparams", "loggers")
+    timed(experiment, "log_hparams", "loggers")
     timed(experiment, "load_dataset", "data")
     timed(pruning.TrialReporter, "__init__", "pruning")
     timed(pruning.TrialReporter, "report", "pruning")

@@ -15,12 +15,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from amsaware.checks import check_finetune
 from amsaware.comparison import load_run
-from amsaware.experiment import check_finetune, run_experiment
+from amsaware.experiment import run_experiment
 from amsaware.inference import load_scorer
 from amsaware.losses import BCELoss, SoftAMSLoss
 from amsaware.model import MLP, SignificanceClassifier
-from amsaware.protocol import FineTune, cross_validate, plan_folds
+from amsaware.phase import FineTune
+from amsaware.protocol import cross_validate, plan_folds
 from tests.conftest import REPO
 from tests.helpers import N_TEST, compose_run, quiet_trainer, run, train
 

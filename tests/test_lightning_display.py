@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from amsaware.data.datamodule import HiggsDataModule
-from amsaware.experiment import describe_run
+from amsaware.loggers import describe_run
 from amsaware.losses import BCELoss, SoftAMSLoss
 from amsaware.model import MLP, SignificanceClassifier
 from amsaware.progress import RunClock, StageProgressBar, format_seconds, stage_label

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from amsaware.metrics import ams_at_fraction
-from amsaware.protocol import choose_cut, lookup_metric
+from amsaware.protocol import choose_cut
+from amsaware.report import lookup_metric
 from amsaware.run_folder import submission_frame
 
 

@@ -423,7 +423,7 @@ def test_losses_that_take_totals_get_the_datas():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from amsaware.experiment import _loss_totals
+    from amsaware.settings import loss_totals as _loss_totals
 
     def build(**loss):
         cfg = OmegaConf.create(loss)

@@ -10,6 +10,15 @@ Ctrl-C end the run with exit status 130 after logging where it stopped. Checks o
 themselves (weights, feature magnitudes) run after loading, in
 `amsaware.data.formats.check_trainable`.
 
+This module is the one home of train.py's config refusals: the schema, the values, the cut,
+the ensemble, `optimized_metric`, the fine-tune phase and what `cv.parallel` or resume cannot
+do. `check_config` returns the run's typed `amsaware.settings.Settings`; the protocol reads
+those, not the config. The fine-tune's loss is built once after the data is loaded
+(`check_finetune`), since its options may depend on the data's totals.
+
+Over 600 lines for now: the run folder's claim and lock (`claim_run_folder`, `RUN_FILES`, the
+lock helpers) are moving to the run_folder package in a separate change.
+
 Every error is a `ConfigError` (a `ValueError`) naming the key, or a `RunFolderError`
 (`amsaware.run_folder`'s, also a `ValueError`) naming the folder and what is in it.
 """
@@ -33,7 +42,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 # The one error for a run folder: here, one that already holds a run or is being written.
-from amsaware.run_folder import RunFolderError
+from amsaware.run_folder import RunFolderError, scorers_of
+from amsaware.search import SearchConfigError
+from amsaware.settings import CutSettings, CVSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +61,12 @@ class ConfigError(ValueError):
 
 # --- the schema of the project's own sections ------------------------------------------------
 
-
-@dataclasses.dataclass(frozen=True)
-class CVSchema:
-    """`cv`: stratified k-fold cross-validation."""
-
-    folds: int = 3
-    parallel: bool = False
-    repeats: int = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class CutSchema:
-    """`cut`: the window and smoothing of the out-of-fold AMS curve that chooses the cut."""
-
-    min_fraction: float = 0.05
-    max_fraction: float = 0.5
-    smoothing: float = 0.02
-
-
 #: The project's own sections with a fixed set of keys. (`paths` is open: a user may add a
 #: folder there for the interpolations of a data config of their own.)
-SECTIONS: dict[str, type] = {"cv": CVSchema, "cut": CutSchema}
+SECTIONS: dict[str, type] = {"cv": CVSettings, "cut": CutSettings}
 
-#: Top-level keys of train.yaml and its config groups. A new top-level setting is added here.
+#: Top-level keys of train.yaml and its config groups; conf/train.yaml declares each one
+#: (a test holds the two together).
 TOP_LEVEL: frozenset[str] = frozenset(
     {
         # train.yaml's own settings
@@ -163,13 +156,13 @@ def _integer(value: Any) -> bool:
 
 def check_values(cfg: DictConfig) -> None:
     """Values that would train nothing, forever, or fail deep inside a fold: refused by key."""
-    folds = cfg.cv.folds
+    cv = CVSettings(**(cfg.get("cv") or {}))  # the keys and their types: check_section's
+    folds, repeats = cv.folds, cv.repeats
     if not _integer(folds) or folds < 2:
         raise ConfigError(
             f"cv.folds is {folds!r}; expected an integer >= 2 (the out-of-fold scores that "
             "choose the cut need at least two folds)"
         )
-    repeats = cfg.cv.get("repeats", 1)
     if not _integer(repeats) or repeats < 1:
         raise ConfigError(f"cv.repeats is {repeats!r}; expected an integer >= 1")
     epochs = (cfg.get("trainer") or {}).get("max_epochs")
@@ -204,6 +197,131 @@ def check_values(cfg: DictConfig) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} is {value!r}; expected true or false")
     check_resume_options(cfg)
+
+
+def check_cut_options(min_fraction: float, max_fraction: float, smoothing: float) -> None:
+    """Reject impossible `cut.*` options before any training starts."""
+    if not 0.0 < min_fraction < max_fraction <= 1.0:
+        raise ConfigError(
+            "cut.min_fraction and cut.max_fraction must satisfy 0 < min < max <= 1, got "
+            f"{min_fraction} and {max_fraction}"
+        )
+    if smoothing < 0.0:
+        raise ConfigError(f"cut.smoothing must be >= 0, got {smoothing}")
+
+
+def check_ensemble(ensemble: Any) -> str:
+    """`ensemble` must name the scorers of a run (final|folds|both)."""
+    try:
+        scorers_of(ensemble)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return ensemble
+
+
+def check_optimized_metric(name: str, final_fit: bool = True, ensemble: str = "final") -> str:
+    """`name` if a run with these settings writes it to metrics.json, else a clear error, so
+    that a typo stops a run (or a whole search) before its first fold trains."""
+    from amsaware.report import metric_names
+
+    known = metric_names(final_fit, ensemble)
+    if name in known:
+        return name
+    hint = ""
+    if name in metric_names(True, "both"):
+        hint = (
+            f" ({name} exists only with final_fit=true"
+            + ("" if name.startswith("test/") else " and ensemble=folds or both")
+            + "; search trials skip the final fit)"
+        )
+    raise SearchConfigError(
+        f"optimized_metric {name!r} is not a metric of this run{hint}; known: {known}"
+    )
+
+
+def _finetune_losses() -> list[str]:
+    """The `_target_`s a fine-tune may name: `amsaware.losses.FINETUNE`, the registry's."""
+    from amsaware import losses
+
+    return [f"amsaware.losses.{name}" for name in losses.FINETUNE]
+
+
+def check_finetune_options(finetune: DictConfig | None) -> None:
+    """The fine-tune's own keys (conf/finetune/_phase.yaml and its loss's class), by key."""
+    if not finetune:
+        return
+    loss = finetune.get("loss")
+    target = None if not loss else loss.get("_target_")
+    allowed = _finetune_losses()
+    if target not in allowed:
+        raise ConfigError(
+            f"finetune.loss._target_ must be one of {allowed} "
+            f"(finetune=ams|asimov|deltaz|bce), got {target!r}"
+        )
+    for key, least in (("batch_size", 1), ("max_epochs", 0)):
+        value = finetune.get(key)
+        if not _integer(value) or value < least:
+            raise ConfigError(f"finetune.{key} must be an integer >= {least}, got {value!r}")
+    optimizer = finetune.get("optimizer")
+    if not optimizer or "_target_" not in optimizer:
+        raise ConfigError("finetune.optimizer must name a torch optimizer (_target_, _partial_)")
+    lr = optimizer.get("lr")
+    if lr is not None and not (_number(lr) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"finetune.optimizer.lr must be a number > 0, got {lr!r}")
+
+
+def check_finetune(finetune: DictConfig | None, totals: tuple[float, float]) -> None:
+    """Reject a fine-tune that cannot be meant before any training, naming the key.
+
+    The loss is built once here with the data's totals, so a bad loss option fails now, not
+    after the first phase of the first fold.
+    """
+    check_finetune_options(finetune)
+    if not finetune:
+        return
+    from hydra.utils import instantiate
+
+    from amsaware.settings import loss_totals
+
+    try:
+        instantiate(finetune.loss, **loss_totals(finetune.loss, *totals))
+    except Exception as error:  # the loss's own message names its option
+        raise ConfigError(f"finetune.loss: {error}") from error
+
+
+def check_parallel(cfg: DictConfig) -> None:
+    """What `cv.parallel=true` cannot do: its folds share one trainer."""
+    if not (cfg.get("cv") or {}).get("parallel"):
+        return
+    from amsaware.loggers import logger_configs
+
+    loggers = logger_configs(cfg.get("logger"))
+    if len(loggers) > 1:
+        raise ConfigError(
+            "cv.parallel=true logs each fold through one logger; choose one logger "
+            f"(logger=tensorboard|csv|mlflow|wandb), not {list(loggers)}"
+        )
+    if _early_stopping(cfg):
+        raise ConfigError(
+            "callbacks.early_stopping needs each fold's own trainer: use it with cv.parallel=false"
+        )
+
+
+def _early_stopping(cfg: DictConfig) -> bool:
+    """Whether a configured callback is an `amsaware.stopping.EarlyStopping`."""
+    from hydra.utils import get_class
+
+    from amsaware.stopping import EarlyStopping
+
+    for callback in (cfg.get("callbacks") or {}).values():
+        target = None if not callback else callback.get("_target_")
+        if target and issubclass(get_class(target), EarlyStopping):
+            return True
+    return False
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # --- resume ----------------------------------------------------------------------------------
@@ -358,12 +476,20 @@ def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
-def check_config(cfg: DictConfig) -> None:
-    """The schema of the project's sections and the values that cannot be meant."""
+def check_config(cfg: DictConfig) -> Settings:
+    """The schema of the project's sections and the values that cannot be meant; returns the
+    run's `Settings`, which the protocol reads instead of the config."""
     check_top_level(cfg)
     for name, schema in SECTIONS.items():
         check_section(cfg, name, schema)
     check_values(cfg)
+    check_cut_options(**(cfg.get("cut") or {}))
+    settings = Settings.from_config(cfg)
+    check_ensemble(settings.ensemble)
+    check_optimized_metric(settings.optimized_metric, settings.final_fit, settings.ensemble)
+    check_finetune_options(cfg.get("finetune"))
+    check_parallel(cfg)
+    return settings
 
 
 # --- one run per folder ----------------------------------------------------------------------
@@ -563,7 +689,7 @@ class RunFolderCallback(Callback):
                 claim_run_folder(run_dir, bool(config.get("overwrite")), resuming(task))
                 if resuming(task):
                     check_resume_config(run_dir, task)
-        except (ConfigError, RunFolderError) as error:
+        except (ConfigError, RunFolderError, SearchConfigError) as error:
             # Hydra turns a callback's exception into a warning and runs the job anyway.
             raise SystemExit(f"{type(error).__name__}: {error}") from None
 
@@ -581,9 +707,10 @@ class RunFolderCallback(Callback):
             save_self_contained(task, saved)
 
 
-def check_run(cfg: DictConfig) -> None:
-    """Everything refused before a run starts, then the run folder claimed (see module doc)."""
-    check_config(cfg)
+def check_run(cfg: DictConfig) -> Settings:
+    """Everything refused before a run starts, then the run folder claimed (see module doc);
+    returns the run's settings."""
+    settings = check_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     if resuming(cfg):
         _check_resume_target(cfg, run_dir)
@@ -592,6 +719,7 @@ def check_run(cfg: DictConfig) -> None:
         if resuming(cfg):
             check_resume_config(run_dir, cfg)
     exit_on_interrupt(run_dir)
+    return settings
 
 
 def _check_resume_target(cfg: DictConfig, run_dir: Path) -> None:

@@ -6,7 +6,7 @@ The protocol itself takes plain values; the config is read here.
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import logging
 import math
 import time
@@ -16,49 +16,53 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from amsaware import plots
-from amsaware.checks import check_run, resuming
+from amsaware.checks import check_finetune, check_run
 from amsaware.data.datamodule import HiggsDataModule
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
-from amsaware.loggers import StageLoggers
+from amsaware.loggers import (
+    StageLoggers,
+    choice,
+    describe_run,
+    log_fold_figures,
+    log_hparams,
+    log_oof_figures,
+)
 from amsaware.model import SignificanceClassifier
+from amsaware.phase import (
+    EarlyStops,
+    FineTune,
+    ModuleFactory,
+    RawScorer,
+    StageWriter,
+    TrainerFactory,
+    ensemble_scorer,
+)
 from amsaware.progress import RunClock, StageProgressBar, stage_label
 from amsaware.protocol import (
     CrossValidation,
     DivergedError,
-    EarlyStops,
-    FineTune,
+    FoldHook,
+    FoldReport,
     FoldStore,
-    ModuleFactory,
-    StageWriter,
-    TrainerFactory,
-    check_cut_options,
-    check_ensemble,
-    check_folds,
     choose_cut_of,
     cross_validate,
     final_fit,
     format_metrics,
-    lookup_metric,
     score_with_folds,
     summarise_cv,
     write_test_results,
 )
 from amsaware.pruning import fold_hook
-from amsaware.run_folder import (
-    FINAL,
-    Cut,
-    RunFolder,
-)
-from amsaware.search import check_optimized_metric, load_for_trial
+from amsaware.report import build_metrics, lookup_metric
+from amsaware.run_folder import FINAL, Cut, RunFolder
+from amsaware.search import load_for_trial
+from amsaware.settings import Settings, loss_totals
 from amsaware.stopping import EarlyStopping, median_epochs
 
 log = logging.getLogger(__name__)
@@ -81,19 +85,8 @@ def _quiet_lightning() -> None:
     )
 
 
-def _loss_totals(loss: DictConfig, s_tot: float, b_tot: float) -> dict[str, float]:
-    """The data's totals for a loss class that takes `s_tot`/`b_tot` and was not given them."""
-    from hydra.utils import get_class
-
-    parameters = inspect.signature(get_class(loss._target_)).parameters
-    totals = {"s_tot": s_tot, "b_tot": b_tot}
-    return {
-        name: value for name, value in totals.items() if name in parameters and name not in loss
-    }
-
-
 def _make_module(
-    cfg: DictConfig,
+    settings: Settings,
     section: DictConfig,
     net: nn.Module,
     phase: int | None,
@@ -105,12 +98,12 @@ def _make_module(
 
     return SignificanceClassifier(
         net=net,
-        loss=instantiate(section.loss, **_loss_totals(section.loss, *totals)),
+        loss=instantiate(section.loss, **loss_totals(section.loss, *totals)),
         optimizer=instantiate(section.optimizer),
         s_tot=totals[0],
         b_tot=totals[1],
         scheduler=instantiate(section.scheduler) if section.get("scheduler") else None,
-        compile_mode=cfg.get("compile"),
+        compile_mode=settings.compile,
         phase=phase,
     )
 
@@ -122,6 +115,7 @@ def _factories(
     totals: tuple[float, float] = (S_TOT, B_TOT),
     loggers: StageLoggers | None = None,
     early_stops: EarlyStops | None = None,
+    settings: Settings | None = None,
 ) -> tuple[ModuleFactory, TrainerFactory, StageWriter]:
     """The first phase's module and trainer factories and the stage writer.
 
@@ -130,16 +124,18 @@ def _factories(
     """
     from hydra.utils import instantiate
 
-    finetuning = bool(cfg.get("finetune"))
+    settings = settings or Settings.from_config(cfg)
+    finetuning = settings.finetune is not None
 
     def make_module() -> SignificanceClassifier:
         net = instantiate(cfg.model, n_features=n_features)
-        return _make_module(cfg, cfg, net, 0 if finetuning else None, totals)
+        return _make_module(settings, cfg, net, 0 if finetuning else None, totals)
 
     def make_trainer(stages: str | list[str]) -> L.Trainer:
         phase = "pretrain" if finetuning else None
         return _trainer(
             cfg,
+            settings,
             run_dir,
             stages,
             stage_files=not finetuning,
@@ -149,11 +145,10 @@ def _factories(
         )
 
     def save_stage(stage: str, net: nn.Module, datamodule: HiggsDataModule) -> None:
-        callbacks = cfg.get("callbacks") or {}
         run = RunFolder(run_dir)
-        if callbacks.get("model_checkpoint"):
+        if settings.checkpoints:
             run.write_checkpoint(stage, net)
-        if callbacks.get("preprocessing"):
+        if settings.preprocessing:
             run.write_preprocessing(stage, datamodule.fitted_preprocessing)
 
     return make_module, make_trainer, save_stage
@@ -161,6 +156,7 @@ def _factories(
 
 def _trainer(
     cfg: DictConfig,
+    settings: Settings,
     run_dir: Path,
     stages: str | list[str],
     stage_files: bool = True,
@@ -186,12 +182,7 @@ def _trainer(
     if loggers is None:
         loggers = StageLoggers(cfg.get("logger"))
     logger: Any = False
-    if loggers and together:
-        if len(loggers.kinds()) > 1:
-            raise ValueError(
-                "cv.parallel=true logs each fold through one logger; choose one logger "
-                f"(logger=tensorboard|csv|mlflow|wandb), not {loggers.kinds()}"
-            )
+    if loggers and together:  # one logger kind (checks.check_parallel)
         logger = [item for name in stages for item in loggers.make(name)]
     elif loggers:
         logger = loggers.make(stages)
@@ -205,11 +196,7 @@ def _trainer(
             dirpath = str(RunFolder(run_dir).stage_dir(stages))
             callback = OmegaConf.merge(callback, {"dirpath": dirpath})
         callbacks.append(instantiate(callback))
-    stopping = [c for c in callbacks if isinstance(c, EarlyStopping)]
-    if stopping and together:
-        raise ValueError(
-            "callbacks.early_stopping needs each fold's own trainer: use it with cv.parallel=false"
-        )
+    stopping = [c for c in callbacks if isinstance(c, EarlyStopping)]  # sequential only
     if stages == "final" and stopping:
         callbacks = [c for c in callbacks if not isinstance(c, EarlyStopping)]
         epochs = [
@@ -222,10 +209,9 @@ def _trainer(
             log.info("final fit%s: %d epochs, the folds' median best", _of(phase), max_epochs)
     elif stopping and early_stops is not None and isinstance(stages, str):
         early_stops[(stages, phase)] = stopping[0]
-    n_fold_models = int(cfg.cv.folds) * int(cfg.cv.get("repeats", 1))
     for callback in callbacks:
         if isinstance(callback, StageProgressBar):
-            callback.stage = stage_label(stages, n_fold_models, phase)
+            callback.stage = stage_label(stages, settings.cv.n_models, phase)
     overrides: dict[str, Any] = {} if max_epochs is None else {"max_epochs": max_epochs}
     if not any(isinstance(callback, ModelCheckpoint) for callback in callbacks):
         # Else Lightning adds its own, writing epoch=...ckpt files nothing reads.
@@ -235,201 +221,37 @@ def _trainer(
     return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
 
 
-FINETUNE_LOSSES = (
-    "amsaware.losses.SoftAMSLoss",
-    "amsaware.losses.AsimovLoss",
-    "amsaware.losses.DeltaZBarLoss",
-    "amsaware.losses.BCELoss",
-)
-
-
-def check_finetune(finetune: DictConfig | None, totals: tuple[float, float]) -> None:
-    """Reject a fine-tune that cannot be meant before any training, naming the key.
-
-    The loss and optimizer are built once here, so a bad loss option fails now, not after
-    the first phase of the first fold.
-    """
-    if not finetune:
-        return
-    from hydra.utils import instantiate
-
-    loss = finetune.get("loss")
-    target = None if not loss else loss.get("_target_")
-    if target not in FINETUNE_LOSSES:
-        raise ValueError(
-            f"finetune.loss._target_ must be one of {list(FINETUNE_LOSSES)} "
-            f"(finetune=ams|asimov|deltaz|bce), got {target!r}"
-        )
-    for key, least in (("batch_size", 1), ("max_epochs", 0)):
-        value = finetune.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"finetune.{key} must be an integer >= {least}, got {value!r}")
-    optimizer = finetune.get("optimizer")
-    if not optimizer or "_target_" not in optimizer:
-        raise ValueError("finetune.optimizer must name a torch optimizer (_target_, _partial_)")
-    lr = optimizer.get("lr")
-    if lr is not None and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"finetune.optimizer.lr must be a number > 0, got {lr!r}")
-    try:
-        instantiate(loss, **_loss_totals(loss, *totals))
-    except Exception as error:  # the loss's own message names its option
-        raise ValueError(f"finetune.loss: {error}") from error
-
-
 def _finetune(
     cfg: DictConfig,
+    settings: Settings,
     run_dir: Path,
     totals: tuple[float, float],
     save_stage: StageWriter,
     loggers: StageLoggers | None = None,
     early_stops: EarlyStops | None = None,
 ) -> FineTune | None:
-    """The fine-tune phase of `cfg.finetune`, or None without one."""
-    ft = cfg.get("finetune")
-    if not ft:
+    """The fine-tune phase of `cfg.finetune` (its loss, optimizer and scheduler) with the
+    options of `settings.finetune`, or None without one."""
+    if settings.finetune is None:
         return None
+    ft = cfg.finetune
 
     def make_module(net: nn.Module) -> SignificanceClassifier:
-        return _make_module(cfg, ft, net, 1, totals)
+        return _make_module(settings, ft, net, 1, totals)
 
     def make_trainer(stages: str | list[str], callbacks: list[L.Callback]) -> L.Trainer:
-        phase = f"finetune={_choice('finetune') or ft.loss._target_.rsplit('.', 1)[-1]}"
+        phase = f"finetune={choice('finetune') or ft.loss._target_.rsplit('.', 1)[-1]}"
+        epochs = settings.finetune.max_epochs
         return _trainer(
-            cfg, run_dir, stages, True, int(ft.max_epochs), callbacks, phase, loggers, early_stops
+            cfg, settings, run_dir, stages, True, epochs, callbacks, phase, loggers, early_stops
         )
 
-    return FineTune(make_module, make_trainer, int(ft.batch_size), int(ft.max_epochs), save_stage)
+    options = dataclasses.asdict(settings.finetune)
+    return FineTune(make_module, make_trainer, **options, save_stage=save_stage)
 
 
 def _of(phase: str | None) -> str:
     return f" ({phase})" if phase else ""
-
-
-def early_stopping_section(early_stops: EarlyStops) -> dict[str, Any]:
-    """metrics.json's `early_stopping`: per fold (and phase) the epochs up to the best one,
-    and the final fit's (their median)."""
-    first = next(iter(early_stops.values()))
-    folds: dict[str, int | None] = {}
-    phases: dict[str | None, list[int]] = {}
-    for (stage, phase), stop in early_stops.items():
-        folds[stage if phase is None else f"{stage}/{phase}"] = stop.epochs
-        if stop.epochs is not None:
-            phases.setdefault(phase, []).append(stop.epochs)
-    final = {
-        "final" if phase is None else f"final/{phase}": median_epochs(epochs)
-        for phase, epochs in phases.items()
-    }
-    return {
-        "monitor": first.monitor,
-        "mode": first.mode,
-        "restore_best": first.restore_best,
-        "fold_epochs": folds,
-        "final_epochs": final,
-    }
-
-
-def _choice(group: str) -> str | None:
-    """The option Hydra selected for a config group (`loss=ams` -> "ams"), when under Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    return HydraConfig.get().runtime.choices.get(group)
-
-
-def describe_run(cfg: DictConfig) -> str:
-    """The run's key choices in one line, logged at start: `loss=X` also sets the model size,
-    learning rate and batch size, which would otherwise go unseen."""
-    model = cfg.model
-
-    def number(value: Any) -> str:
-        return f"{value:g}" if isinstance(value, float) else str(value)
-
-    sizes = "x".join(str(model.get(key)) for key in ("n_layers", "hidden_size") if key in model)
-    sizes += f", dropout={number(model.get('dropout'))}" if "dropout" in model else ""
-    parts = [
-        f"loss={_choice('loss') or cfg.loss._target_.rsplit('.', 1)[-1]}",
-        f"model={model._target_.rsplit('.', 1)[-1]}({sizes})",
-        f"lr={number(cfg.optimizer.get('lr'))}",
-        f"batch={cfg.data.batch_size}",
-        f"epochs={cfg.trainer.max_epochs}",
-    ]
-    ft = cfg.get("finetune")
-    if ft:
-        name = _choice("finetune") or ft.loss._target_.rsplit(".", 1)[-1]
-        parts.append(
-            f"finetune={name}(lr={number(ft.optimizer.get('lr'))}, batch={ft.batch_size}, "
-            f"epochs={ft.max_epochs})"
-        )
-    parts.append(f"data={_choice('data') or cfg.data._target_.rsplit('.', 1)[-1]}")
-    parts.append(f"cv={cfg.cv.folds} folds x {cfg.cv.get('repeats', 1)}")
-    parts.append(f"seed={cfg.seed}")
-    return " ".join(parts)
-
-
-def run_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The settings that tell runs apart in TensorBoard's HParams view, as flat scalars.
-
-    The selected loss and data (config choices), every scalar of `loss`, `model` and
-    `optimizer`, and the training sizes; `_target_` entries name the class.
-    """
-    from hydra.core.hydra_config import HydraConfig
-
-    params: dict[str, Any] = {}
-    if HydraConfig.initialized():
-        choices = HydraConfig.get().runtime.choices
-        groups = ("loss", "finetune", "data")
-        params |= {group: choices.get(group) for group in groups if choices.get(group)}
-
-    def flatten(section: Any, prefix: str) -> None:
-        for key, value in OmegaConf.to_container(section, resolve=True).items():
-            if key == "_target_":
-                params[f"{prefix}.class"] = str(value).rsplit(".", 1)[-1]
-            elif isinstance(value, bool | int | float | str) and key != "_partial_":
-                params[f"{prefix}.{key}"] = value
-
-    for group in ("loss", "model", "optimizer"):
-        flatten(cfg[group], group)
-    if cfg.get("finetune"):
-        flatten(cfg.finetune, "finetune")
-        for group in ("loss", "optimizer"):
-            flatten(cfg.finetune[group], f"finetune.{group}")
-    params |= {
-        "data.batch_size": int(cfg.data.batch_size),
-        "trainer.max_epochs": int(cfg.trainer.max_epochs),
-        "cv.folds": int(cfg.cv.folds),
-        "cv.repeats": int(cfg.cv.get("repeats", 1)),
-        "seed": int(cfg.seed),
-    }
-    return params
-
-
-def _log_hparams(cfg: DictConfig, metrics: dict[str, Any], loggers: StageLoggers) -> None:
-    """One `summary` run per run folder and logger: its settings and final metrics (for
-    TensorBoard's HParams view, MLflow's and W&B's run tables)."""
-    final = dict(metrics["cv"]["oof"]) | {"cut/fraction": metrics["cut"]["fraction"]}
-    final |= metrics.get("test", {}) | metrics.get("test_folds", {})
-    final = {name: value for name, value in final.items() if math.isfinite(value)}
-    for logger in loggers.make("summary"):
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(run_hparams(cfg), final)
-        else:
-            logger.log_hyperparams(run_hparams(cfg))
-            logger.log_metrics(final)
-        logger.finalize("success")
-
-
-def _log_oof_figures(
-    scores: np.ndarray, train: EventTable, cut: Cut, loggers: StageLoggers
-) -> None:
-    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as each figure-taking
-    logger's run `oof`."""
-    for logger in loggers.make("oof", only=plots.FIGURE_LOGGERS):
-        totals = (train.s_tot, train.b_tot)
-        plots.log_to_logger(
-            logger, "oof/", scores, train.label, train.weight, 0, cut.fraction, totals=totals
-        )
-        logger.finalize("success")
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
@@ -463,119 +285,138 @@ def run_experiment(cfg: DictConfig) -> float:
 
 
 def _run(cfg: DictConfig) -> float:
-    check_run(cfg)  # schema, impossible values, one run per folder, Ctrl-C (amsaware.checks)
-    check_cut_options(**cfg.cut)
-    ensemble = check_ensemble(cfg.get("ensemble", "final"))
-    repeats = cfg.cv.get("repeats", 1)
-    check_folds(cfg.cv.folds, repeats)
-    check_optimized_metric(cfg.optimized_metric, bool(cfg.final_fit), ensemble)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    settings = check_run(cfg)  # every config refusal, one run per folder, Ctrl-C (checks)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     log.info("run: %s", describe_run(cfg))
     started = time.perf_counter()
-    run_dir = Path(cfg.paths.output_dir)
     dataset = load_dataset(cfg)
-    check_trainable(dataset.train, cfg.cv.folds)
-    totals = (dataset.train.s_tot, dataset.train.b_tot)
-    check_finetune(cfg.get("finetune"), totals)
+    check_trainable(dataset.train, settings.cv.folds)
+    check_finetune(cfg.get("finetune"), (dataset.train.s_tot, dataset.train.b_tot))
     loggers = StageLoggers(cfg.get("logger"))
     try:
-        return _run_with(cfg, dataset, run_dir, started, loggers)
+        metrics = _run_with(cfg, settings, dataset, loggers)
+        metrics["run"]["seconds"] = round(time.perf_counter() - started, 1)
+        RunFolder(settings.output_dir).write_metrics(metrics)
+        if loggers:
+            log_hparams(cfg, metrics, loggers)
     finally:
         loggers.close()
+    log.info("run folder: %s", settings.output_dir)
+    value = lookup_metric(metrics, settings.optimized_metric)
+    if not math.isfinite(value):
+        raise DivergedError(f"optimized_metric {settings.optimized_metric} is {value}")
+    return value
 
 
 def _run_with(
-    cfg: DictConfig, dataset: Dataset, run_dir: Path, started: float, loggers: StageLoggers
-) -> float:
-    ensemble = check_ensemble(cfg.get("ensemble", "final"))
-    repeats = cfg.cv.get("repeats", 1)
-    totals = (dataset.train.s_tot, dataset.train.b_tot)
+    cfg: DictConfig, settings: Settings, dataset: Dataset, loggers: StageLoggers
+) -> dict[str, Any]:
+    """The protocol: the fold models, the cut, the test scores; returns metrics.json's dict."""
+    train, run = dataset.train, RunFolder(settings.output_dir)
+    totals = (train.s_tot, train.b_tot)
     early_stops: EarlyStops = {}
-    n_features = len(dataset.train.feature_names)
-    factories = _factories(cfg, run_dir, n_features, totals, loggers, early_stops)
+    factories = _factories(
+        cfg, settings.output_dir, len(train.feature_names), totals, loggers, early_stops, settings
+    )
     make_module, make_trainer, save_stage = factories
-    finetune = _finetune(cfg, run_dir, totals, save_stage, loggers, early_stops)
-    batch_size = int(cfg.data.batch_size)
-    cut_options = {**cfg.cut, "s_tot": totals[0], "b_tot": totals[1]}
-
-    fold_test = dataset.test if cfg.final_fit and ensemble != "final" else None
-    final = bool(cfg.final_fit) and ensemble != "folds"
-    clock = RunClock(int(cfg.cv.folds) * int(repeats), int(cfg.cv.folds), final)
-    parallel = bool(cfg.cv.get("parallel", False))
-    run = RunFolder(run_dir)
-    if resuming(cfg):
+    finetune = _finetune(
+        cfg, settings, settings.output_dir, totals, save_stage, loggers, early_stops
+    )
+    cut_options = {**settings.cut.options(), "s_tot": totals[0], "b_tot": totals[1]}
+    clock = RunClock(settings.cv.n_models, settings.cv.folds, settings.scores_final)
+    if settings.resume:
         log.info("resuming the run in %s: finished folds are reloaded, the rest trained", run)
         for stage in (FINAL, "oof", "summary"):  # after the folds: always trained again
             run.clear_stage(stage)
     # Each finished fold's scores are what a resumed run reloads beside its checkpoint; a run
     # that writes no checkpoints (a search trial) cannot be resumed, so it writes none either.
-    checkpoints = cfg.callbacks.get("model_checkpoint") is not None
-    store = FoldStore(run, resuming(cfg)) if checkpoints and not parallel else None
+    keep = settings.checkpoints and not settings.cv.parallel
+    scorers: list[RawScorer | None] = []
     cv = cross_validate(
-        dataset.train,
-        cfg.cv.folds,
-        batch_size,
-        cfg.seed,
+        train,
+        settings.cv.folds,
+        settings.batch_size,
+        settings.seed,
         make_module,
         make_trainer,
-        fold_test,
-        parallel=parallel,
+        dataset.test if settings.scores_folds else None,
+        parallel=settings.cv.parallel,
         save_stage=save_stage,
-        repeats=repeats,
+        repeats=settings.cv.repeats,
         finetune=finetune,
-        on_fold=fold_hook(cfg),
+        on_fold=_fold_hooks(settings, scorers),
         clock=clock,
-        store=store,
+        store=FoldStore(run, settings.resume) if keep else None,
     )
-    train = dataset.train
-    metrics: dict[str, Any] = {}
-    if cv.pretrain is not None:
-        metrics["pretrain"] = _write_pretrain(run, cv.pretrain, train, cut_options)
+    pretrain = (
+        None if cv.pretrain is None else _write_pretrain(run, cv.pretrain, train, cut_options)
+    )
     run.write_oof_predictions(
         train.event_id, cv.fold, train.label, train.weight, cv.scores, cv.logits
     )
     cut = choose_cut_of(cv, train, cut_options)
-    metrics = {"cv": summarise_cv(cv, train), "cut": cut.to_dict()} | metrics
-    log.info("out-of-fold: %s", format_metrics(metrics["cv"]["oof"]))
+    summary = summarise_cv(cv, train)
+    log.info("out-of-fold: %s", format_metrics(summary["oof"]))
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
-    _log_oof_figures(cv.scores, train, cut, loggers)
-
-    if cfg.final_fit:
-        results = {}
-        if ensemble != "folds":
-            results[FINAL] = final_fit(
-                dataset, cut, batch_size, cfg.seed, make_module, make_trainer, finetune, clock
-            )
-        if dataset.test is None:
-            log.warning("%s has no test events to score: no submission written", train.source)
-        else:
-            if cv.test_scores is not None:
-                results["folds"] = score_with_folds(
-                    dataset.test, cut, cv.test_scores, cv.test_logits
-                )
-            cut, sections = write_test_results(run, dataset.test, results, cut)
-            metrics["cut"] = cut.to_dict()
-            metrics |= sections
-    metrics["run"] = {
-        "seconds": round(time.perf_counter() - started, 1),
+    log_oof_figures(cv.scores, train, cut, loggers)
+    cut, tests = _score_test(settings, dataset, cv, cut, scorers, run, factories, finetune, clock)
+    facts = {
+        "seconds": None,  # set by the caller once the run is written
         "n_train": len(train),
         "n_test": 0 if dataset.test is None else len(dataset.test),
-        "ensemble": ensemble,
+        "ensemble": settings.ensemble,
         "n_fold_models": len(cv.fold_metrics),
     }
-    if early_stops:
-        metrics["early_stopping"] = early_stopping_section(early_stops)
-    # The totals every AMS of this run is rescaled to; compare.py reads them back.
-    metrics["data"] = {"s_tot": totals[0], "b_tot": totals[1]}
-    run.write_metrics(metrics)
-    if loggers:
-        _log_hparams(cfg, metrics, loggers)
-    log.info("run folder: %s", run_dir)
-    value = lookup_metric(metrics, cfg.optimized_metric)
-    if not math.isfinite(value):
-        raise DivergedError(f"optimized_metric {cfg.optimized_metric} is {value}")
-    return value
+    return build_metrics(summary, cut.to_dict(), totals, facts, pretrain, tests, early_stops)
+
+
+def _fold_hooks(settings: Settings, scorers: list[RawScorer | None]) -> FoldHook:
+    """After each fold: a search trial's pruning report, the fold's figures, and its raw-feature
+    scorer kept for the fold ensemble (None for a fold reloaded on resume)."""
+    prune = fold_hook(settings)
+
+    def on_fold(report: FoldReport) -> None:
+        if prune is not None:
+            prune(report.index, report.metrics)
+        log_fold_figures(report)
+        if settings.scores_folds:
+            scorers.append(report.score)
+
+    return on_fold
+
+
+def _score_test(
+    settings: Settings,
+    dataset: Dataset,
+    cv: CrossValidation,
+    cut: Cut,
+    scorers: list[RawScorer | None],
+    run: RunFolder,
+    factories: tuple[ModuleFactory, TrainerFactory, StageWriter],
+    finetune: FineTune | None,
+    clock: RunClock,
+) -> tuple[Cut, dict[str, Any]]:
+    """The final fit and/or the fold ensemble on the test events: their files, the cut with
+    each scorer's threshold, and the `test`/`test_folds` sections."""
+    if not settings.final_fit:
+        return cut, {}
+    make_module, make_trainer, _ = factories
+    results = {}
+    if settings.scores_final:
+        results[FINAL] = final_fit(
+            dataset, cut, settings.batch_size, settings.seed, make_module, make_trainer,
+            finetune, clock,
+        )  # fmt: skip
+    if dataset.test is None:
+        log.warning("%s has no test events to score: no submission written", dataset.train.source)
+        return cut, {}
+    if cv.test_scores is not None:
+        score = ensemble_scorer(scorers) if all(scorers) else None
+        results["folds"] = score_with_folds(
+            dataset.test, cut, cv.test_scores, cv.test_logits, score
+        )
+    return write_test_results(run, dataset.test, results, cut)
 
 
 def _write_pretrain(

@@ -8,17 +8,29 @@ different arguments (`version`, `run_name`, `name`), so the logger config never 
 
 A stage trained in two phases (`finetune=...`) has two trainers; the second continues the
 first's run (same TensorBoard/CSV folder, same MLflow run id, same W&B run object).
+
+Also what a run logs besides the trainers' curves: its one-line description (`describe_run`),
+its settings and final metrics as a `summary` run (`log_hparams`), and the figures of each
+fold (`log_fold_figures`, the protocol's per-fold hook) and of the out-of-fold scores.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from amsaware.data.schema import EventTable
+    from amsaware.protocol import FoldReport
+    from amsaware.run_folder import Cut
 
 #: The argument that names a stage's run, per logger class (name of the class).
 STAGE_ARGUMENT = {
@@ -129,3 +141,124 @@ class StageLoggers:
         for run in self._wandb_runs.values():
             run.finish()
         self._wandb_runs.clear()
+
+
+# --- what a run logs besides its curves ---------------------------------------------------------
+
+
+def choice(group: str) -> str | None:
+    """The option Hydra selected for a config group (`loss=ams` -> "ams"), when under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
+
+
+def describe_run(cfg: DictConfig) -> str:
+    """The run's key choices in one line, logged at start: `loss=X` also sets the model size,
+    learning rate and batch size, which would otherwise go unseen."""
+    model = cfg.model
+
+    def number(value: Any) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    sizes = "x".join(str(model.get(key)) for key in ("n_layers", "hidden_size") if key in model)
+    sizes += f", dropout={number(model.get('dropout'))}" if "dropout" in model else ""
+    parts = [
+        f"loss={choice('loss') or cfg.loss._target_.rsplit('.', 1)[-1]}",
+        f"model={model._target_.rsplit('.', 1)[-1]}({sizes})",
+        f"lr={number(cfg.optimizer.get('lr'))}",
+        f"batch={cfg.data.batch_size}",
+        f"epochs={cfg.trainer.max_epochs}",
+    ]
+    ft = cfg.get("finetune")
+    if ft:
+        name = choice("finetune") or ft.loss._target_.rsplit(".", 1)[-1]
+        parts.append(
+            f"finetune={name}(lr={number(ft.optimizer.get('lr'))}, batch={ft.batch_size}, "
+            f"epochs={ft.max_epochs})"
+        )
+    parts.append(f"data={choice('data') or cfg.data._target_.rsplit('.', 1)[-1]}")
+    parts.append(f"cv={cfg.cv.folds} folds x {cfg.cv.repeats}")
+    parts.append(f"seed={cfg.seed}")
+    return " ".join(parts)
+
+
+def run_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that tell runs apart in TensorBoard's HParams view, as flat scalars.
+
+    The selected loss and data (config choices), every scalar of `loss`, `model` and
+    `optimizer`, and the training sizes; `_target_` entries name the class.
+    """
+    params: dict[str, Any] = {}
+    for group in ("loss", "finetune", "data"):
+        if choice(group):
+            params[group] = choice(group)
+
+    def flatten(section: Any, prefix: str) -> None:
+        for key, value in OmegaConf.to_container(section, resolve=True).items():
+            if key == "_target_":
+                params[f"{prefix}.class"] = str(value).rsplit(".", 1)[-1]
+            elif isinstance(value, bool | int | float | str) and key != "_partial_":
+                params[f"{prefix}.{key}"] = value
+
+    for group in ("loss", "model", "optimizer"):
+        flatten(cfg[group], group)
+    if cfg.get("finetune"):
+        flatten(cfg.finetune, "finetune")
+        for group in ("loss", "optimizer"):
+            flatten(cfg.finetune[group], f"finetune.{group}")
+    params |= {
+        "data.batch_size": int(cfg.data.batch_size),
+        "trainer.max_epochs": int(cfg.trainer.max_epochs),
+        "cv.folds": int(cfg.cv.folds),
+        "cv.repeats": int(cfg.cv.repeats),
+        "seed": int(cfg.seed),
+    }
+    return params
+
+
+def log_hparams(cfg: DictConfig, metrics: dict[str, Any], loggers: StageLoggers) -> None:
+    """One `summary` run per run folder and logger: its settings and final metrics (for
+    TensorBoard's HParams view, MLflow's and W&B's run tables)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    final = dict(metrics["cv"]["oof"]) | {"cut/fraction": metrics["cut"]["fraction"]}
+    final |= metrics.get("test", {}) | metrics.get("test_folds", {})
+    final = {name: value for name, value in final.items() if math.isfinite(value)}
+    for logger in loggers.make("summary"):
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(run_hparams(cfg), final)
+        else:
+            logger.log_hyperparams(run_hparams(cfg))
+            logger.log_metrics(final)
+        logger.finalize("success")
+
+
+def log_fold_figures(report: FoldReport) -> None:
+    """A trained fold's validation ROC, AMS curve and score figures into its own loggers (the
+    protocol's per-fold hook); a fold reloaded on resume has none."""
+    import torch
+
+    from amsaware import plots
+
+    if report.loggers is None:
+        return
+    probability = torch.sigmoid(torch.from_numpy(report.val_logits)).numpy()
+    plots.log_to_logger(
+        report.loggers, "val/", probability, report.label, report.weight, totals=report.totals
+    )
+
+
+def log_oof_figures(scores: np.ndarray, train: EventTable, cut: Cut, loggers: StageLoggers) -> None:
+    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as each figure-taking
+    logger's run `oof`."""
+    from amsaware import plots
+
+    for logger in loggers.make("oof", only=plots.FIGURE_LOGGERS):
+        totals = (train.s_tot, train.b_tot)
+        plots.log_to_logger(
+            logger, "oof/", scores, train.label, train.weight, 0, cut.fraction, totals=totals
+        )
+        logger.finalize("success")

@@ -321,3 +321,24 @@ class DeltaZBarLoss(nn.Module):
         hinge = torch.relu(1.0 - logits.to(torch.float64) * sign)
         w = rescaled_weights(target, weight, self.s_tot, self.b_tot)
         return delta_z_lovasz(hinge, target, w, self.s_tot, self.eps).to(logits.dtype)
+
+
+#: The registry of losses a config may train with, by class name: `model.describe_loss` saves
+#: only these into a checkpoint and `SignificanceClassifier.load_from_checkpoint` rebuilds them
+#: from it (a checkpoint names a class of this table, never one to import). A new loss is
+#: added here (`register`) and in conf/loss/ (and conf/finetune/ if it can fine-tune).
+LOSSES: dict[str, type[nn.Module]] = {}
+#: The registered losses a fine-tune phase may use (`finetune.loss._target_`).
+FINETUNE: list[str] = []
+
+
+def register(cls: type[nn.Module], finetune: bool = True) -> type[nn.Module]:
+    """Add a loss class to `LOSSES` (and, with `finetune`, to `FINETUNE`); returns it."""
+    LOSSES[cls.__name__] = cls
+    if finetune and cls.__name__ not in FINETUNE:
+        FINETUNE.append(cls.__name__)
+    return cls
+
+
+for _loss in (SoftAMSLoss, AsimovLoss, DeltaZBarLoss, BCELoss):
+    register(_loss)

@@ -50,11 +50,8 @@ class MLP(nn.Sequential):
 #: The networks a checkpoint may rebuild, by class name. A checkpoint names one of these and
 #: its sizes; it never names a class to import, so loading a file cannot run arbitrary code.
 NETS: dict[str, type[nn.Module]] = {"MLP": MLP}
-#: The losses a checkpoint may rebuild (classes of `amsaware.losses`).
-LOSSES: dict[str, type[nn.Module]] = {
-    name: getattr(losses, name)
-    for name in ("BCELoss", "SoftAMSLoss", "AsimovLoss", "DeltaZBarLoss")
-}
+#: The losses a checkpoint may rebuild: `amsaware.losses`' registry (the same dict).
+LOSSES: dict[str, type[nn.Module]] = losses.LOSSES
 _NET_SIZES = ("n_features", "n_layers", "hidden_size", "dropout")
 
 

@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -41,9 +39,7 @@ from amsaware.data.datamodule import HiggsDataModule, ShuffledBatches
 from amsaware.data.schema import EventTable
 from amsaware.metrics import ValidationEvents, classification_metrics
 from amsaware.model import MLP, SignificanceClassifier
-
-if TYPE_CHECKING:
-    from amsaware.protocol import FineTune
+from amsaware.phase import FineTune, TrainedFold
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +173,10 @@ class FoldParallelDataModule(L.LightningDataModule):
         tensors = [fold.val_dataloader().tensors for fold in self.folds]
         return FoldEvaluationBatches(tensors, self.folds[0].eval_batch_size)
 
+    def rebatched(self, batch_size: int) -> FoldParallelDataModule:
+        """Each fold's rows and preprocessing in batches of `batch_size` (`FineTune.fit`)."""
+        return FoldParallelDataModule([fold.rebatched(batch_size) for fold in self.folds])
+
 
 class FoldParallelClassifier(SignificanceClassifier):
     """`SignificanceClassifier` for a `StackedMLP`: the sum of the folds' losses, per-fold logs.
@@ -260,17 +260,6 @@ class FoldParallelClassifier(SignificanceClassifier):
         self.loggers[k].log_metrics(scalars, step=self.epoch)
 
 
-@dataclass(frozen=True)
-class TrainedFold:
-    """One fold's model after fold-parallel training, with its data module and logger; with a
-    fine-tune, `pretrained` is the model from before it."""
-
-    net: MLP
-    datamodule: HiggsDataModule
-    logger: Logger | None
-    pretrained: MLP | None = None
-
-
 def fit_folds_in_parallel(
     table: EventTable,
     folds: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -304,17 +293,16 @@ def fit_folds_in_parallel(
     trainer.fit(module, datamodule=FoldParallelDataModule(datamodules))
     loggers = trainer.loggers or [None] * n_folds
     pretrained: list[MLP | None] = [None] * n_folds
-    if finetune is not None and finetune.max_epochs > 0:
+    if finetune is not None:
         pretrained = [net.cpu() for net in module.net.unstack()]
-        epochs = module.epoch_offset + trainer.current_epoch
-        module = FoldParallelClassifier.from_module(finetune.make_module(module.net), module.net)
-        module.epoch_offset = epochs  # the folds' curves continue
-        trainer = finetune.make_trainer(stages, [])
-        rebatched = [datamodule.rebatched(finetune.batch_size) for datamodule in datamodules]
-        trainer.fit(module, datamodule=FoldParallelDataModule(rebatched))
-        loggers = trainer.loggers or [None] * n_folds
-    elif finetune is not None:
-        pretrained = [net.cpu() for net in module.net.unstack()]
+        stacked = module.net
+        module = finetune.fit(
+            module,
+            FoldParallelDataModule(datamodules),
+            stages,
+            wrap=lambda phase: FoldParallelClassifier.from_module(phase, stacked),
+        )
+        loggers = module.loggers or loggers
     return [
         TrainedFold(net.cpu(), datamodule, logger, before)
         for net, datamodule, logger, before in zip(

@@ -3,6 +3,21 @@
 Pure functions of plain values and callables (tables, folds, module and trainer factories), so
 every step is testable without Hydra; `amsaware.experiment` composes them from a config.
 What a step writes goes through `amsaware.run_folder`.
+
+`cross_validate` composes `train_folds` (the fold models, sequential or all at once with
+`cv.parallel`; both train through `amsaware.phase`) with scoring and accumulating. After each
+fold model it calls the per-fold hook `on_fold(report)` with a `FoldReport`: the fold's stage
+name, its validation row indices into the training table, its metrics and logits, and `score`,
+a `RawScorer` that maps a raw feature matrix (n x the table's features, NaN where undefined,
+exactly as `EventTable.features` holds them) to logits through that fold's fitted
+preprocessing and network, e.g. to re-score shifted copies of its held-out events. A fold
+reloaded on resume from its saved scores has no model in memory: its `score` is None (load
+its checkpoint with `amsaware.inference` where one is needed). Figures, pruning and the fold
+ensemble's scorer hang on that hook (`amsaware.experiment`). For the test events, the final
+fit's `ScorerResult.score` is its `RawScorer`, and the fold ensemble's is the logit of the
+fold models' mean probability (`phase.ensemble_scorer`), kept where no fold was reloaded.
+
+About 640 lines: the protocol's steps in order, one concept; training itself is in `phase`.
 """
 
 from __future__ import annotations
@@ -10,16 +25,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch import nn
 
-from amsaware import plots
+from amsaware.checks import check_cut_options
 from amsaware.data.datamodule import HiggsDataModule, stratified_folds
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
 from amsaware.metrics import (
@@ -28,8 +41,18 @@ from amsaware.metrics import (
     ams_of_selection,
     evaluate,
 )
-from amsaware.model import SignificanceClassifier, predict_logit
+from amsaware.model import predict_logit
 from amsaware.parallel import fit_folds_in_parallel
+from amsaware.phase import (
+    FineTune,
+    ModuleFactory,
+    RawScorer,
+    StageWriter,
+    TrainedFold,
+    TrainerFactory,
+    fit,
+    raw_scorer,
+)
 from amsaware.progress import RunClock, stage_label
 from amsaware.run_folder import (
     FINAL,
@@ -39,36 +62,13 @@ from amsaware.run_folder import (
     RunFolderError,
     events_digest,
     fold_stage,
-    scorers_of,
 )
-from amsaware.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
 
 class DivergedError(RuntimeError):
     """Training produced non-finite scores or metrics (a NaN loss, an exploding step size)."""
-
-
-ModuleFactory = Callable[[], SignificanceClassifier]
-#: A Trainer for one stage ("fold0", "final"), or one for several trained at once (a logger each).
-TrainerFactory = Callable[[str | list[str]], L.Trainer]
-#: Writes a stage's checkpoint and preprocessing where its callbacks would have.
-StageWriter = Callable[[str, nn.Module, HiggsDataModule], None]
-#: The early-stopping callbacks of the fold stages, by (stage, phase): their best epochs set
-#: the final fit's epoch count.
-EarlyStops = dict[tuple[str, str | None], EarlyStopping]
-
-
-def check_cut_options(min_fraction: float, max_fraction: float, smoothing: float) -> None:
-    """Reject impossible `cut.*` options before any training starts."""
-    if not 0.0 < min_fraction < max_fraction <= 1.0:
-        raise ValueError(
-            "cut.min_fraction and cut.max_fraction must satisfy 0 < min < max <= 1, got "
-            f"{min_fraction} and {max_fraction}"
-        )
-    if smoothing < 0.0:
-        raise ValueError(f"cut.smoothing must be >= 0, got {smoothing}")
 
 
 def choose_cut(
@@ -124,51 +124,6 @@ def choose_cut_of(cv: CrossValidation, train: EventTable, options: dict[str, Any
     return replace(cut, threshold=probability, threshold_logit=cut.threshold)
 
 
-def fit(
-    datamodule: HiggsDataModule,
-    make_module: ModuleFactory,
-    make_trainer: TrainerFactory,
-    stage: str,
-    seed: int,
-) -> SignificanceClassifier:
-    """Train a freshly initialised module (seeded) on the datamodule's training rows."""
-    L.seed_everything(seed, verbose=False)
-    module = make_module()
-    make_trainer(stage).fit(module, datamodule=datamodule)
-    return module
-
-
-@dataclass(frozen=True)
-class FineTune:
-    """The second training phase (`finetune=<loss>`): the trained network continues with its
-    own loss, batch size, optimizer, scheduler and epochs. Nothing is re-initialised.
-
-    `make_module(net)` wraps the trained network in the phase's module; `make_trainer(stage,
-    callbacks)` builds the phase's trainer, which writes the stage's checkpoint.
-    `save_stage` writes checkpoint and preprocessing where a zero-epoch phase trains nothing.
-    """
-
-    make_module: Callable[[nn.Module], SignificanceClassifier]
-    make_trainer: Callable[[str | list[str], list[L.Callback]], L.Trainer]
-    batch_size: int
-    max_epochs: int
-    save_stage: StageWriter | None = None
-
-    def fit(
-        self, pretrained: SignificanceClassifier, datamodule: HiggsDataModule, stage: str
-    ) -> SignificanceClassifier:
-        """Continue `pretrained.net` on the same rows and preprocessing, in larger batches."""
-        module = self.make_module(pretrained.net)
-        if self.max_epochs == 0:
-            if self.save_stage is not None:
-                self.save_stage(stage, module.net, datamodule)
-            return module
-        module.epoch_offset = pretrained.epoch  # the stage's curves continue
-        trainer = self.make_trainer(stage, [])
-        trainer.fit(module, datamodule=datamodule.rebatched(self.batch_size))
-        return module
-
-
 @dataclass(frozen=True)
 class CrossValidation:
     """Per-fold validation metrics and the out-of-fold score of every training event.
@@ -221,21 +176,12 @@ def repeat_seed(seed: int, repeat: int) -> int:
 
 def plan_folds(label: np.ndarray, n_folds: int, seed: int, repeats: int = 1) -> list[_FoldPlan]:
     """The R x k fold models of `repeats` stratified k-fold splits."""
-    check_folds(n_folds, repeats)
     plans = []
     for r in range(repeats):
         split_seed = repeat_seed(seed, r)
         for k, (train_index, val_index) in enumerate(stratified_folds(label, n_folds, split_seed)):
             plans.append(_FoldPlan(r * n_folds + k, r, train_index, val_index, split_seed + k))
     return plans
-
-
-def check_folds(n_folds: int, repeats: int) -> None:
-    """Reject fold counts that cannot be meant, naming the key."""
-    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
-        raise ValueError(f"cv.folds must be an integer >= 2, got {n_folds!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"cv.repeats must be an integer >= 1, got {repeats!r}")
 
 
 @dataclass
@@ -386,41 +332,63 @@ class FoldStore:
         self.run.write_fold_scores(plan.stage, scores)
 
 
-def cross_validate(
+@dataclass(frozen=True)
+class FoldReport:
+    """What the per-fold hook (`cross_validate(on_fold=...)`) is given after each fold model.
+
+    `score` is the fold's `RawScorer`: logits of a raw feature matrix (n x the table's
+    features, NaN where undefined, as `EventTable.features` holds them) through the fold's own
+    fitted preprocessing and network, e.g. to re-score shifted copies of its held-out events
+    (`table.features[val_index]`). A fold reloaded on resume from its saved scores has no
+    network in memory: its `score` is None (and `loggers` too).
+    """
+
+    index: int
+    stage: str
+    repeat: int
+    #: The fold's `val/...` metrics (with `fold`, and `repeat` after the first).
+    metrics: dict[str, float]
+    #: The fold's held-out rows: indices into the training table.
+    val_index: np.ndarray
+    val_logits: np.ndarray
+    #: The held-out rows' labels and weights, as the metrics were computed on them.
+    label: np.ndarray
+    weight: np.ndarray
+    totals: tuple[float, float]
+    loggers: Any = None
+    score: RawScorer | None = None
+
+    @property
+    def reloaded(self) -> bool:
+        """Whether the fold was reloaded from its saved scores instead of trained."""
+        return self.score is None
+
+
+#: Called after each fold model with its `FoldReport` (pruning may raise there to stop).
+FoldHook = Callable[[FoldReport], None]
+
+
+def train_folds(
     table: EventTable,
-    n_folds: int,
+    plans: list[_FoldPlan],
     batch_size: int,
-    seed: int,
     make_module: ModuleFactory,
     make_trainer: TrainerFactory,
     test: EventTable | None = None,
     parallel: bool = False,
     save_stage: StageWriter | None = None,
-    repeats: int = 1,
     finetune: FineTune | None = None,
-    on_fold: Callable[[int, dict[str, float]], None] | None = None,
     clock: RunClock | None = None,
     store: FoldStore | None = None,
-) -> CrossValidation:
-    """Train one model per stratified fold and score its held-out events (and `test`'s).
+) -> Iterator[tuple[_FoldPlan, TrainedFold | FoldScores]]:
+    """The fold models of `plans`, one at a time: trained (sequentially, or all at once with
+    `parallel`), or, when resuming, a finished fold's saved scores from `store`.
 
-    `repeats` > 1 repeats the k-fold CV with other splits (`plan_folds`) and averages each
-    event's out-of-fold probability over them. `finetune` continues every fold model in a
-    second phase; the result's `pretrain` then holds the scores from before it.
-    `parallel=True` trains the fold models at once as one batched model
-    (`amsaware.parallel`); `save_stage` then writes each fold's checkpoint and preprocessing,
-    which the sequential path's callbacks write. `on_fold(k, metrics)` is called after each
-    fold with its validation metrics (a search's pruning may raise there to stop the run).
-    `clock` logs each finished stage's time. `store` keeps each finished fold's scores and,
-    when resuming, reloads the folds that finished instead of training them (sequential only).
+    A generator, so that the caller scores and saves each sequential fold before the next one
+    trains: a run stopped between folds keeps the finished ones.
     """
     if parallel and store is not None and store.resume:
         raise ValueError("resuming needs sequential folds (cv.parallel=false)")
-    plans = plan_folds(table.label, n_folds, seed, repeats)
-    totals = (table.s_tot, table.b_tot)
-    n_test = None if test is None else len(test)
-    after = _Accumulator.empty(len(table), n_test, totals)
-    before = _Accumulator.empty(len(table), None, totals) if finetune else None
     if parallel:
         trained = fit_folds_in_parallel(
             table,
@@ -433,71 +401,104 @@ def cross_validate(
         )
         if clock is not None:
             clock.stage_done(stage_label([p.stage for p in plans], len(plans)), len(plans))
-    for j, plan in enumerate(plans):
+        for plan, fold in zip(plans, trained, strict=True):
+            if save_stage is not None:
+                save_stage(plan.stage, fold.net, fold.datamodule)
+            yield plan, fold
+        return
+    for plan in plans:
+        label = stage_label(plan.stage, len(plans))
         saved = None if store is None else store.load(plan, table, test, finetune is not None)
         if saved is not None:
-            label = stage_label(plan.stage, len(plans))
             log.info("%s: finished before the interruption; its scores reloaded", label)
-            _add_saved(plan, saved, table, batch_size, after, before, on_fold)
+            yield plan, saved
             continue
-        if parallel:
-            datamodule, net, logger = trained[j].datamodule, trained[j].net, trained[j].logger
-            pretrained_net = trained[j].pretrained
-            if save_stage is not None:
-                save_stage(plan.stage, net, datamodule)
-        else:
-            log.info(
-                "%s: training on %d events, validating on %d",
-                stage_label(plan.stage, len(plans)),
-                len(plan.train_index),
-                len(plan.val_index),
-            )
+        log.info(
+            "%s: training on %d events, validating on %d",
+            label,
+            len(plan.train_index),
+            len(plan.val_index),
+        )
+        datamodule = HiggsDataModule(
+            table, batch_size, plan.seed, train_index=plan.train_index, val_index=plan.val_index
+        )
+        module = fit(datamodule, make_module, make_trainer, plan.stage, plan.seed)
+        pretrained = None
+        if finetune is not None:
+            pretrained = copy.deepcopy(module.net)
+            module = finetune.fit(module, datamodule, plan.stage)
+        if clock is not None:
+            clock.stage_done(label)
+        yield plan, TrainedFold(module.net, datamodule, module.loggers, pretrained)
+
+
+def cross_validate(
+    table: EventTable,
+    n_folds: int,
+    batch_size: int,
+    seed: int,
+    make_module: ModuleFactory,
+    make_trainer: TrainerFactory,
+    test: EventTable | None = None,
+    parallel: bool = False,
+    save_stage: StageWriter | None = None,
+    repeats: int = 1,
+    finetune: FineTune | None = None,
+    on_fold: FoldHook | None = None,
+    clock: RunClock | None = None,
+    store: FoldStore | None = None,
+) -> CrossValidation:
+    """Train one model per stratified fold and score its held-out events (and `test`'s).
+
+    `repeats` > 1 repeats the k-fold CV with other splits (`plan_folds`) and averages each
+    event's out-of-fold probability over them. `finetune` continues every fold model in a
+    second phase; the result's `pretrain` then holds the scores from before it.
+    `parallel=True` trains the fold models at once as one batched model
+    (`amsaware.parallel`); `save_stage` then writes each fold's checkpoint and preprocessing,
+    which the sequential path's callbacks write. `on_fold(report)` is called after each fold
+    with its `FoldReport` (a search's pruning may raise there to stop the run; figures are
+    drawn there). `clock` logs each finished stage's time. `store` keeps each finished fold's
+    scores and, when resuming, reloads the folds that finished instead of training them
+    (sequential only). Training is `train_folds`; scoring and accumulating happen here.
+    """
+    plans = plan_folds(table.label, n_folds, seed, repeats)
+    totals = (table.s_tot, table.b_tot)
+    n_test = None if test is None else len(test)
+    after = _Accumulator.empty(len(table), n_test, totals)
+    before = _Accumulator.empty(len(table), None, totals) if finetune else None
+    folds = train_folds(
+        table, plans, batch_size, make_module, make_trainer, test, parallel, save_stage,
+        finetune, clock, store,
+    )  # fmt: skip
+    for plan, fold in folds:
+        if isinstance(fold, FoldScores):
             datamodule = HiggsDataModule(
                 table, batch_size, plan.seed, train_index=plan.train_index, val_index=plan.val_index
             )
-            module = fit(datamodule, make_module, make_trainer, plan.stage, plan.seed)
-            pretrained_net = None
-            if finetune is not None:
-                pretrained_net = copy.deepcopy(module.net)
-                module = finetune.fit(module, datamodule, plan.stage)
-            net, logger = module.net, module.loggers
-            if clock is not None:
-                clock.stage_done(stage_label(plan.stage, len(plans)))
-        x_val, y_val, w_val = datamodule.val_tensors
-        z_pretrain = None if before is None else predict_logit(pretrained_net, x_val)
+            _, y_val, w_val = datamodule.val_tensors  # the labels and weights training scores with
+            z_val, z_test = torch.from_numpy(fold.val_logits), fold.test_logits
+            z_pretrain = None if before is None else torch.from_numpy(fold.pretrain_logits)
+            loggers, score = None, None
+        else:
+            x_val, y_val, w_val = fold.datamodule.val_tensors
+            z_pretrain = None if before is None else predict_logit(fold.pretrained, x_val)
+            z_val = predict_logit(fold.net, x_val)
+            z_test = None
+            if test is not None:
+                z_test = predict_logit(fold.net, fold.datamodule.preprocess(test)).numpy()
+            loggers, score = fold.logger, fold.scorer()
         if before is not None:
             before.add(plan, z_pretrain, y_val, w_val, None)
-        z_val = predict_logit(net, x_val)
-        z_test = None if test is None else predict_logit(net, datamodule.preprocess(test)).numpy()
         metrics = after.add(plan, z_val, y_val, w_val, z_test)
-        if store is not None and not parallel:
+        if store is not None and not parallel and score is not None:
             store.save(plan, table, test, z_val, z_test, z_pretrain)
         if on_fold is not None:
-            on_fold(plan.index, metrics)
-        p_val = torch.sigmoid(z_val).numpy()
-        plots.log_to_logger(logger, "val/", p_val, y_val.numpy(), w_val.numpy(), totals=totals)
+            report = FoldReport(
+                plan.index, plan.stage, plan.repeat, metrics, plan.val_index, z_val.numpy(),
+                y_val.numpy(), w_val.numpy(), totals, loggers, score,
+            )  # fmt: skip
+            on_fold(report)
     return after.result(None if before is None else before.result())
-
-
-def _add_saved(
-    plan: _FoldPlan,
-    saved: FoldScores,
-    table: EventTable,
-    batch_size: int,
-    after: _Accumulator,
-    before: _Accumulator | None,
-    on_fold: Callable[[int, dict[str, float]], None] | None,
-) -> None:
-    """A finished fold's saved scores into the accumulators, as if it had just trained."""
-    datamodule = HiggsDataModule(
-        table, batch_size, plan.seed, train_index=plan.train_index, val_index=plan.val_index
-    )
-    _, y_val, w_val = datamodule.val_tensors  # the labels and weights training scores with
-    if before is not None:
-        before.add(plan, torch.from_numpy(saved.pretrain_logits), y_val, w_val, None)
-    metrics = after.add(plan, torch.from_numpy(saved.val_logits), y_val, w_val, saved.test_logits)
-    if on_fold is not None:
-        on_fold(plan.index, metrics)
 
 
 def summarise_cv(cv: CrossValidation, table: EventTable) -> dict[str, Any]:
@@ -555,6 +556,9 @@ class ScorerResult:
     selected: np.ndarray
     metrics: dict[str, float] | None
     logits: np.ndarray | None = None
+    #: The scorer's logits of raw test-like features (`RawScorer`): the final model through
+    #: its preprocessing, or the fold ensemble (`ensemble_scorer`); None where not kept.
+    score: RawScorer | None = None
 
 
 def final_fit(
@@ -583,23 +587,24 @@ def final_fit(
     selected = cut.select(scores, "final", "fraction", logits.numpy())
     labelled = dataset.test.labelled
     metrics = test_metrics(dataset.test, scores, selected) if labelled else None
-    return ScorerResult(scores, selected, metrics, logits.numpy())
-
-
-def check_ensemble(ensemble: str) -> str:
-    """`ensemble` must name the scorers of a run (final|folds|both)."""
-    scorers_of(ensemble)
-    return ensemble
+    return ScorerResult(
+        scores, selected, metrics, logits.numpy(), raw_scorer(module.net, datamodule)
+    )
 
 
 def score_with_folds(
-    test: EventTable, cut: Cut, scores: np.ndarray, logits: np.ndarray | None = None
+    test: EventTable,
+    cut: Cut,
+    scores: np.ndarray,
+    logits: np.ndarray | None = None,
+    score: RawScorer | None = None,
 ) -> ScorerResult:
-    """The fold ensemble's test selection (top `cut.fraction`) and `test_folds/...` metrics."""
+    """The fold ensemble's test selection (top `cut.fraction`) and `test_folds/...` metrics;
+    `score` is the ensemble's `RawScorer` where the fold models are in memory."""
     selected = cut.select(scores, "folds", "fraction", logits)
     labelled = test.labelled
     metrics = test_metrics(test, scores, selected, "test_folds/") if labelled else None
-    return ScorerResult(scores, selected, metrics, logits)
+    return ScorerResult(scores, selected, metrics, logits, score)
 
 
 def write_test_results(
@@ -626,27 +631,6 @@ def write_test_results(
             sections[section] = result.metrics
             log.info("%s: %s", section, format_metrics(result.metrics))
     return cut, sections
-
-
-def lookup_metric(metrics: dict[str, Any], name: str) -> float:
-    """A metric of metrics.json by name (docs/run-folder.md): `oof/`, `val/` (fold mean), `test/`,
-    or `cut/ams`, `cut/ams_smoothed`, `cut/fraction` of the chosen cut.
-
-    `cut/ams_smoothed` is the steadier search objective on small samples: `oof/ams_max` is
-    often reached at a selection of a few dozen events, where it mostly measures noise.
-    """
-    sections = {
-        "oof": metrics["cv"]["oof"],
-        "val": metrics["cv"]["mean"],
-        "test": metrics.get("test", {}),
-        "test_folds": metrics.get("test_folds", {}),
-        "cut": {f"cut/{key}": value for key, value in metrics.get("cut", {}).items()},
-    }
-    section = sections.get(name.split("/", 1)[0], {})
-    if name not in section:
-        known = sorted(key for values in sections.values() for key in values)
-        raise KeyError(f"optimized_metric {name!r} is not among this run's metrics: {known}")
-    return float(section[name])
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

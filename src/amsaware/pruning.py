@@ -6,7 +6,7 @@ the run finds its trial wherever it runs: in the sweeper's process, in a joblib 
 SLURM job. Reports go through the study's storage (or, for an in-memory study, straight to the
 sweeper's study object in the same process).
 
-- Sequential folds: `fold_hook(cfg)` is handed to `cross_validate`, which calls it after each
+- Sequential folds: `fold_hook(settings)` is called from `cross_validate`'s per-fold hook after each
   fold with the fold's metrics; the fold's value of the metric `optimized_metric` is built
   from (`val/ams_max` for `oof/ams_max`) is reported at step = fold index.
 - `cv.parallel=true`: the `EpochPruning` callback reports the folds' mean of that metric after
@@ -28,10 +28,10 @@ import math
 from collections.abc import Callable, Mapping
 
 import lightning as L
-from omegaconf import DictConfig
 
 from amsaware.parallel import FoldParallelClassifier
 from amsaware.search import IN_MEMORY_STUDIES, PRUNED_AT, TrialLink, fold_metric, trial_link
+from amsaware.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class TrialReporter:
         raise optuna.TrialPruned(message)
 
 
-def _reporter(cfg: DictConfig) -> TrialReporter | None:
+def _reporter(optimized_metric: str) -> TrialReporter | None:
     link = trial_link()
     if link is None:
         return None  # not a search trial
@@ -92,11 +92,11 @@ def _reporter(cfg: DictConfig) -> TrialReporter | None:
             link.study_name,
         )
         return None
-    metric = fold_metric(str(cfg.optimized_metric))
+    metric = fold_metric(optimized_metric)
     if metric is None:
         log.warning(
             "optimized_metric %s has no per-fold counterpart: this trial is not pruned",
-            cfg.optimized_metric,
+            optimized_metric,
         )
         return None
     return TrialReporter(link, metric)
@@ -105,15 +105,16 @@ def _reporter(cfg: DictConfig) -> TrialReporter | None:
 FoldHook = Callable[[int, Mapping[str, float]], None]
 
 
-def fold_hook(cfg: DictConfig) -> FoldHook | None:
-    """For `cross_validate(on_fold=...)`: reports each fold's metric in a search trial with
-    sequential folds (with `cv.parallel` the `EpochPruning` callback reports instead)."""
-    if cfg.cv.get("parallel", False):
+def fold_hook(settings: Settings) -> FoldHook | None:
+    """Reports each fold's metric in a search trial with sequential folds (with `cv.parallel`
+    the `EpochPruning` callback reports instead); experiment calls it from the protocol's
+    per-fold hook."""
+    if settings.cv.parallel:
         return None
-    reporter = _reporter(cfg)
+    reporter = _reporter(settings.optimized_metric)
     if reporter is None:
         return None
-    n_folds = int(cfg.cv.folds) * int(cfg.cv.get("repeats", 1))
+    n_folds = settings.cv.n_models
 
     def on_fold(k: int, metrics: Mapping[str, float]) -> None:
         last = k + 1 >= n_folds
@@ -146,8 +147,7 @@ class EpochPruning(L.Callback):
             return  # a single model's fit: sequential folds report per fold instead
         if not self._looked:
             self._looked = True
-            cfg = DictConfig({"optimized_metric": self.optimized_metric, "cv": {}})
-            self._reporter = _reporter(cfg)
+            self._reporter = _reporter(self.optimized_metric)
         if self._reporter is None:
             return
         name = self._reporter.metric

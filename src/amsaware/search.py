@@ -35,7 +35,6 @@ import shlex
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -66,10 +65,6 @@ IN_MEMORY_STUDIES: dict[str, optuna.Study] = {}
 
 class SearchFailedError(RuntimeError):
     """Every trial of the study failed: there is no best trial to report."""
-
-
-class SearchConfigError(ValueError):
-    """A `hydra.sweeper.*` setting or `optimized_metric` that no search can run with."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,60 +187,33 @@ def override_value(value: Any) -> str:
 # Metric names
 
 
-@cache
-def _base_metric_names() -> tuple[str, ...]:
-    """The names `amsaware.metrics.evaluate` gives its metrics (without a prefix)."""
-    import torch
-
-    from amsaware.metrics import evaluate
-
-    scores = torch.tensor([0.2, 0.9, 0.4, 0.7], dtype=torch.float64)
-    label = torch.tensor([0, 1, 0, 1])
-    weight = torch.ones(4, dtype=torch.float64)
-    return tuple(evaluate(scores, label, weight, ""))
+class SearchConfigError(ValueError):
+    """A `hydra.sweeper.*` setting or `optimized_metric` that no search can run with."""
 
 
 def metric_names(final_fit: bool = True, ensemble: str = "final") -> list[str]:
-    """Every metric name of metrics.json that `optimized_metric` may name, for a run with
-    these settings: `oof/...`, `val/...` (fold mean), `cut/...`, and `test/...` (final model)
-    or `test_folds/...` (fold ensemble) when the run scores the test events."""
-    base = _base_metric_names()
-    names = [f"{prefix}/{name}" for prefix in ("oof", "val") for name in base]
-    names += ["cut/ams", "cut/ams_smoothed", "cut/fraction", "cut/threshold"]
-    if final_fit:
-        scorers = {"final": ["test"], "folds": ["test_folds"], "both": ["test", "test_folds"]}
-        for prefix in scorers.get(ensemble, ["test"]):
-            names += [f"{prefix}/{name}" for name in base]
-            names += [f"{prefix}/ams", f"{prefix}/ams_public", f"{prefix}/ams_private"]
-            scorer = "final" if prefix == "test" else "folds"
-            names.append(f"cut/threshold_{scorer}")
-    return names
+    """`amsaware.report.metric_names`, imported when called: this module stays cheap."""
+    from amsaware.report import metric_names as names
+
+    return names(final_fit, ensemble)
 
 
 def check_optimized_metric(name: str, final_fit: bool = True, ensemble: str = "final") -> str:
-    """`name` if a run with these settings writes it to metrics.json, else a clear error, so
-    that a typo stops a run (or a whole search) before its first fold trains."""
-    known = metric_names(final_fit, ensemble)
-    if name in known:
-        return name
-    hint = ""
-    if name in metric_names(True, "both"):
-        hint = (
-            f" ({name} exists only with final_fit=true"
-            + ("" if name.startswith("test/") else " and ensemble=folds or both")
-            + "; search trials skip the final fit)"
-        )
-    raise SearchConfigError(
-        f"optimized_metric {name!r} is not a metric of this run{hint}; known: {known}"
-    )
+    """`amsaware.checks.check_optimized_metric` (the home of config refusals), for the
+    sweeper, imported when called: this module stays cheap."""
+    from amsaware.checks import check_optimized_metric as check
+
+    return check(name, final_fit, ensemble)
 
 
 def fold_metric(optimized_metric: str) -> str | None:
     """The per-fold (`val/...`) metric whose value a trial reports after each fold or epoch:
     `val/X` for `oof/X` or `val/X`, the fold's `val/ams_max` for the cut's AMS. None where no
     fold-level counterpart exists (`cut/fraction`, test metrics): then nothing is pruned."""
+    from amsaware.report import base_metric_names
+
     section, _, name = optimized_metric.partition("/")
-    if section in ("oof", "val") and name in _base_metric_names():
+    if section in ("oof", "val") and name in base_metric_names():
         return f"val/{name}"
     if optimized_metric in ("cut/ams", "cut/ams_smoothed"):
         return "val/ams_max"
