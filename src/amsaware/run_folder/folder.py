@@ -110,8 +110,11 @@ def submission_frame(event_id: np.ndarray, score: np.ndarray, selected: np.ndarr
 class RunFolder:
     """One run's folder: its paths, atomic writers and validated readers (module docstring)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, within: str | Path | None = None) -> None:
         self.path = Path(path)
+        #: The run folder this one lies in (`pretrain/`'s is its run's): no folder inside it
+        #: is written through if it is a symbolic link.
+        self.within = self.path if within is None else Path(within)
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -139,7 +142,7 @@ class RunFolder:
     @property
     def pretrain(self) -> RunFolder:
         """`pretrain/`: the first phase's out-of-fold results with finetune=..."""
-        return RunFolder(self.path / PRETRAIN)
+        return RunFolder(self.path / PRETRAIN, self.within)
 
     def stage_dir(self, stage: str) -> Path:
         """`checkpoints/<stage>/`, where the stage's checkpoint callbacks write."""
@@ -181,10 +184,11 @@ class RunFolder:
     # -- writers --
 
     def writable(self, path: Path) -> Path:
-        """`path`, unless it or a folder on the way to it from the run folder is a symbolic
-        link: a run writes into its own folder only, never where a planted link points."""
+        """`path`, unless it or a folder on the way to it from the run folder (`within`) is a
+        symbolic link: a run writes into its own folder only, never where a planted link
+        points."""
         try:
-            refuse_symlinks(path, self.path)
+            refuse_symlinks(path, self.within)
         except SymlinkError as error:
             raise RunFolderError(error.strerror) from None
         return path
@@ -196,11 +200,11 @@ class RunFolder:
             return self.metrics_path
         record = self._stage_record()
         data = metrics | ({STAGE_FILES: record} if record else {})
-        return write_json(data, self.writable(self.metrics_path), self.path)
+        return write_json(data, self.writable(self.metrics_path), self.within)
 
     def write_json(self, data: Any, name: str) -> Path:
         """Any other JSON file of the run (e.g. `pretrain/metrics.json` via `pretrain`)."""
-        return write_json(data, self.writable(self.path / name), self.path)
+        return write_json(data, self.writable(self.path / name), self.within)
 
     def _stage_record(self) -> dict[str, dict[str, dict[str, str]]]:
         """Per stage folder under checkpoints/: its files, with the digests readers check."""
@@ -241,7 +245,7 @@ class RunFolder:
         if logit is not None:
             columns["logit"] = logit
         frame = pd.DataFrame(columns).sort_values("EventId", kind="stable")
-        return write_frame(frame, self.writable(self.oof_path), self.path)
+        return write_frame(frame, self.writable(self.oof_path), self.within)
 
     def write_test_predictions(
         self,
@@ -255,19 +259,19 @@ class RunFolder:
         if logit is not None:
             columns["logit"] = logit
         path = self.writable(self.test_predictions_path(primary))
-        return write_frame(pd.DataFrame(columns), path, self.path)
+        return write_frame(pd.DataFrame(columns), path, self.within)
 
     def write_submission(
         self, event_id: np.ndarray, ranking: np.ndarray, selected: np.ndarray, primary: bool = True
     ) -> Path:
         """The challenge's submission, RankOrder following `ranking` (the logit, never tied)."""
         frame = submission_frame(event_id, ranking, selected)
-        return write_frame(frame, self.writable(self.submission_path(primary)), self.path)
+        return write_frame(frame, self.writable(self.submission_path(primary)), self.within)
 
     def write_preprocessing(self, stage: str, preprocessing: FittedPreprocessing) -> Path:
         """A stage's fitted imputation and scaling statistics as JSON (no pickle)."""
         path = self.writable(self.preprocessing_path(stage))
-        return write_json(preprocessing.to_dict(), path, self.path)
+        return write_json(preprocessing.to_dict(), path, self.within)
 
     def write_checkpoint(self, stage: str, net: nn.Module) -> Path:
         """A checkpoint of `net` shaped like Lightning's (`state_dict` with `net.` keys).
@@ -280,7 +284,7 @@ class RunFolder:
             return path
         state = {f"net.{name}": value.detach().cpu() for name, value in net.state_dict().items()}
         checkpoint = {"state_dict": state, "pytorch-lightning_version": L.__version__}
-        with atomic_path(self.writable(path), self.path) as tmp:
+        with atomic_path(self.writable(path), self.within) as tmp:
             torch.save(checkpoint, tmp)
         return path
 
@@ -293,7 +297,7 @@ class RunFolder:
         path = self.fold_scores_path(stage)
         if not main_process():
             return path
-        return write_fold_scores(scores, self.writable(path), self.path)
+        return write_fold_scores(scores, self.writable(path), self.within)
 
     def clear_stage(self, stage: str) -> None:
         """Delete what an interrupted stage left (`checkpoints/<stage>/`, its loggers' folders),
