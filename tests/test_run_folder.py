@@ -536,7 +536,6 @@ class Linear(nn.Linear):
 
     def __init__(self, n_features: int, bias: int) -> None:
         super().__init__(n_features, 1, bias=bool(bias))
-        self.bias_flag = bias
 
 
 def test_one_architecture_registry_serves_checkpoints_and_run_folders(run, monkeypatch):
