@@ -529,3 +529,37 @@ def test_predictions_and_submission_follow_the_contract(ams_run):
     assert n_signal == pytest.approx(metrics["cut"]["fraction"] * n_test, abs=1)
     signal_ranks = submission.loc[submission.Class == "s", "RankOrder"]
     assert signal_ranks.min() == n_test - n_signal + 1
+
+
+class Linear(nn.Linear):
+    """A second architecture, registered only in the test below."""
+
+    def __init__(self, n_features: int, bias: int) -> None:
+        super().__init__(n_features, 1, bias=bool(bias))
+
+
+def test_one_architecture_registry_serves_checkpoints_and_run_folders(run, monkeypatch):
+    """`model.NETS` is the allowlist of both: registering a network there (class and option
+    types) is what lets a run folder's config name it and a checkpoint rebuild it."""
+    from amsaware import model
+
+    target = f"{__name__}.Linear"
+    config = run.config_path.read_text()
+    run.config_path.write_text(
+        config.replace("_target_: amsaware.model.MLP", f"_target_: {target}").replace(
+            "  n_layers: 2\n  hidden_size: ${width}\n  dropout: 0.0\n", "  bias: 1\n"
+        )
+    )
+    with pytest.raises(RunFolderError, match=r"not a known architecture.*amsaware\.model\.MLP"):
+        run.config()
+    with pytest.raises(ValueError, match=r"net\.class must be one of"):
+        model.build_net({"class": "Linear", "n_features": 3, "bias": 1})
+
+    monkeypatch.setitem(model.NETS, "Linear", model.Architecture(Linear, {"bias": int}))
+    spec = run.config().model
+    assert (spec.architecture, spec.options) == (target, {"bias": 1})
+    assert isinstance(spec.build(n_features=3), Linear)
+    assert isinstance(model.build_net({"class": "Linear", "n_features": 3, "bias": 1}), Linear)
+    run.config_path.write_text(run.config_path.read_text().replace("bias: 1", "bias: 0.5"))
+    with pytest.raises(RunFolderError, match=r"model\.bias is 0\.5; expected an integer"):
+        run.config()

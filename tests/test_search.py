@@ -22,9 +22,15 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from amsaware.checks import RUN_FILES, RUN_FOLDERS, RunFolderError, claim_run_folder, previous_run
 from amsaware.pruning import TrialReporter
 from amsaware.report import lookup_metric
+from amsaware.run_folder import (
+    RUN_FILES,
+    RUN_FOLDERS,
+    RunFolderError,
+    claim_run_folder,
+    previous_run,
+)
 from amsaware.search import (
     FAIL_REASON,
     FINGERPRINT,

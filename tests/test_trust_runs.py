@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from amsaware import run_folder
-from amsaware.checks import LOCK_FILE, RunFolderError, claim_run_folder, previous_run
 from amsaware.data.synthetic import make_dataset
 from amsaware.experiment import run_experiment
 from amsaware.inference import load_scorer, predict_table
+from amsaware.run_folder import LOCK_FILE, RunFolderError, claim_run_folder, previous_run
 from tests.conftest import DEFAULT_GENERATOR, REPO
 from tests.helpers import compose_run
 

@@ -16,8 +16,8 @@ do. `check_config` returns the run's typed `amsaware.settings.Settings`; the pro
 those, not the config. The fine-tune's loss is built once after the data is loaded
 (`check_finetune`), since its options may depend on the data's totals.
 
-Over 600 lines for now: the run folder's claim and lock (`claim_run_folder`, `RUN_FILES`, the
-lock helpers) are moving to the run_folder package in a separate change.
+The run folder's claim and lock live in `amsaware.run_folder.claim`; the Hydra callback here
+calls them before Hydra writes into the folder.
 
 Every error is a `ConfigError` (a `ValueError`) naming the key, or a `RunFolderError`
 (`amsaware.run_folder`'s, also a `ValueError`) naming the folder and what is in it.
@@ -26,23 +26,21 @@ Every error is a `ConfigError` (a `ValueError`) naming the key, or a `RunFolderE
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import math
-import os
 import re
-import shutil
 import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 # The one error for a run folder: here, one that already holds a run or is being written.
 from amsaware.run_folder import RunFolderError, scorers_of
+from amsaware.run_folder.claim import claim_run_folder
 from amsaware.search import SearchConfigError
 from amsaware.settings import CutSettings, CVSettings, Settings
 
@@ -50,7 +48,6 @@ log = logging.getLogger(__name__)
 
 #: Lightning's (and numpy's legacy) seed range; fold k trains with seed + k.
 MAX_SEED = 2**32 - 1
-LOCK_FILE = ".run.lock"
 #: Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED = 130
 
@@ -490,101 +487,6 @@ def check_config(cfg: DictConfig) -> Settings:
     check_finetune_options(cfg.get("finetune"))
     check_parallel(cfg)
     return settings
-
-
-# --- one run per folder ----------------------------------------------------------------------
-
-#: What marks a folder as holding a run (Hydra's own .hydra/ and log files do not: Hydra writes
-#: them for the new run before it starts).
-RUN_FILES = (
-    "metrics.json",
-    "oof_predictions.csv",
-    "test_predictions.csv",
-    "test_predictions_folds.csv",
-    "submission.csv",
-    "submission_folds.csv",
-    "mlflow.db",  # logger=mlflow's store: a second run's stages would join the first's
-)
-#: Folders a run fills: its checkpoints, the fine-tune's `pretrain/`, and the loggers' logs
-#: (logger=tensorboard|csv|wandb, MLflow's artifacts). A second run would mix its logs with
-#: these (CSVLogger even deletes an earlier stage's metrics.csv), so they mark a used folder.
-RUN_FOLDERS = ("checkpoints", "tensorboard", "pretrain", "csv", "wandb", "mlartifacts")
-#: Kept when `overwrite=true` empties a folder: this run's config and log, and the lock.
-KEPT = (".hydra", LOCK_FILE)
-
-_held: dict[str, IO[str]] = {}
-
-
-def previous_run(run_dir: Path) -> list[str]:
-    """What of an earlier run the folder holds, as relative paths (empty for a fresh folder)."""
-    found = [name for name in RUN_FILES if (run_dir / name).exists()]
-    for name in RUN_FOLDERS:
-        files = sorted(p for p in (run_dir / name).rglob("*") if p.is_file())
-        if files:
-            shown = ", ".join(str(p.relative_to(run_dir)) for p in files[:3])
-            more = f" and {len(files) - 3} more" if len(files) > 3 else ""
-            found.append(f"{name}/ ({shown}{more})")
-    return found
-
-
-def lock_run_folder(run_dir: Path) -> None:
-    """Hold `<run>/.run.lock` until this process ends or locks its next run folder.
-
-    A second run into the same folder fails at once instead of interleaving its files with
-    the first's. The operating system drops the lock when the process ends, however it ends,
-    so a stale lock file never blocks a later run.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    for key in list(_held):  # a sequential sweep: this process's previous trial is done
-        if key != str(path):
-            _held.pop(key).close()
-    if str(path) in _held:
-        return
-    handle = path.open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RunFolderError(
-            f"{run_dir}: another run is writing into this folder now (it holds {LOCK_FILE}); "
-            "wait for it to end, or choose another hydra.run.dir"
-        ) from None
-    handle.truncate(0)  # the holder's process id, for a person looking at a busy folder
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    _held[str(path)] = handle
-
-
-def claim_run_folder(run_dir: str | Path, overwrite: bool = False, resume: bool = False) -> None:
-    """Lock the run folder, then refuse it if it holds a run, or empty it with `overwrite`.
-
-    `resume` (continuing the folder's own run) is the one other way into a used folder.
-    """
-    run_dir = Path(run_dir)
-    lock_run_folder(run_dir)
-    if resume and (run_dir / "metrics.json").is_file():
-        raise RunFolderError(
-            f"{run_dir} holds a finished run (metrics.json): there is nothing to resume"
-        )
-    found = previous_run(run_dir)
-    if not found or resume:
-        return
-    if not overwrite:
-        raise RunFolderError(
-            f"{run_dir} already holds a run: {'; '.join(found)}. A second run would mix its "
-            "checkpoints, metrics and TensorBoard files with these. Choose another "
-            "hydra.run.dir (hydra.sweep.dir in a sweep), or pass overwrite=true to delete "
-            "them first."
-        )
-    log.warning("overwrite=true: deleting the earlier run in %s: %s", run_dir, "; ".join(found))
-    for path in run_dir.iterdir():
-        if path.name in KEPT or path.suffix == ".log":
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
 
 
 def _main_process() -> bool:

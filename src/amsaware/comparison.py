@@ -19,7 +19,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from amsaware import plots
-from amsaware.run_folder import Cut, RunFolder, RunFolderError, atomic_path, write_json
+from amsaware.atomic import atomic_path, write_json
+from amsaware.run_folder import TENSORBOARD, Cut, RunFolder, RunFolderError
 from amsaware.stats import (
     STATISTICS,
     BootstrapSample,
@@ -142,7 +143,7 @@ def training_history(run_dir: Path, tags: Sequence[str] = HISTORY_TAGS) -> dict[
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # one INFO line per file
 
     history: dict[str, dict[str, list[float]]] = {}
-    for stage_dir in sorted((Path(run_dir) / "tensorboard").glob("*")):
+    for stage_dir in sorted((Path(run_dir) / TENSORBOARD).glob("*")):
         if not stage_dir.is_dir() or not list(stage_dir.glob("events.out.tfevents.*")):
             continue
         events = EventAccumulator(str(stage_dir), size_guidance={"scalars": 0})

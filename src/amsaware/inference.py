@@ -7,7 +7,7 @@ that metrics.json records, and the chosen cut. A scorer is `final` (the final fi
 
 A run folder is data, however it was obtained: nothing read from it is called. Its config is
 read as plain values (`RunFolder.config`): the network is rebuilt from the name of a known
-architecture (`run_folder.ARCHITECTURES`) and its integer and float options, checkpoints are
+architecture (`amsaware.model.NETS`) and its integer and float options, checkpoints are
 loaded with `weights_only=True`, and every number read back from metrics.json and
 preprocessing.json is checked to be finite and in range.
 
@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from amsaware.atomic import write_frame
 from amsaware.data import samples
 from amsaware.data.formats import read_events
 from amsaware.data.preprocessing import FittedPreprocessing
@@ -48,7 +49,6 @@ from amsaware.run_folder import (
     RunConfig,
     RunFolder,
     RunFolderError,
-    atomic_path,
 )
 
 log = logging.getLogger(__name__)
@@ -301,8 +301,7 @@ def open_input(
 
 def write_scores(frame: pd.DataFrame, output: Path) -> None:
     """The scores file, atomically (gzipped where the name ends in .gz)."""
-    with atomic_path(output) as tmp:
-        frame.to_csv(tmp, index=False, compression="gzip" if output.suffix == ".gz" else None)
+    write_frame(frame, output)
 
 
 def predict_file(

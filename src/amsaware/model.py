@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -47,12 +48,28 @@ class MLP(nn.Sequential):
         return super().forward(x).squeeze(-1)
 
 
-#: The networks a checkpoint may rebuild, by class name. A checkpoint names one of these and
-#: its sizes; it never names a class to import, so loading a file cannot run arbitrary code.
-NETS: dict[str, type[nn.Module]] = {"MLP": MLP}
+@dataclass(frozen=True)
+class Architecture:
+    """A network a checkpoint or a run folder may rebuild: its class and the types of its
+    options (besides `n_features`, which the data decides)."""
+
+    cls: type[nn.Module]
+    options: Mapping[str, type]
+
+    @property
+    def target(self) -> str:
+        """The class's import path, as a run's config names it (`model._target_`)."""
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+
+#: The networks a checkpoint (by class name) or a run folder's config (by `target`) may
+#: rebuild, the one allowlist of both. A file names one of these and its options; it never
+#: names a class to import, so loading a file cannot run arbitrary code.
+NETS: dict[str, Architecture] = {
+    "MLP": Architecture(MLP, {"n_layers": int, "hidden_size": int, "dropout": float}),
+}
 #: The losses a checkpoint may rebuild: `amsaware.losses`' registry (the same dict).
 LOSSES: dict[str, type[nn.Module]] = losses.LOSSES
-_NET_SIZES = ("n_features", "n_layers", "hidden_size", "dropout")
 
 
 def _plain(value: Any) -> bool:
@@ -64,9 +81,11 @@ def _plain(value: Any) -> bool:
 def describe_net(net: nn.Module) -> dict[str, Any] | None:
     """The network as plain values (class name and sizes), or None if it is not in `NETS`."""
     name = type(net).__name__
-    if NETS.get(name) is not type(net):
+    architecture = NETS.get(name)
+    if architecture is None or architecture.cls is not type(net):
         return None
-    return {"class": name} | {key: getattr(net, key) for key in _NET_SIZES}
+    sizes = ("n_features", *architecture.options)
+    return {"class": name} | {key: getattr(net, key) for key in sizes}
 
 
 def _build(spec: Mapping[str, Any], allowed: Mapping[str, type[nn.Module]], key: str) -> Any:
@@ -82,7 +101,7 @@ def _build(spec: Mapping[str, Any], allowed: Mapping[str, type[nn.Module]], key:
 
 def build_net(spec: Mapping[str, Any]) -> nn.Module:
     """The network `describe_net` described, built from the `NETS` allowlist."""
-    return _build(spec, NETS, "net")
+    return _build(spec, {name: entry.cls for name, entry in NETS.items()}, "net")
 
 
 def describe_loss(loss: nn.Module) -> dict[str, Any] | None:

@@ -19,10 +19,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
+from amsaware.atomic import atomic_path
 from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.data.weights import rescaled_weights
 from amsaware.metrics import ams_curve
-from amsaware.run_folder import atomic_path
 
 Scores = Mapping[str, np.ndarray]
 #: The full-data signal and background totals that weights are rescaled to (S_tot, B_tot).

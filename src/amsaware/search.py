@@ -522,7 +522,7 @@ def write_best_run(
     trial_settings: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `best_run.sh` (executable): the command re-running the study's best trial."""
-    from amsaware.run_folder import atomic_path
+    from amsaware.atomic import atomic_path
 
     command = best_run_command(task_overrides, best_params, trial_settings)
     value = f"{best_value:.6g}" if math.isfinite(best_value) else str(best_value)

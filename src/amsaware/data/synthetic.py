@@ -28,14 +28,13 @@ import argparse
 import functools
 import json
 import numbers
-import os
-import tempfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from amsaware.atomic import atomic_path
 from amsaware.data import copula, physics
 from amsaware.data.schema import B_TOT, FEATURES, S_TOT, Dataset, EventTable
 from amsaware.data.weights import rescaled_weights
@@ -190,19 +189,6 @@ def _check_count(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the package file private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     """`fit PATH [--output JSON]`: refit the copula to a CERN-format file."""
     parser = argparse.ArgumentParser(prog="python -m amsaware.data.synthetic", description=__doc__)
@@ -218,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = copula.fit_file(args.path)
     text = json.dumps(params, separators=(",", ":")) + "\n"
-    _write_atomically(args.output, text)
+    with atomic_path(args.output) as tmp:  # readers never see half a file
+        tmp.write_text(text, encoding="utf-8")
     groups = ", ".join(f"{g['label']}/{g['jet_num']}:{g['n_events']}" for g in params["groups"])
     print(f"wrote {args.output} ({len(text.encode()) / 1024:.0f} KiB); label/jets:n {groups}")
 

@@ -1,0 +1,98 @@
+"""What a finished fold keeps so that a resumed run need not train it again.
+
+`checkpoints/<stage>/fold_scores.npz`, written after the fold's checkpoint, marks the fold as
+done; a resumed run reloads its scores, checked against a digest of the events they were
+computed on, and trains only the stages without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from amsaware.atomic import atomic_path
+from amsaware.run_folder.layout import RunFolderError
+
+
+@dataclass(frozen=True)
+class FoldScores:
+    """What a finished fold contributes to its run, kept so that a resumed run need not train
+    it again: its validation rows and their logits (with a fine-tune also from before the
+    second phase), its test logits (fold ensemble), and `events`, a digest of the events they
+    were computed on (so that changed data is noticed)."""
+
+    val_index: np.ndarray
+    val_logits: np.ndarray
+    events: str
+    test_logits: np.ndarray | None = None
+    pretrain_logits: np.ndarray | None = None
+
+
+def events_digest(*arrays: np.ndarray) -> str:
+    """sha256 of arrays' dtypes, shapes and bytes: the identity of the events a fold saw."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def write_fold_scores(scores: FoldScores, path: Path, within: Path | None = None) -> Path:
+    """`scores` in NumPy's format (read back without pickle), atomically; links under
+    `within` refused."""
+    arrays = {
+        "val_index": np.asarray(scores.val_index, dtype=np.int64),
+        "val_logits": np.asarray(scores.val_logits),
+        "events": np.array(scores.events),
+    }
+    for name in ("test_logits", "pretrain_logits"):
+        if getattr(scores, name) is not None:
+            arrays[name] = np.asarray(getattr(scores, name))
+    with atomic_path(path, within) as tmp, tmp.open("wb") as handle:
+        np.savez(handle, **arrays)
+    return path
+
+
+def read_fold_scores(path: Path) -> FoldScores | None:
+    """A finished fold's scores, checked, or None where the file is not there."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except Exception as error:
+        raise RunFolderError(
+            f"{path}: corrupt, not a fold's scores ({type(error).__name__}); delete it and "
+            "the fold is trained again"
+        ) from None
+    required = {"val_index", "val_logits", "events"}
+    known = required | {"test_logits", "pretrain_logits"}
+    if not required <= set(arrays) <= known:
+        raise RunFolderError(
+            f"{path}: corrupt, holds {sorted(arrays)}; expected {sorted(required)} "
+            "(and test_logits, pretrain_logits)"
+        )
+    index, logits = arrays["val_index"], arrays["val_logits"]
+    fine = index.ndim == 1 and index.dtype.kind == "i" and logits.shape == index.shape
+    for name in ("val_logits", "test_logits", "pretrain_logits"):
+        if name in arrays:
+            value = arrays[name]
+            fine = fine and value.dtype.kind == "f" and value.ndim == 1
+            fine = fine and bool(np.isfinite(value).all())
+    if "pretrain_logits" in arrays:
+        fine = fine and arrays["pretrain_logits"].shape == index.shape
+    if not fine or arrays["events"].shape != ():
+        raise RunFolderError(
+            f"{path}: corrupt, the arrays are not one fold's finite logits of its rows"
+        )
+    return FoldScores(
+        index,
+        logits,
+        str(arrays["events"]),
+        arrays.get("test_logits"),
+        arrays.get("pretrain_logits"),
+    )
