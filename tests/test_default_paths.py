@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from amsaware.data.synthetic import generate
-from amsaware.run_folder import RunFolder
+from amsaware.run_folder import RunFolder, RunFolderError
 from tests.helpers import REPO, entry_point, kaggle_frame
 
 SMALL = ["trainer.max_epochs=1", "threads=1", "~logger"]
@@ -105,3 +105,17 @@ def test_every_tool_reads_a_run_trained_with_the_default_paths(tmp_path, data):
                     "explain.n_background=20", explain))  # fmt: skip
     for made in ("scores.csv", "model.onnx"):
         assert (tmp_path / made).is_file(), made
+
+
+def test_a_resolver_call_left_in_a_saved_config_is_named_with_its_file_and_key(bce_run, tmp_path):
+    """Runs written before configs were saved self-contained still hold `${hydra:...}`: the
+    refusal names the file and the key, not only the key."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(bce_run, run_dir)
+    config = run_dir / ".hydra" / "config.yaml"
+    saved = OmegaConf.load(config)
+    saved.data.generator = "${hydra:runtime.choices.data}"
+    OmegaConf.save(saved, config)
+    with pytest.raises(RunFolderError) as refused:
+        RunFolder(run_dir).config()
+    assert str(config) in str(refused.value) and "data.generator" in str(refused.value)

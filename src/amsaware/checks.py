@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import re
 import signal
 import threading
 from pathlib import Path
@@ -41,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 # The one error for a run folder: here, one that already holds a run or is being written.
 from amsaware.run_folder import RunFolderError, scorers_of
 from amsaware.run_folder.claim import claim_run_folder
+from amsaware.run_folder.config import save_self_contained, self_contained
 from amsaware.search import SearchConfigError
 from amsaware.settings import CutSettings, CVSettings, Settings
 
@@ -395,51 +395,6 @@ def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
             for key in _differences(stored.get(name), current.get(name), f"{prefix}{name}.")
         ]
     return [] if stored == current else [prefix.rstrip(".")]
-
-
-#: A resolver call inside an interpolation (`${hydra:...}`, `${oc.env:...}`, `${now:...}`), as
-#: opposed to a reference to another key (`${paths.data_dir}`).
-_RESOLVER_CALL = re.compile(r"\$\{\s*[\w.\-]+\s*:")
-
-
-def self_contained(cfg: DictConfig) -> dict[str, Any]:
-    """The task config as plain values, each resolver call replaced by its value now.
-
-    A run folder's `.hydra/config.yaml` is read as data (`amsaware.run_folder`): references to
-    other keys are followed, resolver calls are refused. Hydra saves the config with its own
-    `${hydra:...}` calls (the default `paths.root_dir`), which only resolve inside the Hydra
-    job that wrote them; resolving them here keeps every run readable by the tools. References
-    between keys stay, so the file still says where each path came from.
-    """
-
-    def plain(container: Any, raw: Any) -> Any:
-        items = raw.items() if isinstance(raw, dict) else enumerate(raw)
-        out = {k: _resolved(container, k, v) for k, v in items}
-        return out if isinstance(raw, dict) else list(out.values())
-
-    def _resolved(container: Any, key: Any, value: Any) -> Any:
-        if isinstance(value, (dict, list)):
-            return plain(container[key], value)
-        if not (isinstance(value, str) and _RESOLVER_CALL.search(value)):
-            return value
-        try:
-            resolved = container[key]
-        except Exception:  # a resolver unavailable here (no Hydra job): keep it as written
-            return value
-        if OmegaConf.is_config(resolved):
-            return OmegaConf.to_container(resolved, resolve=True)
-        return resolved
-
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    return plain(cfg, {k: v for k, v in raw.items() if k != "hydra"})
-
-
-def save_self_contained(cfg: DictConfig, path: Path) -> None:
-    """Rewrite a Hydra job's saved `config.yaml` as `self_contained(cfg)` (atomically)."""
-    from amsaware.run_folder import atomic_path
-
-    with atomic_path(path) as tmp:
-        OmegaConf.save(OmegaConf.create(self_contained(cfg)), tmp)
 
 
 def check_resume_config(run_dir: Path, cfg: DictConfig) -> None:

@@ -137,6 +137,54 @@ def _model_spec(model: Any, where: str) -> ModelSpec:
     return ModelSpec(target, options)
 
 
+#: A resolver call inside an interpolation (`${hydra:...}`, `${oc.env:...}`, `${now:...}`), as
+#: opposed to a reference to another key (`${paths.data_dir}`).
+_RESOLVER_CALL = re.compile(r"\$\{\s*[\w.\-]+\s*:")
+
+
+def self_contained(cfg: Any) -> dict[str, Any]:
+    """A task config (`DictConfig`) as plain values, each resolver call replaced by its value.
+
+    Hydra saves a job's config with its own `${hydra:...}` calls (the default
+    `paths.root_dir`), which resolve only inside the job that wrote them, and the safe reader
+    refuses resolver calls; resolving them when the job starts keeps every run readable by the
+    tools. References between keys stay, so the file still says where each path came from. A
+    resolver that cannot be evaluated here (no Hydra job) is kept as written.
+    """
+    from omegaconf import OmegaConf
+
+    def plain(container: Any, raw: Any) -> Any:
+        items = raw.items() if isinstance(raw, dict) else enumerate(raw)
+        out = {k: resolved(container, k, v) for k, v in items}
+        return out if isinstance(raw, dict) else list(out.values())
+
+    def resolved(container: Any, key: Any, value: Any) -> Any:
+        if isinstance(value, (dict, list)):
+            return plain(container[key], value)
+        if not (isinstance(value, str) and _RESOLVER_CALL.search(value)):
+            return value
+        try:
+            result = container[key]
+        except Exception:  # no Hydra job here: keep the call as written
+            return value
+        return (
+            OmegaConf.to_container(result, resolve=True) if OmegaConf.is_config(result) else result
+        )
+
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    return plain(cfg, {k: v for k, v in raw.items() if k != "hydra"})
+
+
+def save_self_contained(cfg: Any, path: Path) -> None:
+    """Write `self_contained(cfg)` to `path` (a Hydra job's `.hydra/config.yaml`), atomically."""
+    from omegaconf import OmegaConf
+
+    from amsaware.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        OmegaConf.save(OmegaConf.create(self_contained(cfg)), tmp)
+
+
 def read_plain_config(path: Path) -> dict[str, Any]:
     """A YAML config as plain values: safely loaded, nothing resolved or instantiated."""
     from omegaconf import OmegaConf
@@ -157,24 +205,32 @@ def read_config(path: Path) -> RunConfig:
     from amsaware.data.sources import source_options
 
     raw = read_plain_config(path)
+
+    def value(key: str, default: Any = None) -> Any:
+        """Top-level key `key`, references substituted; an error names the file and key."""
+        try:
+            return _substitute(raw.get(key, default), raw, key)
+        except RunFolderError as error:
+            raise RunFolderError(f"{path}: {error}") from None
+
     where = str(path)
-    model = _model_spec(_substitute(raw.get("model"), raw, "model"), where)
-    data = _substitute(raw.get("data"), raw, "data")
+    model = _model_spec(value("model"), where)
+    data = value("data")
     try:
         source, options = source_options(data, where)
     except ValueError as error:
         raise RunFolderError(str(error)) from None
-    cv = _substitute(raw.get("cv") or {}, raw, "cv")
+    cv = value("cv") or {}
     folds = cv.get("folds") if isinstance(cv, dict) else None
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
         raise RunFolderError(f"{where}: cv.folds is {folds!r}; expected an integer >= 2")
     repeats = cv.get("repeats", 1)
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise RunFolderError(f"{where}: cv.repeats is {repeats!r}; expected an integer >= 1")
-    ensemble = _substitute(raw.get("ensemble", "final"), raw, "ensemble")
+    ensemble = value("ensemble", "final")
     if ensemble not in ENSEMBLES:
         raise RunFolderError(f"{where}: ensemble is {ensemble!r}; expected one of {ENSEMBLES}")
-    final_fit = _substitute(raw.get("final_fit", True), raw, "final_fit")
+    final_fit = value("final_fit", True)
     if not isinstance(final_fit, bool):
         raise RunFolderError(f"{where}: final_fit is {final_fit!r}; expected true or false")
     return RunConfig(Path(path), model, folds, repeats, ensemble, final_fit, source, options, raw)
