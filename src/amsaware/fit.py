@@ -362,8 +362,12 @@ def asimov_fit(spec: Mapping[str, Any]) -> FitResult:
         try:
             full = cabinetry.fit.fit(model, data, minos=[POI])
             stat = cabinetry.fit.fit(model, data, minos=[POI], fix_pars=fixed)
-            z_full = cabinetry.fit.significance(model, data)
             z_stat = _z_stat(model, data, stat.best_twice_nll)
+            z_full = (
+                cabinetry.fit.significance(model, data).observed_significance
+                if model.config.npars > 1
+                else z_stat  # no nuisance: nothing to profile at mu = 0
+            )
         except (pyhf.exceptions.FailedMinimization, RuntimeError, ValueError) as error:
             raise _failed("the Asimov fit", error) from error
     i = model.config.poi_index
@@ -379,7 +383,7 @@ def asimov_fit(spec: Mapping[str, Any]) -> FitResult:
         sigma_mu_hesse=float(full.uncertainty[i]),
         sigma_mu_stat_hesse=float(stat.uncertainty[i]),
         mu_interval=(float(full.bestfit[i] + down), float(full.bestfit[i] + up)),
-        z_discovery=float(z_full.observed_significance),
+        z_discovery=float(z_full),
         z_discovery_stat=z_stat,
         n_bins=int(model.config.nmaindata),
         bestfit=np.asarray(full.bestfit),
