@@ -193,7 +193,7 @@ def test_fit_failures_carry_the_fitters_message(monkeypatch) -> None:
         )
 
     monkeypatch.setattr(cabinetry.fit, "fit", failing)
-    with pytest.raises(fit.FitError, match="Asimov fit did not converge.*Call limit"):
+    with pytest.raises(fit.FitError, match=r"Asimov fit did not converge.*Call limit"):
         fit.asimov_fit(one_bin(counting(10, 100)))
 
 
