@@ -256,3 +256,22 @@ def test_scan_ranking_and_figures() -> None:
         fit_plots.likelihood_scan(scan),
     ):
         assert isinstance(figure, Figure) and figure.axes
+
+
+@pytest.mark.slow
+def test_worker_processes_change_nothing_but_the_time() -> None:
+    spec = one_bin(counting(100, 1000, norm=0.05))
+    alone = fit.pseudo_experiments(spec, 12, np.random.default_rng(11))
+    shared = fit.pseudo_experiments(spec, 12, np.random.default_rng(11), workers=2)
+    assert np.allclose(alone.low, shared.low) and np.allclose(alone.high, shared.high)
+
+
+def test_analyse_runs_binning_fit_and_toys() -> None:
+    data = synthetic(np.random.default_rng(12))
+    config = fit.FitConfig(bins=5, toys=5)
+    report = fit.analyse(data, config, np.random.default_rng(13))
+    metrics = report.metrics()
+    assert {"fit/sigma_mu", "fit/coverage", "fit/interval_width", "fit/score"} <= set(metrics)
+    assert report.result.n_bins <= 5
+    assert report.spec["measurements"][0]["config"]["poi"] == "mu"
+    assert fit.analyse(data, fit.FitConfig(bins=5), np.random.default_rng(13)).coverage is None

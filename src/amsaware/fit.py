@@ -15,7 +15,9 @@ module writes by hand only the binning rule, the templates and the pseudo-experi
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +26,6 @@ from typing import Any
 import cabinetry
 import numpy as np
 import pyhf
-
-from amsaware.run_folder import atomic_path
 
 POI = "mu"
 CHANNEL = "score"
@@ -281,6 +281,9 @@ def _poi_bounds(templates: Templates) -> dict[str, Any]:
 
 def write_workspace(spec: Mapping[str, Any], path: str | Path) -> Path:
     """The workspace as JSON, atomically (pyhf and cabinetry read it back)."""
+    # Imported here: run_folder pulls in Lightning, which the toy worker processes need not load.
+    from amsaware.run_folder import atomic_path
+
     pyhf.Workspace(dict(spec))
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(json.dumps(spec, indent=2) + "\n")
@@ -301,10 +304,10 @@ def model_and_data(spec: Mapping[str, Any]) -> tuple[pyhf.pdf.Model, list[float]
 
 
 @contextmanager
-def _numpy() -> Iterator[None]:
+def _numpy(strategy: int | None = None) -> Iterator[None]:
     """pyhf's numpy backend with MINUIT while the block runs; the caller's backend after."""
     backend, optimizer = pyhf.get_backend()
-    pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(verbose=0))
+    pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(verbose=0, strategy=strategy))
     try:
         yield
     finally:
@@ -511,6 +514,7 @@ def pseudo_experiments(
     toys: int,
     rng: np.random.Generator,
     mu_range: tuple[float, float] = (0.1, 3.0),
+    workers: int = 1,
 ) -> Coverage:
     """Fit `toys` pseudo-datasets; record whether each one's 68% interval holds the true mu.
 
@@ -518,13 +522,15 @@ def pseudo_experiments(
     histosys alpha ~ N(0, 1), staterror gamma ~ N(1, delta), kept positive), the templates
     interpolated there by pyhf; the observed counts Poisson-drawn around those expected yields,
     the auxiliary measurements left at nominal (the analyst's constraints do not know the truth).
-    The interval is the Hessian one, mu_hat +- sigma_hat (one fit per toy). Toys whose fit fails
-    are counted in `failed` and left out of the coverage.
+    The interval is the Hessian one, mu_hat +- sigma_hat (one MIGRAD fit, strategy 0, then HESSE
+    per toy). Toys whose fit fails are counted in `failed` and left out of the coverage.
+
+    All pseudo-data are drawn here from `rng` before any fit, so `workers` (processes that share
+    the fits) changes the wall time and nothing else.
     """
     if toys < 1:
         raise ValueError(f"fit.toys={toys}: expected a positive number of pseudo-experiments")
     model, _ = model_and_data(spec)
-    i = model.config.poi_index
     with _numpy():
         centre = np.asarray(cabinetry.model_utils.asimov_parameters(model), np.float64)
         width = np.asarray(cabinetry.model_utils.prefit_uncertainties(model), np.float64)
@@ -534,33 +540,48 @@ def pseudo_experiments(
         if STATERROR in model.config.par_order:
             gammas = model.config.par_slice(STATERROR)
             truth[:, gammas] = np.maximum(truth[:, gammas], 1e-3)
-        truth[:, i] = mu_true
-        low, high, kept, failed = [], [], [], 0
-        for k in range(toys):
-            expected = np.asarray(model.expected_actualdata(truth[k]), np.float64)
-            data = np.concatenate([rng.poisson(np.maximum(expected, 0)), aux])
+        truth[:, model.config.poi_index] = mu_true
+        expected = np.stack([np.asarray(model.expected_actualdata(p), np.float64) for p in truth])
+    observed = rng.poisson(np.maximum(expected, 0)).astype(np.float64)
+    data = np.concatenate([observed, np.broadcast_to(aux, (toys, len(aux)))], axis=1)
+    if workers > 1:
+        chunks = np.array_split(data, workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            intervals = np.concatenate(list(pool.map(_fit_toys, [dict(spec)] * workers, chunks)))
+    else:
+        intervals = _fit_toys(spec, data)
+    kept = np.isfinite(intervals[:, 0])
+    if not kept.any():
+        raise FitError(f"all {toys} pseudo-experiment fits failed")
+    return Coverage(mu_true[kept], intervals[kept, 0], intervals[kept, 1], int((~kept).sum()))
+
+
+def _fit_toys(spec: Mapping[str, Any], data: np.ndarray) -> np.ndarray:
+    """(low, high) of mu_hat +- sigma_hat per row of `data`; NaN where the fit failed."""
+    model, _ = model_and_data(spec)
+    i = model.config.poi_index
+    out = np.full((len(data), 2), np.nan)
+    with _numpy(strategy=0):
+        for k, row in enumerate(data):
             try:
-                fitted = pyhf.infer.mle.fit(data, model, return_uncertainties=True)
+                fitted = pyhf.infer.mle.fit(row, model, return_uncertainties=True)
             except pyhf.exceptions.FailedMinimization:
-                failed += 1
                 continue
             mu_hat, sigma = fitted[i]
-            low.append(mu_hat - sigma)
-            high.append(mu_hat + sigma)
-            kept.append(k)
-    if not kept:
-        raise FitError(f"all {toys} pseudo-experiment fits failed")
-    return Coverage(mu_true[kept], np.asarray(low), np.asarray(high), failed)
+            out[k] = mu_hat - sigma, mu_hat + sigma
+    return out
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    """The run's `fit` settings (bins, min_background, mc_stat, toys)."""
+    """The run's `fit` settings (bins, min_background, mc_stat, toys, workers)."""
 
     bins: int = 10
     min_background: int = MIN_BACKGROUND
     mc_stat: bool = True
     toys: int = 0
+    #: processes sharing the pseudo-experiment fits (the results do not depend on it)
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -584,7 +605,9 @@ def analyse(data: FitInput, config: FitConfig, rng: np.random.Generator) -> FitR
     binning = choose_binning(data.score, data.weight, is_signal, config.bins, config.min_background)
     spec = workspace(build_templates(data, binning), mc_stat=config.mc_stat)
     result = asimov_fit(spec)
-    toys = pseudo_experiments(spec, config.toys, rng) if config.toys else None
+    toys = (
+        pseudo_experiments(spec, config.toys, rng, workers=config.workers) if config.toys else None
+    )
     return FitReport(spec, result, toys)
 
 
