@@ -447,8 +447,10 @@ def likelihood_scan(
     return Scan(mu, np.asarray(full) - best[1], np.asarray(stat) - nll_stat)
 
 
-def ranking(spec: Mapping[str, Any]) -> Any:
-    """Nuisance pulls and impacts on mu (cabinetry's `RankingResults`, pre- and post-fit)."""
+def ranking(
+    spec: Mapping[str, Any],
+) -> tuple[cabinetry.fit.FitResults, cabinetry.fit.RankingResults]:
+    """The fit with every nuisance's pull, and each one's pre- and post-fit impact on mu."""
     model, data = model_and_data(spec)
     with _numpy():
         try:
@@ -525,7 +527,8 @@ def pseudo_experiments(
     interpolated there by pyhf; the observed counts Poisson-drawn around those expected yields,
     the auxiliary measurements left at nominal (the analyst's constraints do not know the truth).
     The interval is the Hessian one, mu_hat +- sigma_hat (one MIGRAD fit, strategy 0, then HESSE
-    per toy). Toys whose fit fails are counted in `failed` and left out of the coverage.
+    per toy; strategy 1 where that fails). Toys whose fit fails even so are counted in `failed`
+    and left out of the coverage.
 
     All pseudo-data are drawn here from `rng` before any fit, so `workers` (processes that share
     the fits) changes the wall time and nothing else.
@@ -559,18 +562,24 @@ def pseudo_experiments(
 
 
 def _fit_toys(spec: Mapping[str, Any], data: np.ndarray) -> np.ndarray:
-    """(low, high) of mu_hat +- sigma_hat per row of `data`; NaN where the fit failed."""
+    """(low, high) of mu_hat +- sigma_hat per row of `data`; NaN where the fit failed.
+
+    MIGRAD's fast strategy 0 first; a toy it fails on is refitted with strategy 1 (which checks
+    the numerical derivatives) before it counts as failed.
+    """
     model, _ = model_and_data(spec)
     i = model.config.poi_index
     out = np.full((len(data), 2), np.nan)
-    with _numpy(strategy=0):
-        for k, row in enumerate(data):
-            try:
-                fitted = pyhf.infer.mle.fit(row, model, return_uncertainties=True)
-            except pyhf.exceptions.FailedMinimization:
-                continue
+    for k, row in enumerate(data):
+        for strategy in (0, 1):
+            with _numpy(strategy=strategy):
+                try:
+                    fitted = pyhf.infer.mle.fit(row, model, return_uncertainties=True)
+                except pyhf.exceptions.FailedMinimization:
+                    continue
             mu_hat, sigma = fitted[i]
             out[k] = mu_hat - sigma, mu_hat + sigma
+            break
     return out
 
 
