@@ -162,6 +162,10 @@ def test_binning_refuses_too_few_events() -> None:
         fit.choose_binning(data.score, data.weight, signal, 10, min_background=20)
     with pytest.raises(ValueError, match=r"fit\.bins=0"):
         fit.choose_binning(data.score, data.weight, signal, 0)
+    with pytest.raises(ValueError, match=r"3 scores or weights are NaN"):
+        fit.choose_binning(np.where(np.arange(100) < 3, np.nan, data.score), data.weight, signal, 1)
+    with pytest.raises(ValueError, match=r"99 scores, 100 weights"):
+        fit.choose_binning(data.score[:-1], data.weight, signal, 1, 1)
     with pytest.raises(ValueError, match=r"fit\.bins=3.*2 signal events"):
         fit.choose_binning(data.score, data.weight, np.arange(100) < 2, 3, min_background=1)
 
@@ -275,3 +279,25 @@ def test_analyse_runs_binning_fit_and_toys() -> None:
     assert report.result.n_bins <= 5
     assert report.spec["measurements"][0]["config"]["poi"] == "mu"
     assert fit.analyse(data, fit.FitConfig(bins=5), np.random.default_rng(13)).coverage is None
+
+
+def test_a_process_absent_from_some_bins_fits_and_an_empty_bin_is_refused() -> None:
+    rng = np.random.default_rng(14)
+    data = synthetic(rng, shapes=False)
+    # a background confined to the lowest scores: zero yield and zero sumw2 in the upper bins
+    rare = fit.FitInput(
+        np.concatenate([data.score, np.full(200, -5.0)]),
+        np.concatenate([data.weight, np.full(200, 0.5)]),
+        np.concatenate([data.process, np.full(200, "rare")]),
+        norms=dict(data.norms),
+    )
+    binning = fit.choose_binning(rare.score, rare.weight, rare.process == "signal", 5)
+    templates = fit.build_templates(rare, binning)
+    assert templates.nominal["rare"][1:].sum() == 0 and templates.sumw2["rare"][1:].sum() == 0
+    result = fit.asimov_fit(fit.workspace(templates, mc_stat=True))
+    assert np.isfinite(result.sigma_mu) and result.sigma_mu > result.sigma_mu_stat
+    zero = fit.FitInput(
+        rare.score, np.where(rare.score >= binning.thresholds[-1], 0.0, rare.weight), rare.process
+    )
+    with pytest.raises(ValueError, match=rf"bins \[{binning.n_bins - 1}\] expect no events"):
+        fit.build_templates(zero, binning)

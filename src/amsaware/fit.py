@@ -110,6 +110,14 @@ def choose_binning(
     """
     score, weight = np.asarray(score, np.float64), np.asarray(weight, np.float64)
     is_signal = np.asarray(is_signal, bool)
+    if not len(score) == len(weight) == len(is_signal):
+        raise ValueError(
+            f"choose_binning: {len(score)} scores, {len(weight)} weights and {len(is_signal)} "
+            "signal flags; expected one of each per event"
+        )
+    bad = int((~np.isfinite(score)).sum() + (~np.isfinite(weight)).sum())
+    if bad:
+        raise ValueError(f"choose_binning: {bad} scores or weights are NaN or infinite")
     if bins < 1:
         raise ValueError(f"fit.bins={bins}: expected a positive number of bins")
     n_signal, n_background = int(is_signal.sum()), int((~is_signal).sum())
@@ -213,6 +221,8 @@ def build_templates(data: FitInput, binning: Binning) -> Templates:
                     f"shape {v.name!r} ({side}): {len(s)} scores, {len(sel)} selection flags, "
                     f"{len(w)} weights; expected {n}, one per nominal event"
                 )
+            if not np.all(np.isfinite(s[sel])):
+                raise ValueError(f"shape {v.name!r} ({side}): selected events with NaN scores")
             shifted.append({p: hist(s, w, sel & (process == p)) for p in names})
         shapes[v.name] = {p: (shifted[0][p], shifted[1][p]) for p in names}
     return Templates(binning, data.signal, nominal, sumw2, shapes, dict(data.norms))
