@@ -32,7 +32,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -42,7 +42,10 @@ from amsaware.run_folder import RunFolderError, scorers_of
 from amsaware.run_folder.claim import claim_run_folder
 from amsaware.run_folder.config import save_self_contained, self_contained
 from amsaware.search import SearchConfigError
-from amsaware.settings import CutSettings, CVSettings, Settings
+from amsaware.settings import CutSettings, CVSettings, FitSettings, Settings
+
+if TYPE_CHECKING:
+    from amsaware.data.systematics import Systematics
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class ConfigError(ValueError):
 
 #: The project's own sections with a fixed set of keys. (`paths` is open: a user may add a
 #: folder there for the interpolations of a data config of their own.)
-SECTIONS: dict[str, type] = {"cv": CVSettings, "cut": CutSettings}
+SECTIONS: dict[str, type] = {"cv": CVSettings, "cut": CutSettings, "fit": FitSettings}
 
 #: Top-level keys of train.yaml and its config groups; conf/train.yaml declares each one
 #: (a test holds the two together).
@@ -89,6 +92,9 @@ TOP_LEVEL: frozenset[str] = frozenset(
         "paths",
         "loss",
         "finetune",
+        "systematics",
+        "fit",
+        "progress",
         "hydra",  # present when composed with return_hydra_config
     }
 )
@@ -128,6 +134,11 @@ def check_section(cfg: DictConfig, name: str, schema: type) -> None:
     for key, annotation in fields.items():
         if key not in section:
             continue
+        optional = isinstance(annotation, str) and annotation.endswith(" | None")
+        if optional:
+            if section[key] is None:
+                continue
+            annotation = annotation.removesuffix(" | None")
         value = section[key]
         expected = types[annotation if isinstance(annotation, str) else annotation.__name__]
         if not _kind(value, expected):
@@ -216,15 +227,45 @@ def check_ensemble(ensemble: Any) -> str:
     return ensemble
 
 
-def check_optimized_metric(name: str, final_fit: bool = True, ensemble: str = "final") -> str:
+def check_fit_options(cfg: DictConfig) -> None:
+    """`fit.bins` and `fit.toys` that could give a fit; `progress` true, false or null."""
+    section = cfg.get("fit") or {}
+    bins, toys = section.get("bins", 10), section.get("toys", 0)
+    if not _integer(bins) or bins < 1:
+        raise ConfigError(f"fit.bins is {bins!r}; expected an integer >= 1")
+    if not _integer(toys) or toys < 0:
+        raise ConfigError(f"fit.toys is {toys!r}; expected an integer >= 0 (0: no toys)")
+    progress = cfg.get("progress")
+    if progress is not None and not isinstance(progress, bool):
+        raise ConfigError(f"progress is {progress!r}; expected true, false or null")
+
+
+def check_systematics(cfg: DictConfig) -> Systematics | None:
+    """The `systematics` group's nuisances, each size checked (`Systematics.from_config`)."""
+    if cfg.get("systematics") is None:
+        return None
+    from amsaware.data.systematics import Systematics
+
+    section = OmegaConf.to_container(cfg.systematics, resolve=True)
+    try:
+        return Systematics.from_config(section, "systematics")
+    except ValueError as error:  # its refusals name the key
+        raise ConfigError(str(error)) from None
+
+
+def check_optimized_metric(
+    name: str, final_fit: bool = True, ensemble: str = "final", fit: bool = False
+) -> str:
     """`name` if a run with these settings writes it to metrics.json, else a clear error, so
     that a typo stops a run (or a whole search) before its first fold trains."""
     from amsaware.report import metric_names
 
-    known = metric_names(final_fit, ensemble)
+    known = metric_names(final_fit, ensemble, fit)
     if name in known:
         return name
     hint = ""
+    if name in metric_names(final_fit, ensemble, True):
+        hint = " (fit/ metrics need the fit: choose systematics=..., or set fit.enabled=true)"
     if name in metric_names(True, "both"):
         hint = (
             f" ({name} exists only with final_fit=true"
@@ -436,9 +477,12 @@ def check_config(cfg: DictConfig) -> Settings:
         check_section(cfg, name, schema)
     check_values(cfg)
     check_cut_options(**(cfg.get("cut") or {}))
-    settings = Settings.from_config(cfg)
+    check_fit_options(cfg)
+    settings = Settings.from_config(cfg, check_systematics(cfg))
     check_ensemble(settings.ensemble)
-    check_optimized_metric(settings.optimized_metric, settings.final_fit, settings.ensemble)
+    check_optimized_metric(
+        settings.optimized_metric, settings.final_fit, settings.ensemble, settings.fit is not None
+    )
     check_finetune_options(cfg.get("finetune"))
     check_parallel(cfg)
     return settings

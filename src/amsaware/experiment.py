@@ -25,10 +25,13 @@ from amsaware.checks import check_finetune, check_run
 from amsaware.data.datamodule import HiggsDataModule
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
+from amsaware.data.systematics import check_norms
+from amsaware.fit_stage import HeldOutScores, describe, no_systematics, run_fit
 from amsaware.loggers import (
     StageLoggers,
     choice,
     describe_run,
+    log_fit,
     log_fold_figures,
     log_hparams,
     log_oof_figures,
@@ -43,7 +46,7 @@ from amsaware.phase import (
     TrainerFactory,
     ensemble_scorer,
 )
-from amsaware.progress import RunClock, StageProgressBar, stage_label
+from amsaware.progress import EpochLines, RunClock, StageProgressBar, show_bar, stage_label
 from amsaware.protocol import (
     CrossValidation,
     DivergedError,
@@ -209,10 +212,14 @@ def _trainer(
             log.info("final fit%s: %d epochs, the folds' median best", _of(phase), max_epochs)
     elif stopping and early_stops is not None and isinstance(stages, str):
         early_stops[(stages, phase)] = stopping[0]
-    for callback in callbacks:
-        if isinstance(callback, StageProgressBar):
-            callback.stage = stage_label(stages, settings.cv.n_models, phase)
     overrides: dict[str, Any] = {} if max_epochs is None else {"max_epochs": max_epochs}
+    if not show_bar(settings.progress):  # a pipe or a file: one line per epoch instead
+        callbacks = [c for c in callbacks if not isinstance(c, StageProgressBar)]
+        callbacks.append(EpochLines())
+        overrides["enable_progress_bar"] = False
+    for callback in callbacks:
+        if isinstance(callback, StageProgressBar | EpochLines):
+            callback.stage = stage_label(stages, settings.cv.n_models, phase)
     if not any(isinstance(callback, ModelCheckpoint) for callback in callbacks):
         # Else Lightning adds its own, writing epoch=...ckpt files nothing reads.
         overrides["enable_checkpointing"] = False
@@ -292,6 +299,8 @@ def _run(cfg: DictConfig) -> float:
     started = time.perf_counter()
     dataset = load_dataset(cfg)
     check_trainable(dataset.train, settings.cv.folds)
+    if settings.systematics is not None:
+        check_norms(settings.systematics, dataset.train)
     check_finetune(cfg.get("finetune"), (dataset.train.s_tot, dataset.train.b_tot))
     loggers = StageLoggers(cfg.get("logger"))
     try:
@@ -333,6 +342,9 @@ def _run_with(
     # that writes no checkpoints (a search trial) cannot be resumed, so it writes none either.
     keep = settings.checkpoints and not settings.cv.parallel
     scorers: list[RawScorer | None] = []
+    held_out = None
+    if settings.fit is not None:  # the shifted copies are made once, before the folds train
+        held_out = HeldOutScores(train, settings.systematics or no_systematics())
     cv = cross_validate(
         train,
         settings.cv.folds,
@@ -345,7 +357,7 @@ def _run_with(
         save_stage=save_stage,
         repeats=settings.cv.repeats,
         finetune=finetune,
-        on_fold=_fold_hooks(settings, scorers),
+        on_fold=_fold_hooks(settings, scorers, held_out),
         clock=clock,
         store=FoldStore(run, settings.resume) if keep else None,
     )
@@ -361,6 +373,7 @@ def _run_with(
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
     log_oof_figures(cv.scores, train, cut, loggers)
     cut, tests = _score_test(settings, dataset, cv, cut, scorers, run, factories, finetune, clock)
+    fitted = None if held_out is None else _fit(settings, held_out, run, loggers)
     facts = {
         "seconds": None,  # set by the caller once the run is written
         "n_train": len(train),
@@ -368,12 +381,35 @@ def _run_with(
         "ensemble": settings.ensemble,
         "n_fold_models": len(cv.fold_metrics),
     }
-    return build_metrics(summary, cut.to_dict(), totals, facts, pretrain, tests, early_stops)
+    return build_metrics(
+        summary, cut.to_dict(), totals, facts, pretrain, tests, early_stops, fitted
+    )
 
 
-def _fold_hooks(settings: Settings, scorers: list[RawScorer | None]) -> FoldHook:
-    """After each fold: a search trial's pruning report, the fold's figures, and its raw-feature
-    scorer kept for the fold ensemble (None for a fold reloaded on resume)."""
+def _fit(
+    settings: Settings, held_out: HeldOutScores, run: RunFolder, loggers: StageLoggers
+) -> dict[str, Any]:
+    """The fit stage (`amsaware.fit_stage`): metrics.json's `fit` section, the workspace and
+    figures under `fit/`, the metrics and figures in every logger."""
+    assert settings.fit is not None
+    started = time.perf_counter()
+    drawn: dict[str, Any] = {}
+    outcome = run_fit(
+        held_out, settings.fit, settings.seed, run.writable(run.path / "fit"), drawn.update
+    )
+    if outcome.error is None:
+        log.info("fit: %s (%.0f s)", describe(outcome.metrics), time.perf_counter() - started)
+        if loggers:
+            log_fit(loggers, outcome.metrics, drawn)
+    return outcome.section(settings.fit)
+
+
+def _fold_hooks(
+    settings: Settings, scorers: list[RawScorer | None], held_out: HeldOutScores | None = None
+) -> FoldHook:
+    """After each fold: a search trial's pruning report, the fold's figures, its raw-feature
+    scorer kept for the fold ensemble (None for a fold reloaded on resume), and the fit's
+    held-out events (nominal and shifted) scored by the fold's model."""
     prune = fold_hook(settings)
 
     def on_fold(report: FoldReport) -> None:
@@ -382,8 +418,17 @@ def _fold_hooks(settings: Settings, scorers: list[RawScorer | None]) -> FoldHook
         log_fold_figures(report)
         if settings.scores_folds:
             scorers.append(report.score)
+        if held_out is not None:
+            held_out.add(report.val_index, report.score or _reloaded(settings, report.stage))
 
     return on_fold
+
+
+def _reloaded(settings: Settings, stage: str) -> RawScorer:
+    """A fold reloaded on resume has no network in memory: its checkpoint's, for the fit."""
+    from amsaware.inference import load_stage
+
+    return load_stage(settings.output_dir, stage).logit
 
 
 def _score_test(

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -320,9 +323,34 @@ def _numpy(strategy: int | None = None) -> Iterator[None]:
     backend, optimizer = pyhf.get_backend()
     pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(verbose=0, strategy=strategy))
     try:
-        yield
+        with _minuit_quiet():
+            yield
     finally:
         pyhf.set_backend(backend, optimizer)
+
+
+@contextmanager
+def _minuit_quiet() -> Iterator[None]:
+    """MINUIT's C++ warnings ("W VariableMetricBuilder ...", dozens per ranking), which it
+    writes to the process's standard output, go to a scratch file while the block fits.
+
+    Its print level cannot hold them back: cabinetry sets a verbose optimizer for its own fits.
+    A fit that fails is reported through pyhf's result instead (`FitError`), so nothing is
+    lost; Python's buffered output is flushed first, and the block runs only fits (cabinetry's
+    and pyhf's own log messages are left to the caller's logging levels).
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with tempfile.TemporaryFile() as scratch:
+            os.dup2(scratch.fileno(), 1)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
 
 
 def _nuisances_fixed(model: pyhf.pdf.Model) -> list[bool]:
@@ -465,10 +493,17 @@ def ranking(
     with _numpy():
         try:
             result = cabinetry.fit.fit(model, data)
-            # strategy 0: an impact is a shift of mu_hat, which needs no second-derivative check
-            return result, cabinetry.fit.ranking(model, data, fit_results=result, strategy=0)
         except pyhf.exceptions.FailedMinimization as error:
             raise _failed("the ranking fits", error) from error
+        # strategy 0 first: an impact is a shift of mu_hat, which needs no second-derivative
+        # check; MIGRAD's careful strategy where the fast one stops short of its tolerance.
+        for strategy in (0, 1):
+            try:
+                ranked = cabinetry.fit.ranking(model, data, fit_results=result, strategy=strategy)
+                return result, ranked
+            except pyhf.exceptions.FailedMinimization as error:
+                failure = error
+        raise _failed("the ranking fits", failure) from failure
 
 
 def fair_score(coverage: float, width: float, n_toys: int, eps: float = 1e-3) -> float:

@@ -262,3 +262,14 @@ def log_oof_figures(scores: np.ndarray, train: EventTable, cut: Cut, loggers: St
             logger, "oof/", scores, train.label, train.weight, 0, cut.fraction, totals=totals
         )
         logger.finalize("success")
+
+
+def log_fit(loggers: StageLoggers, metrics: dict[str, float], figures: dict[str, Any]) -> None:
+    """The fit stage's metrics and figures (templates, impacts, scan) as each logger's run
+    `fit`."""
+    from amsaware import plots
+
+    for logger in loggers.make("fit"):
+        logger.log_metrics(metrics, step=0)
+        plots.figures_to_logger(logger, "fit/", figures)
+        logger.finalize("success")

@@ -63,9 +63,10 @@ def _colours(names: Sequence[str]) -> dict[str, str]:
 
 
 def save(figure: Figure, path: Path, dpi: int = 120) -> Path:
-    """Write `figure` as PNG atomically (temporary name, then rename)."""
+    """Write `figure` atomically (temporary name, then rename), as PNG, or PDF for a `.pdf`."""
+    kind = "pdf" if Path(path).suffix.lower() == ".pdf" else "png"
     with style(), atomic_path(Path(path)) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi)
+        figure.savefig(tmp, format=kind, dpi=dpi)
     return Path(path)
 
 
@@ -429,17 +430,29 @@ def log_to_logger(
         return False
     figures = stage_figures(prefix, scores, label, weight, cut_fraction, totals)
     for item in sinks:
-        kind = type(item).__name__
-        if kind == "TensorBoardLogger":
+        if type(item).__name__ == "TensorBoardLogger":
             _to_tensorboard(item.experiment, prefix, figures, scores, label, weight, step, totals)
-            continue
-        with style():  # rendered in the style they were built in
-            for tag, figure in figures.items():
-                if kind == "MLFlowLogger":
-                    item.experiment.log_figure(item.run_id, figure, f"{prefix}{tag}.png")
-                else:
-                    item.log_image(key=f"{prefix}{tag}", images=[figure])
+        else:
+            figures_to_logger(item, prefix, figures, step)
     return True
+
+
+def figures_to_logger(
+    logger: Any, prefix: str, figures: Mapping[str, Figure], step: int = 0
+) -> None:
+    """Built figures into one figure-taking Lightning logger (`FIGURE_LOGGERS`): TensorBoard
+    images, MLflow PNG artifacts `<prefix><name>.png`, W&B images. Others take none."""
+    kind = type(logger).__name__
+    with style():  # rendered in the style they were built in
+        for tag, figure in figures.items():
+            if kind == "TensorBoardLogger":
+                logger.experiment.add_figure(
+                    f"{prefix}{tag}", figure, global_step=step, close=False
+                )
+            elif kind == "MLFlowLogger":
+                logger.experiment.log_figure(logger.run_id, figure, f"{prefix}{tag}.png")
+            elif kind == "WandbLogger":
+                logger.log_image(key=f"{prefix}{tag}", images=[figure])
 
 
 def stage_figures(

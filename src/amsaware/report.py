@@ -21,7 +21,27 @@ SECTIONS = {
     "val": ("cv", "mean"),
     "test": ("test",),
     "test_folds": ("test_folds",),
+    "fit": ("fit",),
 }
+#: The fit stage's metrics (`amsaware.fit_stage`): precision on mu and discovery significance
+#: on Asimov data, coverage of the 68.27% interval in pseudo-experiments and the FAIR score.
+FIT_METRICS = (
+    "fit/sigma_mu",
+    "fit/sigma_mu_stat",
+    "fit/z_discovery",
+    "fit/z_discovery_stat",
+    "fit/coverage",
+    "fit/interval_width",
+    "fit/score",
+)
+#: Metrics a search minimises (all others are maximised).
+LOWER_IS_BETTER = (
+    "fit/sigma_mu",
+    "fit/sigma_mu_stat",
+    "fit/interval_width",
+    "val/loss",
+    "oof/loss",
+)
 
 
 def build_metrics(
@@ -32,14 +52,18 @@ def build_metrics(
     pretrain: dict[str, Any] | None = None,
     tests: Mapping[str, dict[str, float]] | None = None,
     early_stops: Mapping[tuple[str, str | None], EarlyStopping] | None = None,
+    fit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """metrics.json's sections, in the contract's order: `cv`, `cut`, `pretrain` (with a
-    fine-tune), `test`/`test_folds` (per scorer), `run`, `early_stopping`, `data` (the totals
-    every AMS of the run is rescaled to; compare.py reads them back)."""
+    fine-tune), `test`/`test_folds` (per scorer), `fit` (the likelihood fit), `run`,
+    `early_stopping`, `data` (the totals every AMS of the run is rescaled to; compare.py reads
+    them back)."""
     metrics: dict[str, Any] = {"cv": cv, "cut": cut}
     if pretrain is not None:
         metrics["pretrain"] = pretrain
     metrics |= dict(tests or {})
+    if fit is not None:
+        metrics["fit"] = fit
     if run is not None:
         metrics["run"] = run
     if early_stops:
@@ -86,10 +110,11 @@ def base_metric_names() -> tuple[str, ...]:
     return tuple(evaluate(scores, label, weight, ""))
 
 
-def metric_names(final_fit: bool = True, ensemble: str = "final") -> list[str]:
+def metric_names(final_fit: bool = True, ensemble: str = "final", fit: bool = False) -> list[str]:
     """Every metric name of metrics.json that `optimized_metric` may name, for a run with
-    these settings: `oof/...`, `val/...` (fold mean), `cut/...`, and `test/...` (final model)
-    or `test_folds/...` (fold ensemble) when the run scores the test events."""
+    these settings: `oof/...`, `val/...` (fold mean), `cut/...`, `test/...` (final model)
+    or `test_folds/...` (fold ensemble) when the run scores the test events, and `fit/...`
+    when it fits the held-out scores."""
     base = base_metric_names()
     names = [f"{prefix}/{name}" for prefix in ("oof", "val") for name in base]
     names += ["cut/ams", "cut/ams_smoothed", "cut/fraction", "cut/threshold"]
@@ -100,6 +125,8 @@ def metric_names(final_fit: bool = True, ensemble: str = "final") -> list[str]:
             names += [f"{prefix}/ams", f"{prefix}/ams_public", f"{prefix}/ams_private"]
             scorer = "final" if prefix == "test" else "folds"
             names.append(f"cut/threshold_{scorer}")
+    if fit:
+        names += list(FIT_METRICS)
     return names
 
 

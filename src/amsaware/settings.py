@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from amsaware.data.systematics import Systematics
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,21 @@ class CutSettings:
     def options(self) -> dict[str, float]:
         """The keyword arguments of `protocol.choose_cut`."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """`fit`: the binned profile-likelihood fit of the held-out scores (`amsaware.fit_stage`).
+
+    `enabled` null runs it when a `systematics` group is chosen; `mc_stat` adds the templates'
+    own Monte Carlo statistics (staterror); `toys` pseudo-experiments measure the coverage of
+    the 68.27% interval on mu.
+    """
+
+    enabled: bool | None = None
+    bins: int = 10
+    mc_stat: bool = True
+    toys: int = 200
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,12 @@ class Settings:
     checkpoints: bool = True
     preprocessing: bool = True
     output_dir: Path = Path(".")
+    #: The nuisance parameters (`systematics=higgs`), None without.
+    systematics: Systematics | None = None
+    #: The fit stage's settings, None when the run has no fit.
+    fit: FitSettings | None = None
+    #: Lightning's bar (True), a log line per epoch (False), or None: the bar on a terminal.
+    progress: bool | None = None
 
     @property
     def scores_final(self) -> bool:
@@ -88,13 +112,25 @@ class Settings:
         return self.final_fit and self.ensemble != "final"
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Settings:
-        """The settings of a composed train.py config, as written (refusals are `checks`')."""
+    def from_config(cls, cfg: Any, systematics: Systematics | None = None) -> Settings:
+        """The settings of a composed train.py config, as written (refusals are `checks`';
+        `checks.check_config` passes the `systematics` it has checked)."""
         cv = cfg.get("cv") or {}
         cut = cfg.get("cut") or {}
         finetune = cfg.get("finetune")
         callbacks = cfg.get("callbacks") or {}
         paths = cfg.get("paths") or {}
+        fit_section = cfg.get("fit") or {}
+        fit = FitSettings(
+            **{key: fit_section[key] for key in _names(FitSettings) if key in fit_section}
+        )
+        if systematics is None and cfg.get("systematics") is not None:
+            from omegaconf import OmegaConf
+
+            from amsaware.data.systematics import Systematics
+
+            section = OmegaConf.to_container(cfg.systematics, resolve=True)
+            systematics = Systematics.from_config(section, "systematics")
         return cls(
             seed=cfg.seed,
             cv=CVSettings(**{key: cv[key] for key in _names(CVSettings) if key in cv}),
@@ -113,6 +149,9 @@ class Settings:
             checkpoints=callbacks.get("model_checkpoint") is not None,
             preprocessing=bool(callbacks.get("preprocessing")),
             output_dir=Path(str(paths.get("output_dir", "."))),
+            systematics=systematics,
+            fit=fit if fit.enabled or (fit.enabled is None and systematics is not None) else None,
+            progress=cfg.get("progress"),
         )
 
 

@@ -1,0 +1,192 @@
+"""A run's fit stage: its held-out events shifted by each nuisance, re-scored by the model that
+held them out, binned and fitted as an analysis would (`amsaware.fit`).
+
+- The events: every training event, scored by the fold model that did not train on it, as its
+  out-of-fold score is (with `cv.repeats`, averaged over the repeats). The nominal events take
+  the same pipeline as the shifted ones (`systematics.variations` at alpha = 1: DER_ features
+  recomputed, the post-selection applied), so nominal and shifted templates differ only by the
+  shift; the network sees them as it saw its training events (raw features, its own fitted
+  preprocessing).
+- The weights: rescaled per class to the data's totals over all training events before the
+  post-selection, so the templates stand for the luminosity the totals mean and a cut that
+  removes events removes yield. An event that fails the nominal selection weighs 0 in the
+  nominal template but keeps its weight in a shifted one it passes (migrations).
+- The processes: the signal (label 1) is one sample scaled by mu; the background keeps its
+  process labels (`EventTable.process`), which the normalisation nuisances name.
+
+What the stage writes: `fit/workspace.json` (standard pyhf JSON), the figures
+(`fit/distributions`, `fit/impacts`, `fit/scan`, PNG and PDF) and the `fit/...` metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amsaware import fit
+from amsaware.data.schema import EventTable
+from amsaware.data.systematics import Systematics, variations
+from amsaware.data.weights import rescaled_weights
+from amsaware.settings import FitSettings
+
+log = logging.getLogger(__name__)
+
+#: Raw features (n x the table's features, NaN where undefined) -> the model's logits.
+Scorer = Callable[[np.ndarray], np.ndarray]
+SIGNAL = "signal"
+#: The background's name where the data carry no process labels.
+BACKGROUND = "background"
+NOMINAL = "nominal"
+
+
+def no_systematics() -> Systematics:
+    """Settings without any nuisance: `fit.enabled=true` without a systematics group fits the
+    data statistics (and the templates' own, with `fit.mc_stat`) alone."""
+    return Systematics(tes=None, jes=None, les=None, soft_met=None, norm={})
+
+
+class HeldOutScores:
+    """Each training event's held-out score, nominal and under every ±1σ shape shift.
+
+    `add(index, scorer)` is called once per fold model with the rows it held out; the shifted
+    feature matrices are built once, up front.
+    """
+
+    def __init__(self, table: EventTable, settings: Systematics) -> None:
+        if not table.labelled:
+            raise ValueError(f"{table.source}: the fit needs labelled, weighted events")
+        self.table = table
+        self.settings = settings
+        self.variations = variations(table, settings)
+        self.features = {NOMINAL: self.variations.nominal.features}
+        for name, (down, up) in self.variations.shapes.items():
+            self.features[f"{name}_down"] = down.features
+            self.features[f"{name}_up"] = up.features
+        self._sums = {key: np.zeros(len(table)) for key in self.features}
+        self._counts = np.zeros(len(table), dtype=np.int64)
+
+    def add(self, index: np.ndarray, score: Scorer) -> None:
+        """Score the held-out rows `index` of every variation with one fold's model."""
+        index = np.asarray(index)
+        for key, features in self.features.items():
+            self._sums[key][index] += np.asarray(score(features[index]), np.float64)
+        self._counts[index] += 1
+
+    def fit_input(self) -> fit.FitInput:
+        """The fit's events: mean held-out scores, weights at the totals, process names."""
+        missing = int((self._counts == 0).sum())
+        if missing:
+            raise ValueError(f"{missing} training events were never scored by a fold model")
+        mean = {key: total / self._counts for key, total in self._sums.items()}
+        table = self.table
+        weight = rescaled_weights(table.label, table.weight, table.s_tot, table.b_tot)
+        background = table.process if table.process is not None else BACKGROUND
+        process = np.where(table.label == 1, SIGNAL, background).astype(str)
+        nominal = self.variations.nominal.passed
+        shapes = [
+            fit.ShapeVariation(
+                name,
+                mean[f"{name}_down"],
+                mean[f"{name}_up"],
+                down_selected=down.passed,
+                up_selected=up.passed,
+                down_weight=weight,
+                up_weight=weight,
+            )
+            for name, (down, up) in self.variations.shapes.items()
+        ]
+        return fit.FitInput(
+            score=mean[NOMINAL],
+            weight=np.where(nominal, weight, 0.0),
+            process=process,
+            signal=SIGNAL,
+            shapes=shapes,
+            norms=dict(self.settings.norm),
+        )
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """What the stage gives the run: metrics (empty when the fit failed) and the error."""
+
+    metrics: dict[str, float]
+    error: str | None = None
+    report: fit.FitReport | None = None
+
+    def section(self, settings: FitSettings) -> dict[str, Any]:
+        """metrics.json's `fit` section: the metrics, how they were made, or the error."""
+        how = {"mc_stat": settings.mc_stat, "bins": settings.bins, "toys": settings.toys}
+        if self.error is not None:
+            return {"error": self.error, "settings": how}
+        return {**self.metrics, "settings": how}
+
+
+def run_fit(
+    held_out: HeldOutScores,
+    settings: FitSettings,
+    seed: int,
+    out_dir: Path | None,
+    figures_to: Callable[[dict[str, Any]], None] | None = None,
+) -> FitOutcome:
+    """Fit the held-out templates; write the workspace and figures under `out_dir` (`fit/`).
+
+    A fit that does not converge is logged with the fitter's own message and returned as an
+    error: the run keeps its other results. `figures_to` also receives the figures by name
+    (e.g. for TensorBoard).
+    """
+    # cabinetry logs every fit's parameter table at INFO, and pyhf each failed minimisation
+    # (which fit.py retries or reports) with its traceback at ERROR.
+    logging.getLogger("cabinetry").setLevel(logging.WARNING)
+    logging.getLogger("pyhf.optimize").setLevel(logging.CRITICAL)
+    config = fit.FitConfig(bins=settings.bins, mc_stat=settings.mc_stat, toys=settings.toys)
+    try:
+        report = fit.analyse(held_out.fit_input(), config, np.random.default_rng(seed))
+    except fit.FitError as error:
+        log.error("fit failed: %s (the run's other results are kept)", error)
+        return FitOutcome({}, str(error))
+    if out_dir is not None:
+        from amsaware import plots
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fit.write_workspace(report.spec, out_dir / "workspace.json")
+        drawn = fit_figures(report)
+        for name, figure in drawn.items():
+            for suffix in (".png", ".pdf"):
+                plots.save(figure, out_dir / f"{name}{suffix}")
+        if figures_to is not None:
+            figures_to(drawn)
+    return FitOutcome(report.metrics(), None, report)
+
+
+def fit_figures(report: fit.FitReport) -> dict[str, Any]:
+    """The stacked templates with their band, the impacts on mu and the likelihood scan."""
+    from amsaware import fit_plots
+
+    drawn = {"distributions": fit_plots.distributions(report.spec)}
+    try:
+        drawn["scan"] = fit_plots.likelihood_scan(fit.likelihood_scan(report.spec))
+    except fit.FitError as error:
+        log.warning("no likelihood scan: %s", error)
+    try:
+        drawn["impacts"] = fit_plots.impacts(fit.ranking(report.spec)[1])
+    except fit.FitError as error:
+        log.warning("no impacts figure: %s", error)
+    return drawn
+
+
+def describe(metrics: dict[str, float]) -> str:
+    """One line for the console: σ_μ full and stat-only, Z, coverage."""
+    parts = [
+        f"sigma_mu {metrics['fit/sigma_mu']:.3f} (stat-only {metrics['fit/sigma_mu_stat']:.3f})",
+        f"Z {metrics['fit/z_discovery']:.2f} (stat-only {metrics['fit/z_discovery_stat']:.2f})",
+    ]
+    if "fit/coverage" in metrics:
+        parts.append(
+            f"coverage {metrics['fit/coverage']:.3f}, width {metrics['fit/interval_width']:.3f}"
+        )
+    return "; ".join(parts)
