@@ -8,11 +8,12 @@ import hydra
 from omegaconf import DictConfig
 
 from amsaware.evaluation import evaluate_file
+from amsaware.inference import ApplyRequest
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate_file(cfg.run, cfg.input, cfg.output, cfg.ensemble, cfg.cut, cfg.get("tree"))
+    evaluate_file(ApplyRequest.from_config(cfg))
 
 
 if __name__ == "__main__":

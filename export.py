@@ -1,4 +1,4 @@
-"""Export a finished run: `python export.py run=RUN_DIR format=onnx [ensemble=folds]`.
+"""Export a finished run: `python export.py run=RUN_DIR format=onnx [scorer=folds]`.
 
 Composes the Hydra config and hands it to the library; see conf/export.yaml for every key.
 """
@@ -7,11 +7,13 @@ import hydra
 from omegaconf import DictConfig
 
 from amsaware.export import export
+from amsaware.inference import ApplyRequest
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    export(cfg.run, cfg.format, cfg.output, cfg.ensemble)
+    request = ApplyRequest.from_config(cfg)
+    export(request.run, cfg.format, request.output, request.scorer)
 
 
 if __name__ == "__main__":

@@ -10,49 +10,41 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from amsaware.inference import open_input, write_scores
-from amsaware.protocol import test_metrics
+from amsaware.inference import ApplyRequest, open_input, write_scores
+from amsaware.metrics import test_metrics
 from amsaware.run_folder import EVAL_METRICS, write_json
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_file(
-    run_dir: str | Path,
-    input_path: str | Path,
-    output_path: str | Path | None = None,
-    ensemble: str | None = None,
-    cut: str = "threshold",
-    tree: str | None = None,
-) -> dict[str, Any]:
+def evaluate_file(request: ApplyRequest) -> dict[str, Any]:
     """Score a labelled file, write the scores (as predict.py) and `eval_metrics.json` beside
     them; returns the metrics."""
-    job = open_input(run_dir, input_path, output_path, ensemble, cut, tree)
-    table, scorer = job.table, job.scorer
+    job = open_input(request)
+    table, scorer, cut_by = job.table, job.scorer, job.cut_by
     if not table.labelled:
         raise ValueError(
-            f"input {input_path}: has no labels and weights (Label and Weight, or KaggleWeight "
+            f"input {request.input}: has no labels and weights (Label and Weight, or KaggleWeight "
             "in the CERN file); eval needs a labelled file, predict.py scores unlabelled ones"
         )
     s_tot, b_tot = job.run.totals()
     table = replace(table, s_tot=s_tot, b_tot=b_tot)
     scores, logits = scorer.score_and_logit(table)
-    selected = scorer.select(scores, cut, logits)
+    selected = scorer.select(scores, cut_by, logits)
     metrics = test_metrics(table, scores, selected)
     frame = pd.DataFrame(
         {"EventId": table.event_id, "score": scores, "selected": selected.astype("int8")}
     )
     write_scores(frame, job.output)
     report = {
-        "run": str(run_dir),
-        "input": str(input_path),
-        "ensemble": scorer.name,
-        "cut": cut,
+        "run": str(request.run),
+        "input": str(request.input),
+        "scorer": scorer.name,
+        "cut_by": cut_by,
         "n_events": len(table),
         "n_selected": int(selected.sum()),
         "metrics": metrics,

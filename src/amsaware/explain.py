@@ -26,9 +26,15 @@ from amsaware import plots
 from amsaware.data.schema import EventTable
 from amsaware.data.sources import load_source
 from amsaware.data.weights import rescaled_weights
-from amsaware.inference import Scorer, StageModel, check_features, load_scorer, read_input
+from amsaware.inference import (
+    ApplyRequest,
+    Scorer,
+    StageModel,
+    check_features,
+    load_scorer,
+    read_input,
+)
 from amsaware.run_folder import (
-    CUTS,
     OOF_PREDICTIONS,
     RunFolder,
     RunFolderError,
@@ -145,12 +151,12 @@ def run_events(run_dir: str | Path) -> Events:
     )
 
 
-def file_events(scorer: Scorer, table: EventTable, cut: str = "threshold") -> Events:
+def file_events(scorer: Scorer, table: EventTable, cut_by: str = "threshold") -> Events:
     """Events of a file, scored and cut by the scorer as predict.py does."""
     check_features(table, scorer.feature_names)
     score = scorer.score(table)
-    selected = scorer.select(score, cut)
-    if cut == "threshold":
+    selected = scorer.select(score, cut_by)
+    if cut_by == "threshold":
         rule = f"score >= {scorer.threshold:.6g} (the run's cut on the {scorer.name} model's scale)"
         short = f"score ≥ {scorer.threshold:.3f}"
     else:
@@ -382,11 +388,8 @@ def _check_sizes(n_events: int | None, n_background: int, n_available: int, what
 
 
 def explain(
-    run_dir: str | Path,
+    request: ApplyRequest,
     output_dir: str | Path,
-    input_path: str | Path | None = None,
-    ensemble: str | None = None,
-    cut: str = "threshold",
     explainer: str = "deep",
     space: str = "logit",
     n_events: int | None = 2000,
@@ -395,7 +398,7 @@ def explain(
     max_display: int = 20,
     max_evals: int = 500,
 ) -> dict[str, Any]:
-    """Explain the run's scorer on its own events (or `input_path`'s) and write the outputs.
+    """Explain the run's scorer on its own events (or `request.input`'s) and write the outputs.
 
     Writes into `output_dir`, atomically: `shap_values.csv`, `ranking.csv`, `shap_beeswarm.png`,
     `shap_bar.png`, the `_selected` variants of the three per-region files, and `explain.json`
@@ -403,18 +406,18 @@ def explain(
     """
     require_shap()
     check_options(explainer, space)
-    if cut not in CUTS:
-        raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
     started = time.perf_counter()
-    scorer = load_scorer(run_dir, ensemble)
-    if input_path is None:
+    run_dir = request.run
+    scorer = load_scorer(run_dir, request.scorer)
+    if request.input is None:
         events = run_events(run_dir)
         check_features(events.table, scorer.feature_names)
         source = f"the run's {len(events.table)} training events"
     else:
-        table = read_input(RunFolder(run_dir).config(), input_path, scorer.feature_names)
-        events = file_events(scorer, table, cut)
-        source = str(input_path)
+        config = RunFolder(run_dir).config()
+        table = read_input(config, request.input, scorer.feature_names, request.tree)
+        events = file_events(scorer, table, request.cut_by)
+        source = str(request.input)
     table = events.table
     _check_sizes(n_events, n_background, len(table), source)
     rng = np.random.default_rng(seed)
@@ -526,11 +529,8 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
     if options.get("threads"):
         torch.set_num_threads(int(options.threads))
     return explain(
-        cfg.run,
+        ApplyRequest.from_config(cfg),
         cfg.paths.output_dir,
-        input_path=cfg.input,
-        ensemble=cfg.ensemble,
-        cut=cfg.cut,
         explainer=options.explainer,
         space=options.space,
         n_events=options.n_events,
