@@ -294,8 +294,9 @@ NOT_FIXED = (
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
 )
-#: Config groups whose choice is left out (their values are in the fingerprint or do not count).
-NOT_FIXED_GROUPS = ("logger", "paths", "callbacks", "trainer", "hparams_search")
+#: Config groups whose choice is left out (their values are in the fingerprint or do not count;
+#: `tuned` is the loss's, pulled by conf/loss/<name>.yaml as `tuned@_global_`).
+NOT_FIXED_GROUPS = ("logger", "paths", "callbacks", "trainer", "hparams_search", "tuned")
 
 
 def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> None:
@@ -337,7 +338,7 @@ def fingerprint(cfg: DictConfig, searched: Iterable[str]) -> dict[str, Any]:
     choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
     for group, choice in choices.items():
         group = str(group)
-        if group.split("/")[0] in ("hydra", *NOT_FIXED_GROUPS):
+        if group.split("/")[0].split("@")[0] in ("hydra", *NOT_FIXED_GROUPS):
             continue
         if group in searched:
             continue
