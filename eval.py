@@ -7,11 +7,13 @@ see conf/eval.yaml for every key.
 import hydra
 from omegaconf import DictConfig
 
+from amsaware.cli import reports_errors
 from amsaware.evaluation import evaluate_file
 from amsaware.inference import ApplyRequest
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@reports_errors
 def main(cfg: DictConfig) -> None:
     evaluate_file(ApplyRequest.from_config(cfg))
 

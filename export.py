@@ -6,11 +6,13 @@ Composes the Hydra config and hands it to the library; see conf/export.yaml for 
 import hydra
 from omegaconf import DictConfig
 
+from amsaware.cli import reports_errors
 from amsaware.export import export
 from amsaware.inference import ApplyRequest
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
+@reports_errors
 def main(cfg: DictConfig) -> None:
     request = ApplyRequest.from_config(cfg)
     export(request.run, cfg.format, request.output, request.scorer)

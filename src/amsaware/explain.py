@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from amsaware import plots
 from amsaware.data.schema import EventTable
-from amsaware.data.sources import load_source
 from amsaware.data.weights import rescaled_weights
 from amsaware.inference import (
     ApplyRequest,
@@ -33,11 +32,11 @@ from amsaware.inference import (
     check_features,
     load_scorer,
     read_input,
+    threshold_or_fallback,
+    training_events,
 )
 from amsaware.run_folder import (
-    OOF_PREDICTIONS,
     RunFolder,
-    RunFolderError,
     write_frame,
     write_json,
 )
@@ -96,49 +95,11 @@ class Events:
 
 
 def run_events(run_dir: str | Path) -> Events:
-    """The run's training events with their out-of-fold scores and out-of-fold selection.
-
-    `oof_predictions.csv` holds no features, so the events are reloaded from the run's data
-    config (`.hydra/config.yaml`), through the project's own sources only, with options
-    checked (`RunFolder.config`), and matched by EventId; labels must agree, or the data
-    changed since the run.
-    """
+    """The run's training events with their out-of-fold scores and out-of-fold selection
+    (`inference.training_events`)."""
     run = RunFolder(run_dir)
-    cfg = run.config()
     cut = run.cut()
-    if not run.oof_path.is_file():
-        raise RunFolderError(f"{run_dir}: no {OOF_PREDICTIONS}; pass events with input=FILE")
-    oof = run.oof_predictions()
-    source = {"_target_": cfg.data_source, **cfg.data}
-    options = dict(cfg.data)
-    # Only training events are explained: no test events to generate (the synthetic source's
-    # training events do not depend on them), as for a run without a final fit.
-    if options.get("n_test") and (cfg.data_source.endswith(".synthetic") or not cfg.final_fit):
-        options["n_test"] = 0
-    try:
-        train = load_source(cfg.data_source, options).train
-    except Exception as error:
-        raise RunFolderError(
-            f"{run_dir}: could not reload the run's training events from its data config "
-            f"{source}: {type(error).__name__}: {error}. Run explain.py from the folder train.py "
-            "ran in, or pass the events with input=FILE."
-        ) from None
-    rows = pd.Index(train.event_id).get_indexer(oof.EventId.to_numpy())
-    unknown = rows < 0
-    if unknown.any() or len(train) != len(oof):
-        raise RunFolderError(
-            f"{run_dir}: the run's data config {source} now gives {len(train)} training events, "
-            f"its {OOF_PREDICTIONS} has {len(oof)} ({int(unknown.sum())} EventIds not "
-            "found): the data changed since the run. Pass the events with input=FILE."
-        )
-    table = train.subset(rows)
-    if not np.array_equal(table.label, oof.label.to_numpy()):
-        first = int(np.flatnonzero(table.label != oof.label.to_numpy())[0])
-        raise RunFolderError(
-            f"{run_dir}: EventId {oof.EventId[first]} has label {oof.label[first]} in "
-            f"{OOF_PREDICTIONS} but {table.label[first]} in {source}: the data "
-            "changed since the run. Pass the events with input=FILE."
-        )
+    table, oof = training_events(run_dir)
     threshold = cut.threshold
     score = oof.score.to_numpy(dtype=np.float64)
     return Events(
@@ -416,7 +377,8 @@ def explain(
     else:
         config = RunFolder(run_dir).config()
         table = read_input(config, request.input, scorer.feature_names, request.tree)
-        events = file_events(scorer, table, request.cut_by)
+        scorer, cut_by = threshold_or_fallback(request, scorer)
+        events = file_events(scorer, table, cut_by)
         source = str(request.input)
     table = events.table
     _check_sizes(n_events, n_background, len(table), source)

@@ -41,10 +41,12 @@ from amsaware.data import samples
 from amsaware.data.formats import read_events
 from amsaware.data.preprocessing import FittedPreprocessing
 from amsaware.data.schema import MISSING, EventTable
+from amsaware.data.sources import load_source
 from amsaware.metrics import logit_of_mean
 from amsaware.model import predict_logit
 from amsaware.run_folder import (
     CUTS,
+    OOF_PREDICTIONS,
     SCORERS,
     Cut,
     RunConfig,
@@ -260,6 +262,78 @@ def read_input(
     return samples.read_feature_file(input_path, feature_names, tree, placeholder_of(cfg))
 
 
+def training_events(run_dir: str | Path) -> tuple[EventTable, pd.DataFrame]:
+    """The run's training events, and its `oof_predictions.csv` in the same order.
+
+    `oof_predictions.csv` holds no features, so the events are reloaded from the run's data
+    config (`.hydra/config.yaml`), through the project's own sources only, with options
+    checked (`RunFolder.config`), and matched by EventId; labels must agree, or the data
+    changed since the run.
+    """
+    run = RunFolder(run_dir)
+    cfg = run.config()
+    if not run.oof_path.is_file():
+        raise RunFolderError(f"{run_dir}: no {OOF_PREDICTIONS}; pass events with input=FILE")
+    oof = run.oof_predictions()
+    source = {"_target_": cfg.data_source, **cfg.data}
+    options = dict(cfg.data)
+    # Only training events: no test events to generate (the synthetic source's training
+    # events do not depend on them), as for a run without a final fit.
+    if options.get("n_test") and (cfg.data_source.endswith(".synthetic") or not cfg.final_fit):
+        options["n_test"] = 0
+    try:
+        train = load_source(cfg.data_source, options).train
+    except Exception as error:
+        raise RunFolderError(
+            f"{run_dir}: could not reload the run's training events from its data config "
+            f"{source}: {type(error).__name__}: {error}. Run the tool from the folder train.py "
+            "ran in, or pass the events with input=FILE."
+        ) from None
+    rows = pd.Index(train.event_id).get_indexer(oof.EventId.to_numpy())
+    unknown = rows < 0
+    if unknown.any() or len(train) != len(oof):
+        raise RunFolderError(
+            f"{run_dir}: the run's data config {source} now gives {len(train)} training events, "
+            f"its {OOF_PREDICTIONS} has {len(oof)} ({int(unknown.sum())} EventIds not "
+            "found): the data changed since the run. Pass the events with input=FILE."
+        )
+    table = train.subset(rows)
+    if not np.array_equal(table.label, oof.label.to_numpy()):
+        first = int(np.flatnonzero(table.label != oof.label.to_numpy())[0])
+        raise RunFolderError(
+            f"{run_dir}: EventId {oof.EventId[first]} has label {oof.label[first]} in "
+            f"{OOF_PREDICTIONS} but {table.label[first]} in {source}: the data "
+            "changed since the run. Pass the events with input=FILE."
+        )
+    return table, oof
+
+
+def threshold_or_fallback(request: ApplyRequest, scorer: Scorer) -> tuple[Scorer, str]:
+    """The scorer and cut to apply: the request's, unless it asks for a threshold the scorer
+    has none of (a final model whose run scored no test events with it).
+
+    Then the fold ensemble and its out-of-fold threshold, where the request left the scorer to
+    the run and the run kept its fold models; else the top fraction of the file. One warning
+    line says which.
+    """
+    if request.cut_by != "threshold" or scorer.threshold is not None:
+        return scorer, request.cut_by
+    run = RunFolder(request.run)
+    why = (
+        f"{request.run}: the {scorer.name} model has no score threshold (the run scored no test "
+        "events with it)"
+    )
+    if request.scorer is None and all(run.has_checkpoint(s) for s in run.config().fold_stages):
+        log.warning("%s: scoring with the fold ensemble's threshold instead (scorer=folds)", why)
+        return load_scorer(request.run, "folds"), "threshold"
+    log.warning(
+        "%s: selecting the top %.2f%% of the file's events instead (cut_by=fraction)",
+        why,
+        100 * scorer.fraction,
+    )
+    return scorer, "fraction"
+
+
 def check_output(output: Path, input_path: str | Path | None = None) -> None:
     """An output name that can be written, checked before any work (`output=`)."""
     if output.is_dir():
@@ -305,10 +379,12 @@ class ApplyRequest:
 
         The old keys `ensemble` and `cut` are read as `scorer` and `cut_by`, with a warning.
         """
+        # keys(), not `in`: a mandatory key left ??? is there, and cfg[name] raises naming it.
+        given = set(cfg.keys())
         options = {
-            name: cfg.get(name)
+            name: cfg[name]
             for name in ("run", "input", "output", "scorer", "cut_by", "tree")
-            if name in cfg
+            if name in given
         }
         for old, new in DEPRECATED.items():
             value = cfg.get(old)
@@ -356,7 +432,8 @@ def open_input(request: ApplyRequest, output: Path | None = None) -> ScoringInpu
     run = RunFolder(request.run)
     scorer = load_scorer(request.run, request.scorer)
     table = read_input(run.config(), request.input, scorer.feature_names, request.tree)
-    return ScoringInput(run, scorer, table, output, request.cut_by)
+    scorer, cut_by = threshold_or_fallback(request, scorer)
+    return ScoringInput(run, scorer, table, output, cut_by)
 
 
 def write_scores(frame: pd.DataFrame, output: Path) -> None:
