@@ -8,9 +8,9 @@ KaggleSet 'b' and 'v' events). Weights are rescaled to the run's totals, as in t
 The scores and `eval_metrics.json` go into the run folder, `RUN/eval/<input name>/`, unless
 `output=` names the scores file (eval_metrics.json then goes beside it). A metric that is not
 defined on the file (the AUCs of a file holding one class; any NaN) is left out and named
-under `undefined`, with a warning: the JSON holds no NaN. Events the run trained on (by EventId, and by their
-feature values where the run's training events can be reloaded) are counted in a warning:
-metrics on them are not test metrics.
+under `undefined`, with a warning: the JSON holds no NaN. Events the run trained on (by
+EventId, and by their feature values where the run's training events can be reloaded) are
+counted in a warning: metrics on them are not test metrics.
 """
 
 from __future__ import annotations
