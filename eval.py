@@ -1,7 +1,7 @@
 """Evaluate a finished run on a labelled file: `python eval.py run=RUN_DIR input=FILE`.
 
-Writes the scores (as predict.py) and eval_metrics.json beside them with every test/ metric;
-see conf/eval.yaml for every key.
+Writes the scores (as predict.py) and eval_metrics.json beside them with every test/ metric,
+into RUN/eval/<input name>/ unless output= names the scores file; see conf/eval.yaml.
 """
 
 import hydra
