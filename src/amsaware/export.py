@@ -75,7 +75,7 @@ def _check_exporter() -> None:
             f"ONNX export needs torch >= 2.5 (its dynamo exporter); this is {torch.__version__}"
         )
     if importlib.util.find_spec("onnxscript") is None:
-        raise RuntimeError(
+        raise ImportError(
             "ONNX export needs onnxscript (torch's exporter) and onnx: "
             "pip install 'amsaware[export]'"
         )
