@@ -511,9 +511,8 @@ def test_predict_scores_a_root_file_by_branch_name(samples_run, sample_files, tm
     branches["EventId"] = np.arange(N["ggH"], dtype=np.int64) + 7
     source = write_root(tmp_path / "new_ggH.root", branches, tree="Nominal")
     output = tmp_path / "scores.csv"
-    predict_file(
-        ApplyRequest(run_dir, source, output, tree="Nominal")
-    )  # predict.py's call for tree=Nominal
+    # predict.py's call for tree=Nominal
+    predict_file(ApplyRequest(run_dir, source, output, tree="Nominal"))
     scores = pd.read_csv(output)
     assert list(scores.columns) == ["EventId", "score", "selected"]
     assert scores.EventId.tolist() == (np.arange(N["ggH"]) + 7).tolist()
