@@ -58,8 +58,11 @@ def _row_hashes(features: np.ndarray) -> np.ndarray:
 def training_overlap(run_dir: Path, table: EventTable) -> dict[str, int | None]:
     """How many of the file's events the run trained on: by EventId (oof_predictions.csv) and
     by feature values (None where the run's training events cannot be reloaded)."""
-    run = RunFolder(run_dir)
-    oof = run.oof_predictions()
+    try:
+        oof = RunFolder(run_dir).oof_predictions()
+    except RunFolderError as error:
+        log.warning("the file's events not compared with the run's training events: %s", error)
+        return {"by_event_id": None, "by_features": None}
     by_id = int(np.isin(table.event_id, oof.EventId.to_numpy()).sum())
     try:
         train, _ = training_events(run_dir)
@@ -81,16 +84,15 @@ def evaluate_file(request: ApplyRequest) -> dict[str, Any]:
             "in the CERN file); eval needs a labelled file, predict.py scores unlabelled ones"
         )
     overlap = training_overlap(request.run, table)
-    seen = max(overlap["by_event_id"], overlap["by_features"] or 0)
+    seen = max(overlap["by_event_id"] or 0, overlap["by_features"] or 0)
     if seen:
         log.warning(
-            "%s: %d of its %d events are the run's training events (%d by EventId, %s by "
+            "%s: %d of its %d events are the run's training events (%s by EventId, %s by "
             "feature values): their metrics are not test metrics",
             request.input,
             seen,
             len(table),
-            overlap["by_event_id"],
-            "?" if overlap["by_features"] is None else overlap["by_features"],
+            *("?" if overlap[key] is None else overlap[key] for key in overlap),
         )
     s_tot, b_tot = job.run.totals()
     table = replace(table, s_tot=s_tot, b_tot=b_tot)
