@@ -251,16 +251,21 @@ class AmsawareSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         count = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if s in states}
         log.info("this search: %s", ", ".join(f"{n} {state}" for state, n in count.items()))
-        complete = search.trials_in_space(
-            study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), space
-        )
+        finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        complete = search.trials_in_space(finished, space)
         if not complete:
             where = f" in {storage}" if storage else ""
+            outside = (
+                f" (its {len(finished)} complete trial(s) are outside this search's space: see "
+                "the warnings above)"
+                if finished
+                else ""
+            )
             raise search.SearchFailedError(
-                f"every trial of study {study.study_name!r}{where} failed or was pruned, so there "
-                f"is no best trial; each trial's reason is in its train.log under {sweep_dir}/ "
-                "and in the study (user attribute fail_reason): a diverged training (e.g. a too "
-                "large optimizer.lr) or an error in the config"
+                f"every trial of study {study.study_name!r}{where} failed or was pruned{outside}, "
+                f"so there is no best trial; each trial's reason is in its train.log under "
+                f"{sweep_dir}/ and in the study (user attribute fail_reason): a diverged training "
+                "(e.g. a too large optimizer.lr) or an error in the config"
             )
         results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name}
         results["trials"] = {"this_search": count, "study": len(study.trials)}
