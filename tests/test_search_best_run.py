@@ -13,6 +13,7 @@ from amsaware.search import (
     BEST_RUN,
     RESULTS,
     SearchConfigError,
+    SearchFailedError,
     best_run_command,
     parse_space,
     point_problems,
@@ -110,3 +111,17 @@ def test_a_search_of_no_trials_is_refused_before_the_study_opens(tmp_path, n_tri
     with pytest.raises(SearchConfigError, match=rf"hydra.sweeper.n_trials={n_trials}: expected"):
         run_sweeper(tmp_path, f"hydra.sweeper.n_trials={n_trials}", pruner=False)
     assert not (tmp_path / "logs" / "optuna").exists()
+
+
+def test_a_study_whose_complete_trials_are_all_outside_the_space_says_so(tmp_path):
+    diverging = ["optimizer.lr=choice(inf)"]  # every trial of these searches fails
+    with pytest.raises(SearchFailedError, match="failed or was pruned, so there"):
+        run_sweeper(tmp_path, "hydra.sweeper.n_trials=1", arguments=diverging)
+    plant(
+        stored_study(tmp_path),
+        {"model.n_layers": 99},
+        {"model.n_layers": IntDistribution(2, 99)},
+        1.0,
+    )
+    with pytest.raises(SearchFailedError, match=r"its 1 complete trial\(s\) are outside"):
+        run_sweeper(tmp_path, "hydra.sweeper.n_trials=1", arguments=diverging)
