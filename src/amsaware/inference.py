@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -386,12 +386,13 @@ class ApplyRequest:
             for name in ("run", "input", "output", "scorer", "cut_by", "tree")
             if name in given
         }
+        defaults = {f.name: f.default for f in fields(cls)}
         for old, new in DEPRECATED.items():
             value = cfg.get(old)
             if value is None:
                 continue
             log.warning("%s=%s is deprecated: write %s=%s", old, value, new, value)
-            if new in options and options[new] not in (None, value, cls.default(new)):
+            if new in options and options[new] not in (None, value, defaults[new]):
                 raise ValueError(
                     f"{old}={value} and {new}={options[new]} disagree: {old} is the old name "
                     f"of {new}; give only {new}"
@@ -399,10 +400,6 @@ class ApplyRequest:
             options[new] = value
         options = {k: v for k, v in options.items() if v is not None}
         return cls(**{**options, **values})
-
-    @classmethod
-    def default(cls, name: str) -> Any:
-        return cls.__dataclass_fields__[name].default
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ with its ask-and-tell API. This module holds what the sweeper and the trials sha
 - `trial_link` / `load_for_trial`: inside a run, which trial it is (from the overrides the
   sweeper gave it), and its data built once per process for all the trials run there;
 - `best_run.sh`: the exact `train.py` command that re-runs the study's best trial as an
-  ordinary run (with the final fit).
+  ordinary run (with the final fit), written only from trials whose params are a point of
+  the search space (`point_problems`, `trials_in_space`): a study is data.
 
 Importing this module is cheap (no torch, Lightning or Optuna at import time), like the
 sweeper plugin that Hydra imports for every `train.py --help` and shell completion.
