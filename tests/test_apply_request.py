@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf.errors import MissingMandatoryValue
 
 from amsaware.inference import ApplyRequest
 from tests.helpers import compose_config
@@ -26,7 +27,8 @@ def test_a_request_checks_its_options_and_holds_paths():
 
 @pytest.mark.parametrize("name", APPLY_CONFIGS)
 def test_each_apply_config_gives_a_request_with_the_new_names(name):
-    cfg = compose_config(name, "run=runs/a", "scorer=folds")
+    given = ["input=x.csv"] if name in ("predict", "eval") else []
+    cfg = compose_config(name, "run=runs/a", "scorer=folds", *given)
     request = ApplyRequest.from_config(cfg)
     assert request.run == Path("runs/a") and request.scorer == "folds"
     assert request.cut_by == "threshold"
@@ -50,6 +52,11 @@ def test_export_reads_the_old_ensemble_key(caplog):
     with caplog.at_level(logging.WARNING, logger="amsaware.inference"):
         assert ApplyRequest.from_config(cfg).scorer == "final"
     assert "ensemble=final is deprecated" in caplog.text
+
+
+def test_a_mandatory_key_left_unset_is_named():
+    with pytest.raises(MissingMandatoryValue, match="input"):
+        ApplyRequest.from_config(compose_config("predict", "run=runs/a"))
 
 
 def test_old_and_new_keys_that_disagree_are_refused():
