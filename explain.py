@@ -8,10 +8,12 @@ for every key. Needs the optional shap dependency: pip install 'amsaware[explain
 import hydra
 from omegaconf import DictConfig
 
+from amsaware.cli import reports_errors
 from amsaware.explain import run_explain
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="explain")
+@reports_errors
 def main(cfg: DictConfig) -> None:
     run_explain(cfg)
 

@@ -6,12 +6,14 @@ Composes the Hydra config and hands it to the library; see conf/predict.yaml for
 import hydra
 from omegaconf import DictConfig
 
-from amsaware.inference import predict_file
+from amsaware.cli import reports_errors
+from amsaware.inference import ApplyRequest, predict_file
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@reports_errors
 def main(cfg: DictConfig) -> None:
-    predict_file(cfg.run, cfg.input, cfg.output, cfg.ensemble, cfg.cut, cfg.get("tree"))
+    predict_file(ApplyRequest.from_config(cfg))
 
 
 if __name__ == "__main__":

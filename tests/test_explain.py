@@ -15,7 +15,7 @@ from amsaware.data.formats import DataFormatError
 from amsaware.data.preprocessing import FittedPreprocessing
 from amsaware.data.schema import FEATURES
 from amsaware.data.synthetic import make_dataset
-from amsaware.inference import Scorer, StageModel, load_scorer
+from amsaware.inference import ApplyRequest, Scorer, StageModel, load_scorer
 from amsaware.run_folder import Cut, RunFolder, RunFolderError
 from tests import helpers
 from tests.helpers import entry_point, kaggle_frame
@@ -191,9 +191,8 @@ def test_a_file_is_explained_with_the_runs_cut(run, tmp_path):
     test = make_dataset(N_TRAIN, N_TEST, GENERATOR, SEED).test
     kaggle_frame(test).to_csv(tmp_path / "test.csv", index=False)  # unlabelled
     out = tmp_path / "out"
-    summary = ex.explain(
-        run, out, tmp_path / "test.csv", "folds", n_events=50, n_background=10, space="probability"
-    )
+    request = ApplyRequest(run, tmp_path / "test.csv", scorer="folds")
+    summary = ex.explain(request, out, n_events=50, n_background=10, space="probability")
     assert summary["scorer"] == "folds" and "score >=" in summary["selection"]
     submission = pd.read_csv(run / run_folder.SUBMISSION_FOLDS)
     chosen = set(submission.EventId[submission.Class == "s"])
@@ -212,8 +211,10 @@ def test_a_file_predict_reads_is_explained_too(run, tmp_path):
     test = make_dataset(N_TRAIN, N_TEST, GENERATOR, SEED).test.subset(np.arange(100))
     path = tmp_path / "events.parquet"
     kaggle_frame(test).to_parquet(path, index=False)
-    predicted = pd.read_csv(predict_file(run, path, tmp_path / "scores.csv", "folds"))
-    summary = ex.explain(run, tmp_path / "out", path, "folds", n_events=20, n_background=10)
+    predicted = pd.read_csv(predict_file(ApplyRequest(run, path, tmp_path / "scores.csv", "folds")))
+    summary = ex.explain(
+        ApplyRequest(run, path, scorer="folds"), tmp_path / "out", n_events=20, n_background=10
+    )
     assert summary["events"] == str(path)
     values = pd.read_csv(tmp_path / "out" / ex.SHAP_VALUES).set_index("EventId")
     expected = predicted.set_index("EventId").loc[values.index]
@@ -227,21 +228,22 @@ def test_bad_requests_get_clear_errors(run, tmp_path, monkeypatch):
     shutil.copytree(run, broken)
     shutil.rmtree(broken / "checkpoints")
     with pytest.raises(RunFolderError, match=r"has no final model"):
-        ex.explain(broken, tmp_path / "a", n_events=5, n_background=5)
+        ex.explain(ApplyRequest(broken), tmp_path / "a", n_events=5, n_background=5)
     with pytest.raises(RunFolderError, match=r"missing checkpoints/fold<k>/last.ckpt"):
-        ex.explain(broken, tmp_path / "a", ensemble="folds", n_events=5, n_background=5)
-    with pytest.raises(ValueError, match="ensemble must be one of"):
-        ex.explain(run, tmp_path / "a", ensemble="bag", n_events=5, n_background=5)
+        ex.explain(ApplyRequest(broken, scorer="folds"), tmp_path / "a", n_events=5, n_background=5)
+    with pytest.raises(ValueError, match="scorer must be one of"):
+        ex.explain(ApplyRequest(run, scorer="bag"), tmp_path / "a", n_events=5, n_background=5)
     with pytest.raises(ValueError, match=rf"n_events=601, but the run's {N_TRAIN} training"):
-        ex.explain(run, tmp_path / "a", n_events=N_TRAIN + 1)
+        ex.explain(ApplyRequest(run), tmp_path / "a", n_events=N_TRAIN + 1)
     with pytest.raises(ValueError, match="explainer must be one of"):
-        ex.explain(run, tmp_path / "a", explainer="lime")
+        ex.explain(ApplyRequest(run), tmp_path / "a", explainer="lime")
     assert not (tmp_path / "a").exists()
 
     test = make_dataset(N_TRAIN, N_TEST, GENERATOR, SEED).test.subset(np.arange(20))
     kaggle_frame(test).drop(columns="DER_pt_h").to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(DataFormatError, match=r"missing columns \['DER_pt_h'\]"):
-        ex.explain(run, tmp_path / "a", tmp_path / "short.csv", n_events=5, n_background=5)
+        request = ApplyRequest(run, tmp_path / "short.csv")
+        ex.explain(request, tmp_path / "a", n_events=5, n_background=5)
     narrow = replace(test, features=test.features[:, 1:], feature_names=FEATURES[1:])
     with pytest.raises(RunFolderError, match=r"trained on 30: missing \['DER_mass_MMC'\]"):
         ex.file_events(load_scorer(run), narrow)
@@ -255,4 +257,4 @@ def test_bad_requests_get_clear_errors(run, tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "shap", None)
     with pytest.raises(ImportError, match=r"pip install 'amsaware\[explain\]'"):
-        ex.explain(run, tmp_path / "a")
+        ex.explain(ApplyRequest(run), tmp_path / "a")

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from amsaware.evaluation import evaluate_file
 from amsaware.experiment import load_dataset
+from amsaware.inference import ApplyRequest
 from tests.helpers import entry_point, kaggle_frame
 
 
@@ -28,7 +29,7 @@ def evaluated_run(ams_run, tmp_path_factory):
 
 def test_eval_reproduces_the_runs_test_metrics_on_its_test_events(evaluated_run):
     folder, trained, run = evaluated_run
-    report = evaluate_file(run, folder / "cern.csv.gz", folder / "out" / "s.csv")
+    report = evaluate_file(ApplyRequest(run, folder / "cern.csv.gz", folder / "out" / "s.csv"))
     metrics = report["metrics"]
     for name in ("test/ams", "test/auroc", "test/auroc_weighted", "test/ams_max"):
         assert metrics[name] == pytest.approx(trained["test"][name], rel=1e-9), name
@@ -46,7 +47,7 @@ def test_eval_refuses_an_unlabelled_file(evaluated_run, tmp_path):
     unlabelled = frame.drop(columns=["KaggleWeight", "KaggleSet", "Weight", "Label"])
     unlabelled.to_csv(tmp_path / "test.csv", index=False)  # the Kaggle test file's columns
     with pytest.raises(ValueError, match="no labels and weights"):
-        evaluate_file(run, tmp_path / "test.csv", tmp_path / "s.csv")
+        evaluate_file(ApplyRequest(run, tmp_path / "test.csv", tmp_path / "s.csv"))
 
 
 def test_eval_py_writes_eval_metrics_json(evaluated_run, tmp_path):

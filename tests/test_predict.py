@@ -15,7 +15,13 @@ from amsaware.data.preprocessing import FittedPreprocessing, fit_preprocessing, 
 from amsaware.data.schema import FEATURES, MISSING
 from amsaware.data.synthetic import make_dataset
 from amsaware.experiment import run_experiment
-from amsaware.inference import load_scorer, load_stage, predict_file, predict_table
+from amsaware.inference import (
+    ApplyRequest,
+    load_scorer,
+    load_stage,
+    predict_file,
+    predict_table,
+)
 from amsaware.run_folder import RunFolder, RunFolderError
 from tests.conftest import DEFAULT_GENERATOR, REPO
 from tests.helpers import METRIC_NAMES, compose_run, entry_point, kaggle_frame, run
@@ -184,7 +190,9 @@ def test_every_challenge_format_gives_the_same_scores(both_run, tmp_path):
     cern.to_csv(tmp_path / "cern.csv.gz", index=False)
     frame.drop(columns=["Weight", "Label"]).to_csv(tmp_path / "test.csv", index=False)
     outputs = [
-        pd.read_csv(predict_file(both_run, tmp_path / name, tmp_path / f"{name}.out.csv"))
+        pd.read_csv(
+            predict_file(ApplyRequest(both_run, tmp_path / name, tmp_path / f"{name}.out.csv"))
+        )
         for name in ("test.csv", "training.csv", "cern.csv.gz")
     ]
     assert len(outputs[0]) == 300
@@ -193,9 +201,9 @@ def test_every_challenge_format_gives_the_same_scores(both_run, tmp_path):
 
 
 def test_run_without_a_final_model_says_to_use_the_fold_models(trial_run, folds_run):
-    with pytest.raises(RunFolderError, match=r"final_fit=false.*ensemble=folds"):
+    with pytest.raises(RunFolderError, match=r"final_fit=false.*scorer=folds"):
         load_scorer(trial_run, "final")
-    with pytest.raises(RunFolderError, match=r"ensemble=folds"):
+    with pytest.raises(RunFolderError, match=r"scorer=folds"):
         load_scorer(folds_run, "final")
     # Its fold models still score: with the out-of-fold threshold, as no test events were cut.
     scorer = load_scorer(trial_run, "folds")
@@ -205,7 +213,7 @@ def test_run_without_a_final_model_says_to_use_the_fold_models(trial_run, folds_
 
 def test_bad_inputs_get_clear_errors(both_run, tmp_path):
     with pytest.raises(DataFormatError, match=r"nope\.csv: file not found"):
-        predict_file(both_run, tmp_path / "nope.csv")
+        predict_file(ApplyRequest(both_run, tmp_path / "nope.csv"))
     short = kaggle_frame(dataset().test.subset(np.arange(5))).drop(columns="DER_pt_h")
     short.to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(DataFormatError, match=r"missing columns \['DER_pt_h'\]"):
@@ -261,7 +269,7 @@ def test_onnx_graph_scores_raw_features_like_pytorch(both_run, tmp_path):
     done = entry_point("export.py", f"run={copy}", "format=onnx")
     assert done.returncode == 0, done.stderr[-3000:]
     paths = {"final": copy / "model.onnx"}
-    paths["folds"] = export(both_run, "onnx", tmp_path / "folds.onnx", ensemble="folds")
+    paths["folds"] = export(both_run, "onnx", tmp_path / "folds.onnx", scorer="folds")
     test = dataset().test
     raw = test.features.copy()
     raw[::2] = np.where(np.isnan(raw[::2]), MISSING, raw[::2])  # both placeholders

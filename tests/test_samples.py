@@ -501,7 +501,7 @@ def test_run_records_and_uses_the_datas_totals(samples_run):
 
 
 def test_predict_scores_a_root_file_by_branch_name(samples_run, sample_files, tmp_path):
-    from amsaware.inference import load_scorer, predict_file, read_input
+    from amsaware.inference import ApplyRequest, load_scorer, predict_file, read_input
     from amsaware.run_folder import RunFolder
 
     run_dir, _ = samples_run
@@ -511,7 +511,8 @@ def test_predict_scores_a_root_file_by_branch_name(samples_run, sample_files, tm
     branches["EventId"] = np.arange(N["ggH"], dtype=np.int64) + 7
     source = write_root(tmp_path / "new_ggH.root", branches, tree="Nominal")
     output = tmp_path / "scores.csv"
-    predict_file(run_dir, source, output, tree="Nominal")  # predict.py's call for tree=Nominal
+    # predict.py's call for tree=Nominal
+    predict_file(ApplyRequest(run_dir, source, output, tree="Nominal"))
     scores = pd.read_csv(output)
     assert list(scores.columns) == ["EventId", "score", "selected"]
     assert scores.EventId.tolist() == (np.arange(N["ggH"]) + 7).tolist()

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from amsaware import run_folder
 from amsaware.data.schema import MISSING
 from amsaware.data.synthetic import make_dataset
-from amsaware.inference import load_scorer, predict_file
+from amsaware.inference import ApplyRequest, load_scorer, predict_file
 from amsaware.run_folder import RunFolder, RunFolderError
 from tests import helpers
 from tests.conftest import DEFAULT_GENERATOR
@@ -88,7 +88,7 @@ TOOLS = ("predict", "export", "explain")
 
 def use(tool, run_dir, tmp_path):
     if tool == "predict":
-        return predict_file(run_dir, events_file(tmp_path), tmp_path / "scores.csv")
+        return predict_file(ApplyRequest(run_dir, events_file(tmp_path), tmp_path / "scores.csv"))
     if tool == "export":
         pytest.importorskip("onnxscript")
         from amsaware.export import export
@@ -97,7 +97,7 @@ def use(tool, run_dir, tmp_path):
     pytest.importorskip("shap")
     from amsaware.explain import explain
 
-    return explain(run_dir, tmp_path / "explain", n_events=20, n_background=10)
+    return explain(ApplyRequest(run_dir), tmp_path / "explain", n_events=20, n_background=10)
 
 
 @pytest.mark.parametrize("tool", TOOLS)
@@ -189,7 +189,7 @@ def test_a_versioned_checkpoint_beside_last_is_refused(copy):
 def test_output_naming_a_directory_is_refused_before_scoring(run, tmp_path):
     events = events_file(tmp_path)
     with pytest.raises(ValueError, match=rf"output={tmp_path} is a directory"):
-        predict_file(run, events, tmp_path)
+        predict_file(ApplyRequest(run, events, tmp_path))
 
 
 # --- ONNX ------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def test_the_onnx_file_is_self_contained(run, tmp_path):
 
 
 def test_predict_scores_match_the_runs_own(run, tmp_path):
-    scores = pd.read_csv(predict_file(run, events_file(tmp_path), tmp_path / "s.csv"))
+    scores = pd.read_csv(predict_file(ApplyRequest(run, events_file(tmp_path), tmp_path / "s.csv")))
     own = pd.read_csv(run / run_folder.TEST_PREDICTIONS)
     np.testing.assert_allclose(scores.score, own.score, rtol=0, atol=1e-6)
 

@@ -24,14 +24,19 @@ from torch import Tensor, nn
 
 from amsaware import plots
 from amsaware.data.schema import EventTable
-from amsaware.data.sources import load_source
 from amsaware.data.weights import rescaled_weights
-from amsaware.inference import Scorer, StageModel, check_features, load_scorer, read_input
+from amsaware.inference import (
+    ApplyRequest,
+    Scorer,
+    StageModel,
+    check_features,
+    load_scorer,
+    read_input,
+    threshold_or_fallback,
+    training_events,
+)
 from amsaware.run_folder import (
-    CUTS,
-    OOF_PREDICTIONS,
     RunFolder,
-    RunFolderError,
     write_frame,
     write_json,
 )
@@ -90,49 +95,11 @@ class Events:
 
 
 def run_events(run_dir: str | Path) -> Events:
-    """The run's training events with their out-of-fold scores and out-of-fold selection.
-
-    `oof_predictions.csv` holds no features, so the events are reloaded from the run's data
-    config (`.hydra/config.yaml`), through the project's own sources only, with options
-    checked (`RunFolder.config`), and matched by EventId; labels must agree, or the data
-    changed since the run.
-    """
+    """The run's training events with their out-of-fold scores and out-of-fold selection
+    (`inference.training_events`)."""
     run = RunFolder(run_dir)
-    cfg = run.config()
     cut = run.cut()
-    if not run.oof_path.is_file():
-        raise RunFolderError(f"{run_dir}: no {OOF_PREDICTIONS}; pass events with input=FILE")
-    oof = run.oof_predictions()
-    source = {"_target_": cfg.data_source, **cfg.data}
-    options = dict(cfg.data)
-    # Only training events are explained: no test events to generate (the synthetic source's
-    # training events do not depend on them), as for a run without a final fit.
-    if options.get("n_test") and (cfg.data_source.endswith(".synthetic") or not cfg.final_fit):
-        options["n_test"] = 0
-    try:
-        train = load_source(cfg.data_source, options).train
-    except Exception as error:
-        raise RunFolderError(
-            f"{run_dir}: could not reload the run's training events from its data config "
-            f"{source}: {type(error).__name__}: {error}. Run explain.py from the folder train.py "
-            "ran in, or pass the events with input=FILE."
-        ) from None
-    rows = pd.Index(train.event_id).get_indexer(oof.EventId.to_numpy())
-    unknown = rows < 0
-    if unknown.any() or len(train) != len(oof):
-        raise RunFolderError(
-            f"{run_dir}: the run's data config {source} now gives {len(train)} training events, "
-            f"its {OOF_PREDICTIONS} has {len(oof)} ({int(unknown.sum())} EventIds not "
-            "found): the data changed since the run. Pass the events with input=FILE."
-        )
-    table = train.subset(rows)
-    if not np.array_equal(table.label, oof.label.to_numpy()):
-        first = int(np.flatnonzero(table.label != oof.label.to_numpy())[0])
-        raise RunFolderError(
-            f"{run_dir}: EventId {oof.EventId[first]} has label {oof.label[first]} in "
-            f"{OOF_PREDICTIONS} but {table.label[first]} in {source}: the data "
-            "changed since the run. Pass the events with input=FILE."
-        )
+    table, oof = training_events(run_dir)
     threshold = cut.threshold
     score = oof.score.to_numpy(dtype=np.float64)
     return Events(
@@ -145,12 +112,12 @@ def run_events(run_dir: str | Path) -> Events:
     )
 
 
-def file_events(scorer: Scorer, table: EventTable, cut: str = "threshold") -> Events:
+def file_events(scorer: Scorer, table: EventTable, cut_by: str = "threshold") -> Events:
     """Events of a file, scored and cut by the scorer as predict.py does."""
     check_features(table, scorer.feature_names)
     score = scorer.score(table)
-    selected = scorer.select(score, cut)
-    if cut == "threshold":
+    selected = scorer.select(score, cut_by)
+    if cut_by == "threshold":
         rule = f"score >= {scorer.threshold:.6g} (the run's cut on the {scorer.name} model's scale)"
         short = f"score ≥ {scorer.threshold:.3f}"
     else:
@@ -382,11 +349,8 @@ def _check_sizes(n_events: int | None, n_background: int, n_available: int, what
 
 
 def explain(
-    run_dir: str | Path,
+    request: ApplyRequest,
     output_dir: str | Path,
-    input_path: str | Path | None = None,
-    ensemble: str | None = None,
-    cut: str = "threshold",
     explainer: str = "deep",
     space: str = "logit",
     n_events: int | None = 2000,
@@ -395,7 +359,7 @@ def explain(
     max_display: int = 20,
     max_evals: int = 500,
 ) -> dict[str, Any]:
-    """Explain the run's scorer on its own events (or `input_path`'s) and write the outputs.
+    """Explain the run's scorer on its own events (or `request.input`'s) and write the outputs.
 
     Writes into `output_dir`, atomically: `shap_values.csv`, `ranking.csv`, `shap_beeswarm.png`,
     `shap_bar.png`, the `_selected` variants of the three per-region files, and `explain.json`
@@ -403,18 +367,19 @@ def explain(
     """
     require_shap()
     check_options(explainer, space)
-    if cut not in CUTS:
-        raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
     started = time.perf_counter()
-    scorer = load_scorer(run_dir, ensemble)
-    if input_path is None:
+    run_dir = request.run
+    scorer = load_scorer(run_dir, request.scorer)
+    if request.input is None:
         events = run_events(run_dir)
         check_features(events.table, scorer.feature_names)
         source = f"the run's {len(events.table)} training events"
     else:
-        table = read_input(RunFolder(run_dir).config(), input_path, scorer.feature_names)
-        events = file_events(scorer, table, cut)
-        source = str(input_path)
+        config = RunFolder(run_dir).config()
+        table = read_input(config, request.input, scorer.feature_names, request.tree)
+        scorer, cut_by = threshold_or_fallback(request, scorer)
+        events = file_events(scorer, table, cut_by)
+        source = str(request.input)
     table = events.table
     _check_sizes(n_events, n_background, len(table), source)
     rng = np.random.default_rng(seed)
@@ -526,11 +491,8 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
     if options.get("threads"):
         torch.set_num_threads(int(options.threads))
     return explain(
-        cfg.run,
+        ApplyRequest.from_config(cfg),
         cfg.paths.output_dir,
-        input_path=cfg.input,
-        ensemble=cfg.ensemble,
-        cut=cfg.cut,
         explainer=options.explainer,
         space=options.space,
         n_events=options.n_events,

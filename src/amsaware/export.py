@@ -75,7 +75,7 @@ def _check_exporter() -> None:
             f"ONNX export needs torch >= 2.5 (its dynamo exporter); this is {torch.__version__}"
         )
     if importlib.util.find_spec("onnxscript") is None:
-        raise RuntimeError(
+        raise ImportError(
             "ONNX export needs onnxscript (torch's exporter) and onnx: "
             "pip install 'amsaware[export]'"
         )
@@ -108,7 +108,7 @@ def _quiet_exporter() -> None:
 def export_onnx(
     run_dir: str | Path,
     output_path: str | Path | None = None,
-    ensemble: str | None = None,
+    scorer: str | None = None,
     opset: int = 20,
 ) -> Path:
     """Write the run's scorer as one self-contained ONNX file, batch dimension dynamic.
@@ -120,11 +120,11 @@ def export_onnx(
     if output_path is not None:
         check_output(Path(output_path))
     run = RunFolder(run_dir)
-    scorer = load_scorer(run_dir, ensemble)
-    placeholders = placeholder_values(placeholder_of(run.config()), scorer.feature_names)
-    module = RawFeatureScorer(scorer, placeholders).eval()
-    output = run.onnx_path(scorer.name) if output_path is None else Path(output_path)
-    example = torch.zeros(2, len(scorer.feature_names))
+    model = load_scorer(run_dir, scorer)
+    placeholders = placeholder_values(placeholder_of(run.config()), model.feature_names)
+    module = RawFeatureScorer(model, placeholders).eval()
+    output = run.onnx_path(model.name) if output_path is None else Path(output_path)
+    example = torch.zeros(2, len(model.feature_names))
     batch = torch.export.Dim("events")
     _quiet_exporter()
     with atomic_path(output) as tmp, warnings.catch_warnings():
@@ -150,11 +150,11 @@ def export_onnx(
         "%s: ONNX graph of the %s model(s) of %s; input %r float32 (n, %d) %s with NaN or the "
         "placeholder %s for undefined values, output %r float64 (n,)",
         output,
-        scorer.name,
+        model.name,
         run_dir,
         INPUT_NAME,
-        len(scorer.feature_names),
-        list(scorer.feature_names),
+        len(model.feature_names),
+        list(model.feature_names),
         sorted({float(p) for p in placeholders if np.isfinite(p)}) or "(none)",
         OUTPUT_NAME,
     )
@@ -165,8 +165,10 @@ def export(
     run_dir: str | Path,
     format: str = "onnx",
     output_path: str | Path | None = None,
-    ensemble: str | None = None,
+    scorer: str | None = None,
 ) -> Path:
+    """The run's scorer in `format` (export.py's body; only the request's run, output and
+    scorer apply)."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    return export_onnx(run_dir, output_path, ensemble)
+    return export_onnx(run_dir, output_path, scorer)

@@ -11,7 +11,7 @@ architecture (`amsaware.model.NETS`) and its integer and float options, checkpoi
 loaded with `weights_only=True`, and every number read back from metrics.json and
 preprocessing.json is checked to be finite and in range.
 
-The cut, for events the run never saw, is applied in one of two ways (`cut=`):
+The cut, for events the run never saw, is applied in one of two ways (`cut_by=`):
 
 - `threshold` (default): `score >= t`, a fixed cut as a physicist applies it to any sample,
   whatever its signal fraction. `t` is on the scorer's own scale: the lowest score the run
@@ -27,8 +27,10 @@ The cut, for events the run never saw, is applied in one of two ways (`cut=`):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,10 +42,12 @@ from amsaware.data import samples
 from amsaware.data.formats import read_events
 from amsaware.data.preprocessing import FittedPreprocessing
 from amsaware.data.schema import MISSING, EventTable
+from amsaware.data.sources import load_source
 from amsaware.metrics import logit_of_mean
 from amsaware.model import predict_logit
 from amsaware.run_folder import (
     CUTS,
+    OOF_PREDICTIONS,
     SCORERS,
     Cut,
     RunConfig,
@@ -113,13 +117,13 @@ class Scorer:
         return scores, logit_of_mean(np.stack(logits))
 
     def select(
-        self, scores: np.ndarray, cut: str = "threshold", logits: np.ndarray | None = None
+        self, scores: np.ndarray, cut_by: str = "threshold", logits: np.ndarray | None = None
     ) -> np.ndarray:
         """Pass/fail of the run's cut, by `threshold` or by `fraction` (module docstring).
 
         With `logits`, events are ranked by them: probabilities that round to 1 do not tie.
         """
-        return self.cut.select(scores, self.name, cut, logits)
+        return self.cut.select(scores, self.name, cut_by, logits)
 
 
 def check_features(table: EventTable, expected: tuple[str, ...]) -> None:
@@ -171,17 +175,17 @@ def load_stage(run_dir: str | Path, stage: str, cfg: RunConfig | None = None) ->
     return StageModel(stage, net, preprocessing)
 
 
-def load_scorer(run_dir: str | Path, ensemble: str | None = None) -> Scorer:
-    """The run's final model (`ensemble='final'`) or fold ensemble (`'folds'`).
+def load_scorer(run_dir: str | Path, scorer: str | None = None) -> Scorer:
+    """The run's final model (`scorer='final'`) or fold ensemble (`'folds'`).
 
     `None` picks what the run used for its own submission.
     """
     run = RunFolder(run_dir)
     cfg = run.config()
     cut = run.cut()
-    name = cfg.default_scorer if ensemble is None else ensemble
+    name = cfg.default_scorer if scorer is None else scorer
     if name not in SCORERS:
-        raise ValueError(f"ensemble must be one of {SCORERS} (or null), got {name!r}")
+        raise ValueError(f"scorer must be one of {SCORERS} (or null), got {name!r}")
     if name == "final":
         if not run.has_checkpoint("final"):
             reason = (
@@ -193,7 +197,7 @@ def load_scorer(run_dir: str | Path, ensemble: str | None = None) -> Scorer:
             )
             raise RunFolderError(
                 f"{run_dir}: has no final model (checkpoints/final/last.ckpt): {reason}. "
-                "Score with the fold models instead: ensemble=folds."
+                "Score with the fold models instead: scorer=folds."
             )
         stages = ["final"]
     else:
@@ -210,10 +214,10 @@ def load_scorer(run_dir: str | Path, ensemble: str | None = None) -> Scorer:
     return Scorer(name, models, cut)
 
 
-def predict_table(scorer: Scorer, table: EventTable, cut: str = "threshold") -> pd.DataFrame:
+def predict_table(scorer: Scorer, table: EventTable, cut_by: str = "threshold") -> pd.DataFrame:
     """`EventId,score,selected` (selected: 1 if the event passes the run's cut)."""
     scores, logits = scorer.score_and_logit(table)
-    selected = scorer.select(scores, cut, logits)
+    selected = scorer.select(scores, cut_by, logits)
     return pd.DataFrame(
         {"EventId": table.event_id, "score": scores, "selected": selected.astype(np.int8)}
     )
@@ -258,12 +262,144 @@ def read_input(
     return samples.read_feature_file(input_path, feature_names, tree, placeholder_of(cfg))
 
 
+def training_events(run_dir: str | Path) -> tuple[EventTable, pd.DataFrame]:
+    """The run's training events, and its `oof_predictions.csv` in the same order.
+
+    `oof_predictions.csv` holds no features, so the events are reloaded from the run's data
+    config (`.hydra/config.yaml`), through the project's own sources only, with options
+    checked (`RunFolder.config`), and matched by EventId; labels must agree, or the data
+    changed since the run.
+    """
+    run = RunFolder(run_dir)
+    cfg = run.config()
+    if not run.oof_path.is_file():
+        raise RunFolderError(f"{run_dir}: no {OOF_PREDICTIONS}; pass events with input=FILE")
+    oof = run.oof_predictions()
+    source = {"_target_": cfg.data_source, **cfg.data}
+    options = dict(cfg.data)
+    # Only training events: no test events to generate (the synthetic source's training
+    # events do not depend on them), as for a run without a final fit.
+    if options.get("n_test") and (cfg.data_source.endswith(".synthetic") or not cfg.final_fit):
+        options["n_test"] = 0
+    try:
+        train = load_source(cfg.data_source, options).train
+    except Exception as error:
+        raise RunFolderError(
+            f"{run_dir}: could not reload the run's training events from its data config "
+            f"{source}: {type(error).__name__}: {error}. Run the tool from the folder train.py "
+            "ran in, or pass the events with input=FILE."
+        ) from None
+    rows = pd.Index(train.event_id).get_indexer(oof.EventId.to_numpy())
+    unknown = rows < 0
+    if unknown.any() or len(train) != len(oof):
+        raise RunFolderError(
+            f"{run_dir}: the run's data config {source} now gives {len(train)} training events, "
+            f"its {OOF_PREDICTIONS} has {len(oof)} ({int(unknown.sum())} EventIds not "
+            "found): the data changed since the run. Pass the events with input=FILE."
+        )
+    table = train.subset(rows)
+    if not np.array_equal(table.label, oof.label.to_numpy()):
+        first = int(np.flatnonzero(table.label != oof.label.to_numpy())[0])
+        raise RunFolderError(
+            f"{run_dir}: EventId {oof.EventId[first]} has label {oof.label[first]} in "
+            f"{OOF_PREDICTIONS} but {table.label[first]} in {source}: the data "
+            "changed since the run. Pass the events with input=FILE."
+        )
+    return table, oof
+
+
+def threshold_or_fallback(request: ApplyRequest, scorer: Scorer) -> tuple[Scorer, str]:
+    """The scorer and cut to apply: the request's, unless it asks for a threshold the scorer
+    has none of (a final model whose run scored no test events with it).
+
+    Then the fold ensemble and its out-of-fold threshold, where the request left the scorer to
+    the run and the run kept its fold models; else the top fraction of the file. One warning
+    line says which.
+    """
+    if request.cut_by != "threshold" or scorer.threshold is not None:
+        return scorer, request.cut_by
+    run = RunFolder(request.run)
+    why = (
+        f"{request.run}: the {scorer.name} model has no score threshold (the run scored no test "
+        "events with it)"
+    )
+    if request.scorer is None and all(run.has_checkpoint(s) for s in run.config().fold_stages):
+        log.warning("%s: scoring with the fold ensemble's threshold instead (scorer=folds)", why)
+        return load_scorer(request.run, "folds"), "threshold"
+    log.warning(
+        "%s: selecting the top %.2f%% of the file's events instead (cut_by=fraction)",
+        why,
+        100 * scorer.fraction,
+    )
+    return scorer, "fraction"
+
+
 def check_output(output: Path, input_path: str | Path | None = None) -> None:
     """An output name that can be written, checked before any work (`output=`)."""
     if output.is_dir():
         raise ValueError(f"output={output} is a directory; expected the name of a file to write")
     if input_path is not None and output.resolve() == Path(input_path).resolve():
         raise ValueError(f"output {output} would overwrite the input file")
+
+
+#: Old names of the apply tools' options (before `scorer` and `cut_by`), still accepted.
+DEPRECATED = {"ensemble": "scorer", "cut": "cut_by"}
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    """What an apply tool (predict, eval, explain, export) is asked to do, checked once.
+
+    `run`: the run folder; `input`: the events (explain: None for the run's own); `output`: where
+    to write (None: the tool's default); `scorer`: `final`, `folds` or None (what the run used
+    for its own submission); `cut_by`: `threshold` or `fraction` (module docstring); `tree`:
+    the tree of a ROOT input (None: the run's `data.tree`, else the file's only tree).
+    """
+
+    run: Path
+    input: Path | None = None
+    output: Path | None = None
+    scorer: str | None = None
+    cut_by: str = "threshold"
+    tree: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("run", "input", "output"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if self.scorer is not None and self.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS} (or null), got {self.scorer!r}")
+        if self.cut_by not in CUTS:
+            raise ValueError(f"cut_by must be one of {CUTS}, got {self.cut_by!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], **values: Any) -> ApplyRequest:
+        """The request of an entry point's config (`run`, `input`, ...; `values` win).
+
+        The old keys `ensemble` and `cut` are read as `scorer` and `cut_by`, with a warning.
+        """
+        # keys(), not `in`: a mandatory key left ??? is there, and cfg[name] raises naming it.
+        given = set(cfg.keys())
+        options = {
+            name: cfg[name]
+            for name in ("run", "input", "output", "scorer", "cut_by", "tree")
+            if name in given
+        }
+        defaults = {f.name: f.default for f in fields(cls)}
+        for old, new in DEPRECATED.items():
+            value = cfg.get(old)
+            if value is None:
+                continue
+            log.warning("%s=%s is deprecated: write %s=%s", old, value, new, value)
+            if new in options and options[new] not in (None, value, defaults[new]):
+                raise ValueError(
+                    f"{old}={value} and {new}={options[new]} disagree: {old} is the old name "
+                    f"of {new}; give only {new}"
+                )
+            options[new] = value
+        options = {k: v for k, v in options.items() if v is not None}
+        return cls(**{**options, **values})
 
 
 @dataclass(frozen=True)
@@ -274,29 +410,27 @@ class ScoringInput:
     scorer: Scorer
     table: EventTable
     output: Path
+    cut_by: str = "threshold"
 
 
-def open_input(
-    run_dir: str | Path,
-    input_path: str | Path,
-    output_path: str | Path | None = None,
-    ensemble: str | None = None,
-    cut: str = "threshold",
-    tree: str | None = None,
-) -> ScoringInput:
-    """Check the options and the output name, load the run's scorer and read the file.
+def open_input(request: ApplyRequest, output: Path | None = None) -> ScoringInput:
+    """Check the output name, load the run's scorer and read the request's file.
 
     The file is a Kaggle test or training CSV or the CERN file, or, read by the run's feature
     branches (see `read_input`), a ROOT (`tree`), Parquet or CSV file of a physicist's events.
+    `output` is the tool's default output name (predict's `default_output`).
     """
-    if cut not in CUTS:
-        raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
-    output = default_output(input_path) if output_path is None else Path(output_path)
-    check_output(output, input_path)
-    run = RunFolder(run_dir)
-    scorer = load_scorer(run_dir, ensemble)
-    table = read_input(run.config(), input_path, scorer.feature_names, tree)
-    return ScoringInput(run, scorer, table, output)
+    if request.input is None:
+        raise ValueError("input is null; expected the file of events to score (input=FILE)")
+    if request.output is not None:
+        output = request.output
+    output = default_output(request.input) if output is None else output
+    check_output(output, request.input)
+    run = RunFolder(request.run)
+    scorer = load_scorer(request.run, request.scorer)
+    table = read_input(run.config(), request.input, scorer.feature_names, request.tree)
+    scorer, cut_by = threshold_or_fallback(request, scorer)
+    return ScoringInput(run, scorer, table, output, cut_by)
 
 
 def write_scores(frame: pd.DataFrame, output: Path) -> None:
@@ -304,26 +438,26 @@ def write_scores(frame: pd.DataFrame, output: Path) -> None:
     write_frame(frame, output)
 
 
-def predict_file(
-    run_dir: str | Path,
-    input_path: str | Path,
-    output_path: str | Path | None = None,
-    ensemble: str | None = None,
-    cut: str = "threshold",
-    tree: str | None = None,
-) -> Path:
+def describe_cut(scorer: Scorer, cut_by: str) -> str:
+    """The cut as the log states it: `score >= t` or `top f%`."""
+    if cut_by == "threshold":
+        return f"score >= {scorer.threshold:.6g}"
+    return f"top {scorer.fraction:.2%}"
+
+
+def predict_file(request: ApplyRequest) -> Path:
     """Score a file of events and write `EventId,score,selected` (see `open_input`)."""
-    job = open_input(run_dir, input_path, output_path, ensemble, cut, tree)
+    job = open_input(request)
     scorer = job.scorer
-    frame = predict_table(scorer, job.table, cut)
+    frame = predict_table(scorer, job.table, job.cut_by)
     write_scores(frame, job.output)
     log.info(
         "%s: %d events scored with the %s model(s) of %s; %d pass the cut (%s)",
         job.output,
         len(frame),
         scorer.name,
-        run_dir,
+        request.run,
         int(frame.selected.sum()),
-        f"score >= {scorer.threshold:.6g}" if cut == "threshold" else f"top {scorer.fraction:.2%}",
+        describe_cut(scorer, job.cut_by),
     )
     return job.output

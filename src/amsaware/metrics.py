@@ -20,7 +20,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
-from amsaware.data.schema import B_TOT, S_TOT
+from amsaware.data.schema import B_TOT, S_TOT, EventTable
 from amsaware.data.weights import rescaled_weights, scale_to
 
 #: Regularisation term of the challenge's AMS.
@@ -363,3 +363,29 @@ def evaluate(
     metrics = classification_metrics(prefix, s_tot, b_tot).to(scores.device)
     metrics.update(preds=scores, target=target.long(), weight=weight)
     return {name: float(value) for name, value in metrics.compute().items()}
+
+
+def test_metrics(
+    test: EventTable, scores: np.ndarray, selected: np.ndarray, prefix: str = "test/"
+) -> dict[str, float]:
+    """`test/...` (or `prefix`) metrics, `ams` at the chosen cut and the leaderboard splits'.
+
+    Public and private AMS follow the challenge: one global selection, scored on the 'b' and
+    'v' events separately with weights rescaled within each split.
+    """
+    # Copies: arrays read from a file can be read-only (pandas' copy-on-write), which
+    # torch.from_numpy warns about.
+    p = torch.tensor(scores)
+    y = torch.tensor(test.label, dtype=torch.int64)
+    w = torch.tensor(test.weight)
+    chosen = torch.tensor(selected)
+    totals = (test.s_tot, test.b_tot)
+    result = evaluate(p, y, w, prefix, *totals)
+    result[f"{prefix}ams"] = float(ams_of_selection(chosen, y, w, *totals))
+    if test.kaggle_set is not None:
+        for name, letter in (("public", "b"), ("private", "v")):
+            rows = torch.from_numpy(test.kaggle_set == letter)
+            if rows.any():
+                ams = ams_of_selection(chosen[rows], y[rows], w[rows], *totals)
+                result[f"{prefix}ams_{name}"] = float(ams)
+    return result

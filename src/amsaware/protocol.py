@@ -38,8 +38,8 @@ from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
 from amsaware.metrics import (
     add_to_logit_sums,
     ams_curve,
-    ams_of_selection,
     evaluate,
+    test_metrics,
 )
 from amsaware.model import predict_logit
 from amsaware.parallel import fit_folds_in_parallel
@@ -519,32 +519,6 @@ def summarise_cv(cv: CrossValidation, table: EventTable) -> dict[str, Any]:
         "std": {name: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for name, v in values.items()},
         "oof": oof,
     }
-
-
-def test_metrics(
-    test: EventTable, scores: np.ndarray, selected: np.ndarray, prefix: str = "test/"
-) -> dict[str, float]:
-    """`test/...` (or `prefix`) metrics, `ams` at the chosen cut and the leaderboard splits'.
-
-    Public and private AMS follow the challenge: one global selection, scored on the 'b' and
-    'v' events separately with weights rescaled within each split.
-    """
-    # Copies: arrays read from a file can be read-only (pandas' copy-on-write), which
-    # torch.from_numpy warns about.
-    p = torch.tensor(scores)
-    y = torch.tensor(test.label, dtype=torch.int64)
-    w = torch.tensor(test.weight)
-    chosen = torch.tensor(selected)
-    totals = (test.s_tot, test.b_tot)
-    result = evaluate(p, y, w, prefix, *totals)
-    result[f"{prefix}ams"] = float(ams_of_selection(chosen, y, w, *totals))
-    if test.kaggle_set is not None:
-        for name, letter in (("public", "b"), ("private", "v")):
-            rows = torch.from_numpy(test.kaggle_set == letter)
-            if rows.any():
-                ams = ams_of_selection(chosen[rows], y[rows], w[rows], *totals)
-                result[f"{prefix}ams_{name}"] = float(ams)
-    return result
 
 
 @dataclass(frozen=True)

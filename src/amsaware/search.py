@@ -16,7 +16,8 @@ with its ask-and-tell API. This module holds what the sweeper and the trials sha
 - `trial_link` / `load_for_trial`: inside a run, which trial it is (from the overrides the
   sweeper gave it), and its data built once per process for all the trials run there;
 - `best_run.sh`: the exact `train.py` command that re-runs the study's best trial as an
-  ordinary run (with the final fit).
+  ordinary run (with the final fit), written only from trials whose params are a point of
+  the search space (`point_problems`, `trials_in_space`): a study is data.
 
 Importing this module is cheap (no torch, Lightning or Optuna at import time), like the
 sweeper plugin that Hydra imports for every `train.py --help` and shell completion.
@@ -262,8 +263,9 @@ NOT_FIXED = (
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
 )
-#: Config groups whose choice is left out (their values are in the fingerprint or do not count).
-NOT_FIXED_GROUPS = ("logger", "paths", "callbacks", "trainer", "hparams_search")
+#: Config groups whose choice is left out (their values are in the fingerprint or do not count;
+#: `tuned` is the loss's, pulled by conf/loss/<name>.yaml as `tuned@_global_`).
+NOT_FIXED_GROUPS = ("logger", "paths", "callbacks", "trainer", "hparams_search", "tuned")
 
 
 def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> None:
@@ -305,7 +307,7 @@ def fingerprint(cfg: DictConfig, searched: Iterable[str]) -> dict[str, Any]:
     choices = OmegaConf.select(cfg, "hydra.runtime.choices") or {}
     for group, choice in choices.items():
         group = str(group)
-        if group.split("/")[0] in ("hydra", *NOT_FIXED_GROUPS):
+        if group.split("/")[0].split("@")[0] in ("hydra", *NOT_FIXED_GROUPS):
             continue
         if group in searched:
             continue
@@ -477,6 +479,58 @@ def load_for_trial(source: dict[str, Any], load: Callable[[dict[str, Any]], T]) 
 # The best run
 
 
+def point_problems(params: Mapping[str, Any], space: Mapping[str, BaseDistribution]) -> list[str]:
+    """Why `params` are not a point of the search space (empty: they are).
+
+    A study is data: a trial added to it by hand or by another tool may carry any key and any
+    value, and what is written from it (best_run.sh) is run. Only the space's own keys, each
+    with a value of its declared type in its declared range or choices, pass.
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    problems = [f"{key} is not searched" for key in params if key not in space]
+    problems += [f"{key} is missing" for key in space if key not in params]
+    for key, dist in space.items():
+        if key not in params:
+            continue
+        value = params[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(dist, CategoricalDistribution):
+            fine = any(type(c) is type(value) and c == value for c in dist.choices)
+            expected = f"one of {list(dist.choices)}"
+        elif isinstance(dist, IntDistribution):
+            fine = isinstance(value, int) and number and dist.low <= value <= dist.high
+            fine = fine and (value - dist.low) % dist.step == 0
+            expected = f"an integer in [{dist.low}, {dist.high}] (step {dist.step})"
+        elif isinstance(dist, FloatDistribution):
+            fine = number and math.isfinite(value) and dist.low <= value <= dist.high
+            expected = f"a number in [{dist.low}, {dist.high}]"
+        else:
+            fine, expected = False, f"a value of {type(dist).__name__}"
+        if not fine:
+            problems.append(f"{key}={value!r} is not {expected}")
+    return problems
+
+
+def trials_in_space(
+    trials: Iterable[optuna.trial.FrozenTrial], space: Mapping[str, BaseDistribution]
+) -> list[optuna.trial.FrozenTrial]:
+    """The trials whose params are a point of the space; each other one is named in a warning
+    and left out of the best trial and best_run.sh."""
+    kept = []
+    for trial in trials:
+        problems = point_problems(trial.params, space)
+        if problems:
+            log.warning(
+                "trial #%d is ignored: its params are not a point of this search's space (%s)",
+                trial.number,
+                "; ".join(problems),
+            )
+        else:
+            kept.append(trial)
+    return kept
+
+
 #: What a search's config (conf/hparams_search/_search.yaml) sets for its trials that changes a
 #: trial's result and that a plain `train.py` run does not share: best_run.sh passes it on.
 TRIAL_RESULT_KEYS = ("cv.parallel",)
@@ -487,6 +541,7 @@ def best_run_command(
     best_params: Mapping[str, Any],
     trial_settings: Mapping[str, Any] | None = None,
     script: str = "train.py",
+    space: Mapping[str, BaseDistribution] | None = None,
 ) -> str:
     """The `python train.py ...` command that re-runs a trial as an ordinary training run.
 
@@ -494,8 +549,14 @@ def best_run_command(
     (`hparams_search`) and the searched keys, which take the trial's values. Hydra's own
     settings (`hydra.*`, `hydra/launcher=...`) belong to the sweep and are dropped.
     `trial_settings` (`TRIAL_RESULT_KEYS` as the trials ran) are written as they were, so
-    that the run trains its folds as the trial did.
+    that the run trains its folds as the trial did. With `space`, `best_params` must be a
+    point of it (`point_problems`). Every word is quoted for the shell.
     """
+    problems = point_problems(best_params, space) if space is not None else []
+    if problems:
+        raise SearchConfigError(
+            f"the best trial's params are not a point of the search space: {'; '.join(problems)}"
+        )
     parser = OverridesParser.create()
     settings = dict(trial_settings or {})
     replaced = {key.lstrip("+~") for key in best_params} | set(settings)
@@ -520,11 +581,13 @@ def write_best_run(
     study_name: str | None,
     metric: str,
     trial_settings: Mapping[str, Any] | None = None,
+    space: Mapping[str, BaseDistribution] | None = None,
 ) -> Path:
-    """Write `best_run.sh` (executable): the command re-running the study's best trial."""
+    """Write `best_run.sh` (executable): the command re-running the study's best trial,
+    whose params must be a point of `space` where given (`best_run_command`)."""
     from amsaware.atomic import atomic_path
 
-    command = best_run_command(task_overrides, best_params, trial_settings)
+    command = best_run_command(task_overrides, best_params, trial_settings, space=space)
     value = f"{best_value:.6g}" if math.isfinite(best_value) else str(best_value)
     text = (
         "#!/bin/sh\n"

@@ -136,6 +136,11 @@ class AmsawareSweeper(Sweeper):
         cfg = self.config
         settings = cfg.hydra.sweeper
         storage = settings.storage
+        if not isinstance(settings.n_trials, int) or settings.n_trials < 1:
+            raise search.SearchConfigError(
+                f"hydra.sweeper.n_trials={settings.n_trials}: expected the number of trials "
+                "to run, at least 1"
+            )
         if storage is not None and not isinstance(storage, str):
             raise search.SearchConfigError(
                 f"hydra.sweeper.storage must be a database URL or null, got {storage!r}"
@@ -194,7 +199,7 @@ class AmsawareSweeper(Sweeper):
                 _check_failure_rate(states, float(settings.max_failure_rate), study)
         finally:
             search.IN_MEMORY_STUDIES.pop(study.study_name, None)
-        self._finish(study, states, storage, metric, directions)
+        self._finish(study, states, storage, metric, directions, space)
 
     def _instantiate(self, node: Any) -> Any:
         from hydra.utils import instantiate
@@ -224,9 +229,19 @@ class AmsawareSweeper(Sweeper):
         return self._instantiate(node)
 
     def _finish(
-        self, study: Any, states: list[Any], storage: str | None, metric: str, directions: list
+        self,
+        study: Any,
+        states: list[Any],
+        storage: str | None,
+        metric: str,
+        directions: list,
+        space: dict[str, Any],
     ) -> None:
-        """Summary, the all-failed error, `optimization_results.yaml` and `best_run.sh`."""
+        """Summary, the all-failed error, `optimization_results.yaml` and `best_run.sh`.
+
+        Only trials whose params are a point of the space count (`search.trials_in_space`):
+        a study is data, and a trial planted in it must not reach the command best_run.sh runs.
+        """
         import optuna
 
         from amsaware import search
@@ -236,25 +251,35 @@ class AmsawareSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         count = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if s in states}
         log.info("this search: %s", ", ".join(f"{n} {state}" for state, n in count.items()))
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        complete = search.trials_in_space(finished, space)
         if not complete:
             where = f" in {storage}" if storage else ""
+            outside = (
+                f" (its {len(finished)} complete trial(s) are outside this search's space: see "
+                "the warnings above)"
+                if finished
+                else ""
+            )
             raise search.SearchFailedError(
-                f"every trial of study {study.study_name!r}{where} failed or was pruned, so there "
-                f"is no best trial; each trial's reason is in its train.log under {sweep_dir}/ "
-                "and in the study (user attribute fail_reason): a diverged training (e.g. a too "
-                "large optimizer.lr) or an error in the config"
+                f"every trial of study {study.study_name!r}{where} failed or was pruned{outside}, "
+                f"so there is no best trial; each trial's reason is in its train.log under "
+                f"{sweep_dir}/ and in the study (user attribute fail_reason): a diverged training "
+                "(e.g. a too large optimizer.lr) or an error in the config"
             )
         results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name}
         results["trials"] = {"this_search": count, "study": len(study.trials)}
         if len(directions) > 1:
+            kept = {t.number for t in complete}
             results["solutions"] = [
                 {"number": t.number, "params": t.params, "values": t.values}
                 for t in study.best_trials
+                if t.number in kept
             ]
             OmegaConf.save(OmegaConf.create(results), sweep_dir / search.RESULTS)
             return
-        best = study.best_trial
+        pick = max if directions[0] == "maximize" else min
+        best = pick(complete, key=lambda t: t.value)
         results |= {"best_trial": best.number, "best_params": best.params, "best_value": best.value}
         OmegaConf.save(OmegaConf.create(results), sweep_dir / search.RESULTS)
         path = search.write_best_run(
@@ -265,6 +290,7 @@ class AmsawareSweeper(Sweeper):
             study.study_name,
             metric,
             {key: OmegaConf.select(self.config, key) for key in search.TRIAL_RESULT_KEYS},
+            space,
         )
         log.info("best trial of the study: #%d, %s = %.6g", best.number, metric, best.value)
         log.info("re-run the best trial: sh %s", path)

@@ -1,0 +1,112 @@
+"""How an entry point ends on bad input: one line naming the file or key and the fix, exit 1.
+
+The library raises its own errors for what a user can fix (`RunFolderError`,
+`DataFormatError`, `ConfigError`, `SearchConfigError`: all `ValueError`s; a missing file; a
+missing optional dependency; a mandatory key left `???`). A traceback adds nothing to their
+message, so an entry point decorated with `reports_errors` (under `@hydra.main`) prints the
+message alone on stderr and exits with status 1. `HYDRA_FULL_ERROR=1` or `AMSAWARE_DEBUG=1`
+lets the error through with its traceback. Anything else (a bug) keeps its traceback.
+
+A tool that failed leaves nothing behind: Hydra creates a run folder (`.hydra/` and the log)
+before the tool starts, and a folder holding nothing else is removed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+T = TypeVar("T")
+
+DEBUG_VARIABLES = ("AMSAWARE_DEBUG", "HYDRA_FULL_ERROR")
+#: Errors whose message is the whole story: bad input, a missing file or optional dependency.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OSError,
+    ImportError,
+    MissingMandatoryValue,
+)
+#: What Hydra writes into a run folder before the task runs.
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+def debugging() -> bool:
+    """Whether the user asked for tracebacks."""
+    return any(os.environ.get(name, "") not in ("", "0") for name in DEBUG_VARIABLES)
+
+
+def message_of(error: BaseException) -> str:
+    """The error's own text, in one line; a `???` key says which key and how to give it."""
+    if isinstance(error, MissingMandatoryValue):
+        key = getattr(error, "full_key", None) or "a key"
+        return f"{key} is required (it is ??? in the config): pass {key}=..."
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text
+
+
+def remove_if_only_hydra(folder: Path) -> bool:
+    """Remove a run folder that holds only Hydra's `.hydra/` and logs (nothing the tool made)."""
+    if not folder.is_dir() or folder.resolve() == Path.cwd().resolve():
+        return False
+    for entry in folder.iterdir():
+        if entry.name == ".hydra" and entry.is_dir():
+            if {p.name for p in entry.iterdir()} - HYDRA_FILES:
+                return False
+        elif not (entry.is_file() and entry.suffix == ".log"):
+            return False
+    shutil.rmtree(folder)
+    return True
+
+
+def _hydra_output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.output_subdir is None:  # the tool writes only its output file, no run folder
+        return None
+    return Path(hydra.runtime.output_dir)
+
+
+def _close_logs_in(folder: Path) -> None:
+    """Close the root logger's file handlers writing into `folder` (before it is removed)."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(
+            folder.resolve()
+        ):
+            root.removeHandler(handler)
+            handler.close()
+
+
+def reports_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
+    """Decorate an entry point's task (under `@hydra.main`): see the module docstring."""
+
+    @functools.wraps(task)
+    def run(cfg: DictConfig) -> T:
+        try:
+            return task(cfg)
+        except USER_ERRORS as error:
+            if debugging():
+                raise
+            folder = _hydra_output_dir()
+            if folder is not None:
+                _close_logs_in(folder)
+                remove_if_only_hydra(folder)
+            tool = Path(sys.argv[0]).name or "amsaware"
+            print(f"{tool}: error: {message_of(error)}", file=sys.stderr)
+            print("(AMSAWARE_DEBUG=1 shows the traceback)", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    return run
