@@ -165,7 +165,8 @@ def _hessian(hists: Tensor, kappa: Tensor, constraint: Tensor, count_floor: floa
         n = expected(params)
         return (n - asimov * torch.log(n)).sum() + 0.5 * (constraint * params**2).sum()
 
-    return torch.autograd.functional.hessian(nll, start, create_graph=True)
+    # create_graph keeps the Hessian differentiable with respect to the histograms.
+    return torch.autograd.functional.hessian(nll, start, create_graph=hists.requires_grad)
 
 
 class InfernoLoss(nn.Module):
