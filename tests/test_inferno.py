@@ -115,7 +115,7 @@ def test_fisher_and_autograd_hessian_agree_in_value_and_gradient():
     for method in ("fisher", "hessian"):
         z = logits.clone().requires_grad_(True)
         loss = full_loss(method=method, free=("jes",))(z, target, weight, process)
-        values.append(float(loss))
+        values.append(float(loss.detach()))
         grads.append(torch.autograd.grad(loss, z)[0])
     assert values[0] == pytest.approx(values[1], rel=1e-9)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-12)
