@@ -7,8 +7,9 @@ lambda (nominal 3) as unconstrained nuisance parameters with b fixed. The paper'
 gives the expected uncertainty on s: a cross-entropy classifier binned in 10 uniform bins
 23.94, INFERNO trained for benchmark 2 16.95, the analytical likelihood 15.65.
 
-Here a 2 x 100 ReLU MLP (the paper's) is trained with BCE on balanced batches, then fine-tuned
-with `amsaware.inferno.InfernoLoss` (or trained from scratch with `--from-scratch`). The
+Here a 2 x 100 ReLU MLP (the paper's) is trained with BCE on balanced batches, and another from
+a fresh initialisation with `amsaware.inferno.InfernoLoss` (`--from-bce` fine-tunes the BCE
+network instead). The
 nuisances are applied to the raw features of the background events before the fixed
 standardisation (x0 + r, x2 * lambda0 / lambda): r +- `R_SHIFT` and lambda +- `LAMBDA_SHIFT`
 give the four shifted logit rows. Unlike the paper, whose network had 10 softmax outputs, the
@@ -226,7 +227,7 @@ def run(
     bce_epochs: int,
     inferno_epochs: int,
     seed: int,
-    from_scratch: bool = False,
+    from_bce: bool = False,
     bce_batch: int = 256,
     inferno_batch: int = 2000,
     lr: float = 1e-3,
@@ -235,7 +236,7 @@ def run(
     toy = make_toy(n_train, n_test, seed)
     bce = train_bce(toy, bce_epochs, bce_batch, lr, seed)
     inferno, history = train_inferno(
-        toy, None if from_scratch else bce, inferno_epochs, inferno_batch, lr, seed
+        toy, bce if from_bce else None, inferno_epochs, inferno_batch, lr, seed
     )
     settings = dict(
         n_train=n_train,
@@ -243,7 +244,7 @@ def run(
         bce_epochs=bce_epochs,
         inferno_epochs=inferno_epochs,
         seed=seed,
-        from_scratch=from_scratch,
+        from_bce=from_bce,
         bce_batch=bce_batch,
         inferno_batch=inferno_batch,
         lr=lr,
@@ -262,7 +263,7 @@ def run(
     )
 
 
-QUICK = dict(n_train=20_000, n_test=100_000, bce_epochs=3, inferno_epochs=8)
+QUICK = dict(n_train=20_000, n_test=100_000, bce_epochs=3, inferno_epochs=20)
 FULL = dict(n_train=200_000, n_test=1_000_000, bce_epochs=50, inferno_epochs=100)
 
 
@@ -270,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"small sizes: {QUICK}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--from-scratch", action="store_true", help="INFERNO without BCE start")
+    parser.add_argument(
+        "--from-bce", action="store_true", help="fine-tune the BCE network instead of a fresh one"
+    )
     parser.add_argument("--n-train", type=int)
     parser.add_argument("--n-test", type=int)
     parser.add_argument("--bce-epochs", type=int)
@@ -282,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     torch.set_num_threads(1)
-    result = run(**sizes, seed=args.seed, from_scratch=args.from_scratch)
+    result = run(**sizes, seed=args.seed, from_bce=args.from_bce)
     print(f"settings: {result.settings}")
     header = ("expected sigma_s", "benchmark 2", "(paper)", "stat only", "(paper b0)")
     print("".join(f"{h:>14}" for h in header))
