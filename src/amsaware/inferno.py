@@ -1,0 +1,302 @@
+"""INFERNO: the expected variance of mu from a binned likelihood built inside the batch.
+
+de Castro & Dorigo, "INFERNO: Inference-Aware Neural Optimisation" (arXiv:1806.04743): the loss
+is (I^-1)_mumu, the variance of the signal strength that a binned Poisson fit of the network's
+score would have, with the nuisance parameters profiled. Written here because no maintained
+library builds that likelihood from a batch of scores (pyhf builds it from fixed histograms and
+is the instrument the trained score is judged by, `amsaware.fit`). Formulas and choices:
+docs/inferno.md.
+
+The network keeps ONE logit per event (the project ranks, cuts, bins, predicts and exports one
+score). Its histogram is soft: the score p = sigmoid(logit) is shared among `bins` uniform bins
+on (0, 1) by a softmax of squared distances to the bin centres, so the counts are
+differentiable. Sums are float64, as in `amsaware.losses`.
+
+Shape nuisances enter as soft histograms of the same events shifted by -1 and +1 sigma: the
+caller evaluates the network on each shifted copy and hands over the logits, one row per
+variation, in the order
+
+    row 0: nominal, row 2k + 1: shape nuisance k at -1 sigma, row 2k + 2: at +1 sigma.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from amsaware.data.schema import B_TOT, S_TOT
+from amsaware.data.weights import class_scales
+from amsaware.losses import Normalisation, _check_normalisation, _check_positive
+
+Method = Literal["fisher", "hessian"]
+
+#: Expected events added to every bin: a Poisson bin with no expected events carries infinite
+#: information on any parameter that populates it (d n / d theta)^2 / n, which the network
+#: would learn to exploit. The floor is a constant background no parameter moves.
+COUNT_FLOOR = 1e-3
+
+
+def soft_assignment(logits: Tensor, bins: int, temperature: float) -> Tensor:
+    """Each event's share of `bins` uniform bins of p = sigmoid(logit) on (0, 1), float64.
+
+    Shape `logits.shape + (bins,)`, rows summing to 1: softmax_j(-((p - c_j) / w)^2 / tau) with
+    c_j the bin centres and w the bin width. With squared distances the share between two
+    neighbouring bins is exactly a logistic function of the distance to their common edge,
+    with width tau * w / 2 (the exponents differ by a term linear in p): a soft cut at every
+    edge, while bins further away fall off as a Gaussian. (With |p - c_j| far bins would only
+    fall off exponentially and leak more.) tau -> 0 gives the hard histogram. The probability
+    scale, not the logit, is binned because it is bounded: a fixed number of bins covers every
+    logit, and the end bins take the events whose logits run off to +-100.
+    """
+    p = torch.sigmoid(logits.to(torch.float64)).unsqueeze(-1)
+    centres = (torch.arange(bins, dtype=torch.float64, device=p.device) + 0.5) / bins
+    return torch.softmax(-(((p - centres) * bins) ** 2) / temperature, dim=-1)
+
+
+def soft_histogram(logits: Tensor, weight: Tensor, bins: int, temperature: float) -> Tensor:
+    """The weighted soft histogram of sigmoid(logits) (`soft_assignment`), shape (bins,), float64.
+
+    Its total is the total weight, whatever the temperature.
+    """
+    share = soft_assignment(logits, bins, temperature)
+    return (weight.to(torch.float64).unsqueeze(-1) * share).sum(-2)
+
+
+def asimov_variance(
+    signal: Tensor,
+    backgrounds: Tensor,
+    norm_sizes: Sequence[float] | Tensor = (),
+    free: Sequence[bool] | None = None,
+    count_floor: float = COUNT_FLOOR,
+    method: Method = "fisher",
+) -> Tensor:
+    """(I^-1)_mumu of a binned Poisson likelihood with Asimov data at mu = 1, theta = 0.
+
+    `signal` (V, B) and `backgrounds` (V, P, B) are histograms (expected events per bin) of the
+    signal and of P background processes, rows in the module's order (nominal, then down/up
+    per shape nuisance: V = 1 + 2K). The expected count of bin j is
+
+        n_j = mu h_sig,j(theta) + sum_p exp(kappa_p nu_p) h_p,j(theta) + floor,
+
+    h(theta) = h0 + sum_k [theta_k (h_k+ - h_k-) / 2 + theta_k^2 (h_k+ + h_k- - 2 h0) / 2] per
+    process (quadratic interpolation through the three histograms, pyhf's code 2 inside
+    +-1 sigma), kappa_p = atanh(f_p) with f_p = `norm_sizes[p]` (0: no such nuisance), and a
+    N(0, 1) constraint on every nuisance except the shape nuisances marked `free`.
+
+    For Asimov data the Hessian of -ln L at the expectation equals the Fisher information
+    I_ab = sum_j (d n_j / d a)(d n_j / d b) / n_j + constraints, which needs only the
+    derivatives at theta = 0: (h_k+ - h_k-) / 2 for a shape (the symmetric slope; pyhf's
+    piecewise-linear code 0 has a kink there) and kappa_p h_p for a normalisation. The fit
+    (`amsaware.fit`: normsys hi = 1 + f, lo = 1 - f, pyhf's exponential code 1) has slope
+    ln(1 + f) above 0 and -ln(1 - f) below; atanh(f) = ln((1 + f) / (1 - f)) / 2 lies between
+    them and is the slope of pyhf's smooth code 4 at 0. Only first derivatives matter at the
+    Asimov point, so the interpolations away from 0 do not change the result.
+    `method="fisher"` computes that directly; `"hessian"` differentiates the NLL twice with
+    `torch.autograd.functional.hessian` (slower; kept as the check that the two agree).
+    """
+    signal = signal.to(torch.float64)
+    backgrounds = backgrounds.to(torch.float64)
+    if signal.dim() != 2 or backgrounds.dim() != 3 or backgrounds.shape[0] != signal.shape[0]:
+        raise ValueError(
+            "asimov_variance needs signal (V, bins) and backgrounds (V, processes, bins) with the "
+            f"same V; got {tuple(signal.shape)} and {tuple(backgrounds.shape)}"
+        )
+    n_rows, n_processes = signal.shape[0], backgrounds.shape[1]
+    if n_rows % 2 != 1:
+        raise ValueError(
+            f"expected 1 + 2K histogram rows (nominal, down/up per shape), got {n_rows}"
+        )
+    n_shapes = n_rows // 2
+    sizes = torch.as_tensor(norm_sizes, dtype=torch.float64, device=signal.device)
+    if sizes.numel() == 0:
+        sizes = signal.new_zeros(n_processes)
+    if sizes.shape != (n_processes,):
+        raise ValueError(f"norm_sizes needs one size per background process ({n_processes})")
+    kappa = torch.atanh(sizes)
+    is_free = [False] * n_shapes if free is None else list(free)
+    if len(is_free) != n_shapes:
+        raise ValueError(f"free needs one flag per shape nuisance ({n_shapes}), got {len(is_free)}")
+    # Constraint curvature per parameter (mu, shapes, norms): 0 for mu and free shapes.
+    constraint = signal.new_tensor(
+        [0.0] + [0.0 if f else 1.0 for f in is_free] + [1.0] * n_processes
+    )
+    hists = torch.cat([signal.unsqueeze(1), backgrounds], dim=1)  # (V, 1 + P, B)
+    if method == "fisher":
+        information = _fisher(hists, kappa, count_floor) + torch.diag(constraint)
+    elif method == "hessian":
+        information = _hessian(hists, kappa, constraint, count_floor)
+    else:
+        raise ValueError(f"loss.method must be 'fisher' or 'hessian', got {method!r}")
+    unit = torch.zeros_like(constraint)
+    unit[0] = 1.0
+    return torch.linalg.solve(information, unit)[0]
+
+
+def _fisher(hists: Tensor, kappa: Tensor, count_floor: float) -> Tensor:
+    """sum_j J_aj J_bj / n_j with J the derivatives of n at (mu = 1, theta = 0)."""
+    nominal = hists[0]
+    slopes = (hists[2::2] - hists[1::2]).sum(1) / 2.0  # (K, B): every process, mu = 1
+    jacobian = torch.cat([nominal[:1], slopes, kappa.unsqueeze(-1) * nominal[1:]])
+    expected = nominal.sum(0) + count_floor
+    return (jacobian / expected) @ jacobian.T
+
+
+def _hessian(hists: Tensor, kappa: Tensor, constraint: Tensor, count_floor: float) -> Tensor:
+    """The Hessian of the Asimov NLL at (1, 0, ...), by automatic differentiation."""
+    nominal, down, up = hists[0], hists[1::2], hists[2::2]
+    slope, curvature = (up - down) / 2.0, (up + down - 2.0 * nominal) / 2.0
+    n_shapes = slope.shape[0]
+
+    def expected(params: Tensor) -> Tensor:
+        theta, nu = params[1 : 1 + n_shapes], params[1 + n_shapes :]
+        t = theta.view(-1, 1, 1)
+        h = nominal + (t * slope + t**2 * curvature).sum(0)
+        scale = torch.cat([params[:1], torch.exp(kappa * nu)])
+        return (scale.unsqueeze(-1) * h).sum(0) + count_floor
+
+    start = constraint.new_zeros(constraint.shape)
+    start[0] = 1.0
+    asimov = expected(start)
+
+    def nll(params: Tensor) -> Tensor:
+        n = expected(params)
+        return (n - asimov * torch.log(n)).sum() + 0.5 * (constraint * params**2).sum()
+
+    # create_graph keeps the Hessian differentiable with respect to the histograms.
+    return torch.autograd.functional.hessian(nll, start, create_graph=hists.requires_grad)
+
+
+class InfernoLoss(nn.Module):
+    """INFERNO's loss, the Asimov variance of mu (`asimov_variance`), on a batch of scores.
+
+    `forward(logits, target, weight, process=None)`: `logits` (V, n) holds the network's logit
+    for every event of the batch nominal (row 0) and shifted to each shape nuisance's -1/+1
+    sigma (rows 2k + 1, 2k + 2, k in the order of `shapes`); a 1-D `logits` is the nominal
+    row alone (no shapes). `weight` is (n,), or (V, n) when a shift changes weights (an event
+    the shifted selection drops weighs 0 in that row). `process` (n,) holds each event's index
+    into `processes` (read for background events only); without it every background event is
+    `processes[0]`, which then must be the only process. So the plain `(logits, target,
+    weight)` call of the other losses works: stat only, or with a normalisation nuisance on
+    the one background.
+
+    `norms` maps a background process to the relative size f of its normalisation nuisance;
+    `free` names shape nuisances without a Gaussian constraint (the INFERNO paper's benchmarks
+    1-2). `normalisation="batch"` rescales each class of the batch to `s_tot`/`b_tot` from the
+    nominal weights (`amsaware.losses.soft_counts`' convention: the processes keep their
+    shares of the batch), so the histograms count expected events; a batch with fewer than
+    `min_class_events` events of a class (or, with `raw`, without signal weight, where I is
+    singular) contributes a zero loss with zero gradient.
+    """
+
+    def __init__(
+        self,
+        bins: int = 10,
+        temperature: float = 0.1,
+        shapes: Sequence[str] = (),
+        processes: Sequence[str] = ("background",),
+        norms: Mapping[str, float] | None = None,
+        free: Sequence[str] = (),
+        normalisation: Normalisation = "batch",
+        min_class_events: int = 1,
+        count_floor: float = COUNT_FLOOR,
+        method: Method = "fisher",
+        s_tot: float = S_TOT,
+        b_tot: float = B_TOT,
+    ) -> None:
+        super().__init__()
+        _check_normalisation(normalisation)
+        _check_positive("temperature", temperature)
+        if not (isinstance(bins, int) and bins >= 1):
+            raise ValueError(f"loss.bins must be an integer >= 1, got {bins!r}")
+        if count_floor < 0:
+            raise ValueError(f"loss.count_floor must be >= 0, got {count_floor}")
+        if method not in ("fisher", "hessian"):
+            raise ValueError(f"loss.method must be 'fisher' or 'hessian', got {method!r}")
+        if not processes:
+            raise ValueError("loss.processes needs at least one background process")
+        norms = dict(norms or {})
+        for name, size in norms.items():
+            if name not in processes:
+                raise ValueError(
+                    f"loss.norms.{name}: not a background process of {list(processes)}"
+                )
+            if not 0 < size < 1:
+                raise ValueError(f"loss.norms.{name} must be a relative size in (0, 1), got {size}")
+        for name in free:
+            if name not in shapes:
+                raise ValueError(f"loss.free: {name!r} is not a shape nuisance of {list(shapes)}")
+        self.bins, self.temperature = bins, temperature
+        self.shapes, self.processes = tuple(shapes), tuple(processes)
+        self.norms, self.free = norms, tuple(free)
+        self.normalisation, self.min_class_events = normalisation, min_class_events
+        self.count_floor, self.method = count_floor, method
+        self.s_tot, self.b_tot = s_tot, b_tot
+        self._sizes = [norms.get(p, 0.0) for p in self.processes]
+        self._free = [name in self.free for name in self.shapes]
+
+    def histograms(
+        self, logits: Tensor, target: Tensor, weight: Tensor, process: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Soft histograms (signal (V, B), backgrounds (V, P, B)) in expected events."""
+        logits = logits.unsqueeze(0) if logits.dim() == 1 else logits
+        n_rows, n_events = logits.shape
+        if n_rows != 1 + 2 * len(self.shapes):
+            raise ValueError(
+                f"InfernoLoss with shapes {list(self.shapes)} needs 1 + 2 x {len(self.shapes)} "
+                f"logit rows (nominal, then down/up per shape), got {n_rows}"
+            )
+        w = weight.to(torch.float64).expand(n_rows, n_events)
+        signal = target.bool()
+        if process is None:
+            if len(self.processes) != 1:
+                raise ValueError(
+                    f"InfernoLoss with processes {list(self.processes)} needs each event's process"
+                )
+            process = torch.zeros(n_events, dtype=torch.long, device=logits.device)
+        elif ((process[~signal] < 0) | (process[~signal] >= len(self.processes))).any():
+            raise ValueError(
+                "InfernoLoss: a background event's process index lies outside "
+                f"[0, {len(self.processes)}) (processes {list(self.processes)})"
+            )
+        # Membership (n, 1 + P): column 0 signal, column 1 + p background process p.
+        member = torch.cat(
+            [
+                signal.unsqueeze(-1),
+                (~signal).unsqueeze(-1)
+                & (
+                    process.unsqueeze(-1) == torch.arange(len(self.processes), device=logits.device)
+                ),
+            ],
+            dim=-1,
+        ).to(torch.float64)
+        share = soft_assignment(logits, self.bins, self.temperature)  # (V, n, B)
+        hists = torch.einsum("vnb,vn,np->vpb", share, w, member)
+        if self.normalisation == "batch":
+            scale_s, scale_b = class_scales(target, w[0], self.s_tot, self.b_tot)
+            scale = torch.cat([scale_s, scale_b.expand(len(self.processes))])
+            hists = hists * scale.unsqueeze(-1)
+        return hists[:, 0], hists[:, 1:]
+
+    def forward(
+        self, logits: Tensor, target: Tensor, weight: Tensor, process: Tensor | None = None
+    ) -> Tensor:
+        signal, backgrounds = self.histograms(logits, target, weight, process)
+        nominal_signal = signal[0].sum()
+        usable = nominal_signal > 0
+        if self.normalisation == "batch":
+            n_signal = target.sum()
+            enough = (n_signal >= self.min_class_events) & (
+                len(target) - n_signal >= self.min_class_events
+            )
+            usable = usable & enough
+        # Without signal I_mumu = 0 and I is singular: solve a harmless stand-in instead, so
+        # no NaN reaches the gradient through the branch torch.where discards.
+        signal = torch.where(usable, signal, torch.ones_like(signal))
+        variance = asimov_variance(
+            signal, backgrounds, self._sizes, self._free, self.count_floor, self.method
+        )
+        dtype = logits.dtype if logits.is_floating_point() else torch.float32
+        return torch.where(usable, variance, 0.0 * variance).to(dtype)
