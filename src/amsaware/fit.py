@@ -459,30 +459,48 @@ class Scan:
 def likelihood_scan(
     spec: Mapping[str, Any], mu: Sequence[float] | np.ndarray | None = None, steps: int = 21
 ) -> Scan:
-    """Profile -2 ln L over a grid of mu (default: `steps` points over mu = 1 +- 2.5 sigma_mu)."""
+    """Profile -2 ln L over a grid of mu (default: `steps` points over mu = 1 +- 2.5 sigma_mu).
+
+    Each fit tries MIGRAD's fast strategy, then its careful one; a grid point where neither
+    converges (far out, where a bin's expected yield nears zero) is NaN, not a failed scan.
+    """
     model, data = model_and_data(spec)
     fixed = _nuisances_fixed(model)
     i = model.config.poi_index
-    with _numpy(strategy=0):  # only the minima are read, no errors
-        try:
-            best = pyhf.infer.mle.fit(
-                data, model, return_uncertainties=True, return_fitted_val=True
-            )
-            _, nll_stat = pyhf.infer.mle.fit(
-                data, model, fixed_params=fixed, return_fitted_val=True
-            )
-            if mu is None:
-                sigma = best[0][i, 1]
-                mu = np.linspace(1 - 2.5 * sigma, 1 + 2.5 * sigma, steps)
-            low, high = model.config.suggested_bounds()[i]
-            mu = np.clip(np.asarray(mu, np.float64), low, high)
-            full = [
-                pyhf.infer.mle.fixed_poi_fit(m, data, model, return_fitted_val=True)[1] for m in mu
-            ]
-            stat = [_twice_nll_at(model, data, m) for m in mu]  # nothing left to fit
-        except pyhf.exceptions.FailedMinimization as error:
-            raise _failed("the likelihood scan", error) from error
-    return Scan(mu, np.asarray(full) - best[1], np.asarray(stat) - nll_stat)
+    best = _minimum(lambda: pyhf.infer.mle.fit(
+        data, model, return_uncertainties=True, return_fitted_val=True
+    ))  # fmt: skip
+    stat_best = _minimum(lambda: pyhf.infer.mle.fit(
+        data, model, fixed_params=fixed, return_fitted_val=True
+    ))  # fmt: skip
+    if best is None or stat_best is None:
+        raise FitError("the likelihood scan did not converge at its best fit")
+    if mu is None:
+        sigma = best[0][i, 1]
+        mu = np.linspace(1 - 2.5 * sigma, 1 + 2.5 * sigma, steps)
+    low, high = model.config.suggested_bounds()[i]
+    mu = np.clip(np.asarray(mu, np.float64), low, high)
+    full = []
+    for m in mu:
+        point = _minimum(lambda m=m: pyhf.infer.mle.fixed_poi_fit(
+            m, data, model, return_fitted_val=True
+        ))  # fmt: skip
+        full.append(np.nan if point is None else float(point[1]))
+    with _numpy():
+        stat = [_twice_nll_at(model, data, m) for m in mu]  # nothing left to fit
+    return Scan(mu, np.asarray(full) - float(best[1]), np.asarray(stat) - float(stat_best[1]))
+
+
+def _minimum(fit_once: Any) -> Any:
+    """`fit_once()` with MINUIT's fast strategy, else its careful one; None if neither
+    converges (only the minimum is read, no errors)."""
+    for strategy in (0, 1):
+        with _numpy(strategy=strategy):
+            try:
+                return fit_once()
+            except pyhf.exceptions.FailedMinimization:
+                continue
+    return None
 
 
 def ranking(
