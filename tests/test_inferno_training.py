@@ -77,6 +77,7 @@ def test_augment_shifts_training_batches_and_leaves_validation_nominal(small_tab
     x0, y0, w0 = _first_batch(plain, _module(small_table, loss=BCELoss()))
     x1, y1, w1 = _first_batch(drawn, _module(small_table, needs, loss=BCELoss()))
     assert torch.equal(y0, y1)  # the same events in the same order
+    assert not torch.allclose(w0, w1)  # drawn normalisations (and the shifted selection)
     tau = small_table.feature_names.index("PRI_tau_pt")
     assert not torch.allclose(x0[:, tau], x1[:, tau])
     # validation: the nominal rows, untouched
@@ -101,11 +102,11 @@ def test_inferno_checkpoint_rebuilds_the_loss_with_its_nuisances(small_table, tm
 def test_refusals_name_the_keys():
     with pytest.raises(ConfigError, match="systematics=higgs"):
         settings_of("augment=systematics")
-    with pytest.raises(ConfigError, match="cv.parallel=false"):
+    with pytest.raises(ConfigError, match=r"cv\.parallel=false"):
         settings_of("loss=inferno", "systematics=higgs", "cv.parallel=true")
-    with pytest.raises(ConfigError, match="cv.parallel=false"):
+    with pytest.raises(ConfigError, match=r"cv\.parallel=false"):
         settings_of("augment=systematics", "systematics=higgs", "cv.parallel=true")
-    with pytest.raises(ConfigError, match="augment.grid"):
+    with pytest.raises(ConfigError, match=r"augment\.grid"):
         settings_of("augment=systematics", "systematics=higgs", "augment.grid=0")
     assert settings_of("augment=systematics", "systematics=higgs").augment.grid == 16
     assert settings_of("loss=inferno").augment is None  # stat-only INFERNO needs nothing
