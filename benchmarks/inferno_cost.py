@@ -13,6 +13,10 @@ Two timings per batch size, each the median over `--repeats` of one forward + ba
   4 shifted copies (5 x the events), which is what a training step with precomputed shifted
   copies costs.
 
+- module step: the same through the project's `SignificanceClassifier.training_step`, on
+  batches laid out as the datamodule serves them (INFERNO: the shifted rows (n, V, d) and
+  per-row weights that `loss=inferno systematics=...` trains on).
+
 The issue's target is an INFERNO step within 2 x a soft-AMS step. Timings on a loaded machine
 mean nothing: run it on an idle one.
 """
@@ -55,6 +59,10 @@ def _median_seconds(fn: Callable[[], None], repeats: int, device: str) -> float:
 
 def measure(batch: int, repeats: int, device: str = "cpu", seed: int = 0) -> dict[str, float]:
     """Median seconds of each variant at one batch size (see the module docstring)."""
+    from amsaware.data.datamodule import ShiftedCopies
+    from amsaware.data.systematics import Systematics
+    from amsaware.model import SignificanceClassifier
+
     g = torch.Generator().manual_seed(seed)
     rows = 1 + 2 * len(SHAPES)
     target = (torch.rand(batch, generator=g) < 0.3).long().to(device)
@@ -88,7 +96,38 @@ def measure(batch: int, repeats: int, device: str = "cpu", seed: int = 0) -> dic
 
         return step
 
+    # The project's training step (`SignificanceClassifier.training_step`) on batches laid out
+    # as the datamodule serves them: soft-AMS on (x, target, weight); INFERNO on the shifted
+    # rows (n, V, d) with per-row weights (V, n), as `loss=inferno systematics=...` trains.
+    x_rows = x.permute(1, 0, 2).contiguous()
+    w_rows = weight.unsqueeze(-1).expand(batch, rows).contiguous()
+    modules = {
+        "soft-AMS": SignificanceClassifier(net, ams, optimizer={"class": "Adam", "lr": 1e-3}),
+        "INFERNO": SignificanceClassifier(
+            net,
+            inferno["fisher"],
+            optimizer={"class": "Adam", "lr": 1e-3},
+            needs=ShiftedCopies(Systematics(), PROCESSES),
+        ),
+    }
+    batches = {
+        "soft-AMS": (x[0], target, weight),
+        "INFERNO": (x[0], target, weight, process, x_rows, w_rows),
+    }
+
+    def module_step(name: str) -> Callable[[], None]:
+        module = modules[name].to(device)
+
+        def step() -> None:
+            optimiser.zero_grad()
+            module.training_step(batches[name], 0).backward()
+            optimiser.step()
+
+        return step
+
     variants = {
+        "module step soft-AMS": module_step("soft-AMS"),
+        "module step INFERNO": module_step("INFERNO"),
         "loss soft-AMS": loss_step(lambda: ams(logits[0], target, weight)),
         "loss INFERNO fisher": loss_step(
             lambda: inferno["fisher"](logits, target, weight, process)

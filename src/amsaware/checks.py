@@ -42,7 +42,7 @@ from amsaware.run_folder import RunFolderError, scorers_of
 from amsaware.run_folder.claim import claim_run_folder
 from amsaware.run_folder.config import save_self_contained, self_contained
 from amsaware.search import SearchConfigError
-from amsaware.settings import CutSettings, CVSettings, FitSettings, Settings
+from amsaware.settings import AugmentSettings, CutSettings, CVSettings, FitSettings, Settings
 
 if TYPE_CHECKING:
     from amsaware.data.systematics import Systematics
@@ -63,7 +63,12 @@ class ConfigError(ValueError):
 
 #: The project's own sections with a fixed set of keys. (`paths` is open: a user may add a
 #: folder there for the interpolations of a data config of their own.)
-SECTIONS: dict[str, type] = {"cv": CVSettings, "cut": CutSettings, "fit": FitSettings}
+SECTIONS: dict[str, type] = {
+    "cv": CVSettings,
+    "cut": CutSettings,
+    "fit": FitSettings,
+    "augment": AugmentSettings,
+}
 
 #: Top-level keys of train.yaml and its config groups; conf/train.yaml declares each one
 #: (a test holds the two together).
@@ -95,6 +100,7 @@ TOP_LEVEL: frozenset[str] = frozenset(
         "systematics",
         "fit",
         "progress",
+        "augment",
         "hydra",  # present when composed with return_hydra_config
     }
 )
@@ -279,9 +285,10 @@ def check_optimized_metric(
 
 def _finetune_losses() -> list[str]:
     """The `_target_`s a fine-tune may name: `amsaware.losses.FINETUNE`, the registry's."""
-    from amsaware import losses
+    from amsaware import inferno, losses  # importing inferno registers InfernoLoss
 
-    return [f"amsaware.losses.{name}" for name in losses.FINETUNE]
+    assert losses.LOSSES["InfernoLoss"] is inferno.InfernoLoss
+    return [f"{losses.LOSSES[name].__module__}.{name}" for name in losses.FINETUNE]
 
 
 def check_finetune_options(finetune: DictConfig | None) -> None:
@@ -294,7 +301,7 @@ def check_finetune_options(finetune: DictConfig | None) -> None:
     if target not in allowed:
         raise ConfigError(
             f"finetune.loss._target_ must be one of {allowed} "
-            f"(finetune=ams|asimov|deltaz|bce), got {target!r}"
+            f"(finetune=ams|asimov|deltaz|bce|inferno), got {target!r}"
         )
     for key, least in (("batch_size", 1), ("max_epochs", 0)):
         value = finetune.get(key)
@@ -342,6 +349,18 @@ def check_parallel(cfg: DictConfig) -> None:
     if _early_stopping(cfg):
         raise ConfigError(
             "callbacks.early_stopping needs each fold's own trainer: use it with cv.parallel=false"
+        )
+    inferno = "amsaware.inferno.InfernoLoss"
+    targets = [(cfg.get("loss") or {}).get("_target_")]
+    targets.append(((cfg.get("finetune") or {}).get("loss") or {}).get("_target_"))
+    shifting = cfg.get("augment") is not None or (
+        inferno in targets and cfg.get("systematics") is not None
+    )
+    if shifting:
+        raise ConfigError(
+            "cv.parallel=true trains the folds on plain batches: shifted training events "
+            "(augment=systematics, or loss=inferno / finetune=inferno with a systematics group) "
+            "need cv.parallel=false"
         )
 
 
@@ -485,7 +504,23 @@ def check_config(cfg: DictConfig) -> Settings:
     )
     check_finetune_options(cfg.get("finetune"))
     check_parallel(cfg)
+    check_augment(settings)
     return settings
+
+
+def check_augment(settings: Settings) -> None:
+    """`augment=systematics` draws the nuisances of a `systematics` group, at least one grid
+    point of them."""
+    if settings.augment is None:
+        return
+    if settings.systematics is None or not settings.systematics.shapes:
+        raise ConfigError(
+            "augment=systematics shifts the training events by the shape nuisances of a "
+            "systematics group (systematics.tes, .jes, .les, .soft_met): choose one "
+            "(systematics=higgs) with at least one shape nuisance switched on, or augment=null"
+        )
+    if settings.augment.grid < 1:
+        raise ConfigError(f"augment.grid must be an integer >= 1, got {settings.augment.grid}")
 
 
 def _main_process() -> bool:

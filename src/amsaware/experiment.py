@@ -22,11 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from amsaware.checks import check_finetune, check_run
-from amsaware.data.datamodule import HiggsDataModule
+from amsaware.data.datamodule import HiggsDataModule, Needs, PriorDraws, ShiftedCopies
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
-from amsaware.data.systematics import check_norms
-from amsaware.fit_stage import HeldOutScores, describe, no_systematics, run_fit
+from amsaware.data.systematics import background_processes, check_norms
+from amsaware.fit_stage import BACKGROUND, HeldOutScores, describe, no_systematics, run_fit
+from amsaware.inferno import InfernoLoss, nuisance_options
 from amsaware.loggers import (
     StageLoggers,
     choice,
@@ -94,14 +95,30 @@ def _make_module(
     net: nn.Module,
     phase: int | None,
     totals: tuple[float, float],
+    processes: tuple[str, ...] = (BACKGROUND,),
 ) -> SignificanceClassifier:
     """A phase's module around `net`: `section`'s (the config's, or `finetune`'s) loss,
-    optimizer and scheduler; `phase` 0 or 1 with a fine-tune, None without."""
-    from hydra.utils import instantiate
+    optimizer and scheduler; `phase` 0 or 1 with a fine-tune, None without.
 
+    An INFERNO loss takes its nuisances from the run's systematics and the data's background
+    `processes`, and its batches then carry the shifted copies; any other loss trains on
+    prior draws with `augment`."""
+    from hydra.utils import get_class, instantiate
+
+    options = loss_totals(section.loss, *totals)
+    is_inferno = get_class(section.loss._target_) is InfernoLoss
+    if is_inferno and settings.systematics is not None:
+        options |= nuisance_options(settings.systematics, processes)
+    loss = instantiate(section.loss, **options)
+    needs: Needs | None = None
+    if is_inferno and settings.systematics is not None:
+        needs = ShiftedCopies(settings.systematics, loss.processes)
+    elif not is_inferno and settings.augment is not None and settings.systematics is not None:
+        needs = PriorDraws(settings.systematics, settings.augment.grid, settings.augment.norm)
     return SignificanceClassifier(
         net=net,
-        loss=instantiate(section.loss, **loss_totals(section.loss, *totals)),
+        loss=loss,
+        needs=needs,
         optimizer=instantiate(section.optimizer),
         s_tot=totals[0],
         b_tot=totals[1],
@@ -119,6 +136,7 @@ def _factories(
     loggers: StageLoggers | None = None,
     early_stops: EarlyStops | None = None,
     settings: Settings | None = None,
+    processes: tuple[str, ...] = (BACKGROUND,),
 ) -> tuple[ModuleFactory, TrainerFactory, StageWriter]:
     """The first phase's module and trainer factories and the stage writer.
 
@@ -132,7 +150,7 @@ def _factories(
 
     def make_module() -> SignificanceClassifier:
         net = instantiate(cfg.model, n_features=n_features)
-        return _make_module(settings, cfg, net, 0 if finetuning else None, totals)
+        return _make_module(settings, cfg, net, 0 if finetuning else None, totals, processes)
 
     def make_trainer(stages: str | list[str]) -> L.Trainer:
         phase = "pretrain" if finetuning else None
@@ -236,6 +254,7 @@ def _finetune(
     save_stage: StageWriter,
     loggers: StageLoggers | None = None,
     early_stops: EarlyStops | None = None,
+    processes: tuple[str, ...] = (BACKGROUND,),
 ) -> FineTune | None:
     """The fine-tune phase of `cfg.finetune` (its loss, optimizer and scheduler) with the
     options of `settings.finetune`, or None without one."""
@@ -244,7 +263,7 @@ def _finetune(
     ft = cfg.finetune
 
     def make_module(net: nn.Module) -> SignificanceClassifier:
-        return _make_module(settings, ft, net, 1, totals)
+        return _make_module(settings, ft, net, 1, totals, processes)
 
     def make_trainer(stages: str | list[str], callbacks: list[L.Callback]) -> L.Trainer:
         phase = f"finetune={choice('finetune') or ft.loss._target_.rsplit('.', 1)[-1]}"
@@ -325,12 +344,14 @@ def _run_with(
     train, run = dataset.train, RunFolder(settings.output_dir)
     totals = (train.s_tot, train.b_tot)
     early_stops: EarlyStops = {}
+    processes = (BACKGROUND,) if train.process is None else background_processes(train)
     factories = _factories(
-        cfg, settings.output_dir, len(train.feature_names), totals, loggers, early_stops, settings
-    )
+        cfg, settings.output_dir, len(train.feature_names), totals, loggers, early_stops, settings,
+        processes,
+    )  # fmt: skip
     make_module, make_trainer, save_stage = factories
     finetune = _finetune(
-        cfg, settings, settings.output_dir, totals, save_stage, loggers, early_stops
+        cfg, settings, settings.output_dir, totals, save_stage, loggers, early_stops, processes
     )
     cut_options = {**settings.cut.options(), "s_tot": totals[0], "b_tot": totals[1]}
     clock = RunClock(settings.cv.n_models, settings.cv.folds, settings.scores_final)

@@ -28,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from amsaware.data.schema import B_TOT, S_TOT
+from amsaware.data.systematics import Systematics
 from amsaware.data.weights import class_scales
-from amsaware.losses import Normalisation, _check_normalisation, _check_positive
+from amsaware.losses import Normalisation, _check_normalisation, _check_positive, register
 
 Method = Literal["fisher", "hessian"]
 
@@ -300,3 +301,17 @@ class InfernoLoss(nn.Module):
         )
         dtype = logits.dtype if logits.is_floating_point() else torch.float32
         return torch.where(usable, variance, 0.0 * variance).to(dtype)
+
+
+def nuisance_options(settings: Systematics, processes: Sequence[str]) -> dict[str, object]:
+    """`InfernoLoss` options from a run's systematics: its shape nuisances (in the order the
+    datamodule's shifted rows follow), the data's background `processes` and the sizes of
+    their normalisation nuisances."""
+    return {
+        "shapes": tuple(settings.shapes),
+        "processes": tuple(processes),
+        "norms": {p: size for p, size in settings.norm.items() if p in processes},
+    }
+
+
+register(InfernoLoss)

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from amsaware import losses
+from amsaware import inferno, losses
+from amsaware.data.datamodule import Needs, ShiftedCopies
 from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.metrics import ValidationEvents, classification_metrics
 
@@ -68,13 +69,17 @@ class Architecture:
 NETS: dict[str, Architecture] = {
     "MLP": Architecture(MLP, {"n_layers": int, "hidden_size": int, "dropout": float}),
 }
-#: The losses a checkpoint may rebuild: `amsaware.losses`' registry (the same dict).
+#: The losses a checkpoint may rebuild: `amsaware.losses`' registry (the same dict), which
+#: `amsaware.inferno` adds `InfernoLoss` to on import.
 LOSSES: dict[str, type[nn.Module]] = losses.LOSSES
+assert LOSSES.get("InfernoLoss") is inferno.InfernoLoss
 
 
 def _plain(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return all(_plain(item) for item in value)
+    if isinstance(value, Mapping):  # e.g. InfernoLoss's norms: process -> size
+        return all(isinstance(key, str) and _plain(item) for key, item in value.items())
     return value is None or isinstance(value, bool | int | float | str)
 
 
@@ -182,6 +187,13 @@ class SignificanceClassifier(L.LightningModule):
     Nothing in the step synchronises with the host: the running loss and the validation metrics
     accumulate on the device and are computed once per epoch.
 
+    `needs` says what the training batches must hold besides the nominal events
+    (`amsaware.data.datamodule.Needs`; the datamodule builds it in its `setup`): with
+    `ShiftedCopies` the step scores every event nominal and shifted and hands the V rows of
+    logits to an `InfernoLoss`, and `val/loss` is that loss of the whole shifted fold; with
+    `PriorDraws` the batches are shifted events in the usual layout and nothing else changes.
+    It describes the data, not the network, so it is not saved with the hyperparameters.
+
     `phase` (0 the first training phase, 1 a fine-tune) is logged per epoch as `phase` when
     set, marking in a fold's one timeline where the fine-tune begins.
 
@@ -205,6 +217,7 @@ class SignificanceClassifier(L.LightningModule):
         scheduler: SchedulerFactory | Mapping[str, Any] | None = None,
         compile_mode: str | None = None,
         phase: int | None = None,
+        needs: Needs | None = None,
     ) -> None:
         super().__init__()
         if isinstance(net, Mapping):
@@ -221,6 +234,11 @@ class SignificanceClassifier(L.LightningModule):
         self._save_plain_hyperparameters(net, loss, optimizer, scheduler, plain)
         self.net = net
         self.phase = phase
+        self.needs = needs
+        self._shifted = isinstance(needs, ShiftedCopies)
+        if self._shifted and not isinstance(loss, inferno.InfernoLoss):
+            raise ValueError("shifted copies in the batch need an InfernoLoss (loss=inferno)")
+        self._val_rows: list[tuple[Tensor, ...]] = []
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -264,10 +282,19 @@ class SignificanceClassifier(L.LightningModule):
         return self._forward(x)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        x, target, weight = batch
-        loss = self.loss(self(x), target, weight)
+        if self._shifted:
+            _, target, _, process, x_rows, w_rows = batch
+            loss = self.loss(self._row_logits(x_rows), target, w_rows.T, process)
+        else:
+            x, target, weight = batch
+            loss = self.loss(self(x), target, weight)
         self.train_loss.update(loss.detach())
         return loss
+
+    def _row_logits(self, x_rows: Tensor) -> Tensor:
+        """Logits (V, n) of events (n, V, d) given nominal and shifted: one forward pass."""
+        n, rows, features = x_rows.shape
+        return self(x_rows.reshape(n * rows, features)).reshape(n, rows).T
 
     @property
     def epoch(self) -> int:
@@ -282,7 +309,10 @@ class SignificanceClassifier(L.LightningModule):
         self._log_epoch()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        x, target, weight = batch
+        x, target, weight = batch[:3]
+        if self._shifted:  # val/loss: the INFERNO loss of the whole shifted fold
+            _, _, _, process, x_rows, w_rows = batch
+            self._val_rows.append((self._row_logits(x_rows), target, w_rows.T, process))
         logits = self(x)
         self.val_metrics.update(preds=torch.sigmoid(logits), target=target, weight=weight)
         self.val_events.update(logits, target, weight)
@@ -294,8 +324,14 @@ class SignificanceClassifier(L.LightningModule):
         self.log_dict(shown, prog_bar=True)
         self.val_metrics.reset()
         logits, target, weight = self.val_events.compute()
-        if len(logits):
+        if self._val_rows:
+            rows, target, weight, process = (
+                torch.cat(part, -1) for part in zip(*self._val_rows, strict=True)
+            )
+            self.log("val/loss", self.loss(rows, target, weight, process).float())
+        elif len(logits):
             self.log("val/loss", self.loss(logits, target, weight).float())
+        self._val_rows.clear()
         self.val_events.reset()
         self._log_epoch()
 

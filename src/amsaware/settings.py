@@ -61,6 +61,16 @@ class FitSettings:
 
 
 @dataclass(frozen=True)
+class AugmentSettings:
+    """`augment=systematics`: every training batch shifted by one draw of the nuisances from
+    their priors, out of `grid` draws made once per fit; `norm` also scales each background
+    process's weights by its drawn normalisation (`amsaware.data.datamodule.PriorDraws`)."""
+
+    grid: int = 16
+    norm: bool = True
+
+
+@dataclass(frozen=True)
 class PhaseSettings:
     """`finetune`'s scalar options (conf/finetune/_phase.yaml): the second phase's batch size
     and epochs; its loss, optimizer and scheduler are instantiated from the config."""
@@ -100,6 +110,8 @@ class Settings:
     fit: FitSettings | None = None
     #: Lightning's bar (True), a log line per epoch (False), or None: the bar on a terminal.
     progress: bool | None = None
+    #: Training batches shifted by prior draws of the nuisances (`augment=systematics`).
+    augment: AugmentSettings | None = None
 
     @property
     def scores_final(self) -> bool:
@@ -152,6 +164,11 @@ class Settings:
             systematics=systematics,
             fit=fit if fit.enabled or (fit.enabled is None and systematics is not None) else None,
             progress=cfg.get("progress"),
+            augment=None
+            if cfg.get("augment") is None
+            else AugmentSettings(
+                **{k: cfg.augment[k] for k in _names(AugmentSettings) if k in cfg.augment}
+            ),
         )
 
 
