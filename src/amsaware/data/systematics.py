@@ -109,13 +109,7 @@ class Systematics:
         `MAX_SOFT_MET` GeV, a normalisation >= 1), cuts below the file's thresholds or too low
         for the shift they must cover: a ValueError naming the key. null or 0 switches off.
         """
-        config = {} if config is None else config
-        if not isinstance(config, Mapping):
-            raise ValueError(f"{where}: expected a mapping of nuisance sizes, got {config!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in config if k not in known)
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
+        config = _section(config, where, cls, "a mapping of nuisance sizes")
         defaults = cls()
         values = {}
         for name, bound, unit in (
@@ -167,15 +161,21 @@ def _size(value: object, key: str, bound: float, unit: str, inclusive: bool) -> 
     return value
 
 
-def _cuts(config: object, key: str, sizes: Mapping[str, float | None]) -> Cuts:
-    """Cuts from the config, each above the file's threshold moved up by its scale's 1 sigma."""
+def _section(config: object, where: str, schema: type, expected: str) -> Mapping:
+    """`config` (None: empty) as a mapping of `schema`'s fields only, else a ValueError."""
     config = {} if config is None else config
     if not isinstance(config, Mapping):
-        raise ValueError(f"{key}: expected a mapping (tau_pt, lep_pt, jet_pt), got {config!r}")
-    known = {f.name for f in fields(Cuts)}
+        raise ValueError(f"{where}: expected {expected}, got {config!r}")
+    known = {f.name for f in fields(schema)}
     unknown = sorted(str(k) for k in config if k not in known)
     if unknown:
-        raise ValueError(f"{key}: unknown keys {unknown}; expected some of {sorted(known)}")
+        raise ValueError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
+    return config
+
+
+def _cuts(config: object, key: str, sizes: Mapping[str, float | None]) -> Cuts:
+    """Cuts from the config, each above the file's threshold moved up by its scale's 1 sigma."""
+    config = _section(config, key, Cuts, "a mapping (tau_pt, lep_pt, jet_pt)")
     for name, value in config.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{key}.{name}: expected a threshold in GeV, got {value!r}")
