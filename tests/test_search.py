@@ -1160,9 +1160,9 @@ class FitLauncher(ReportingLauncher):
 
 def test_a_fit_objective_is_minimised_and_never_pruned(tmp_path, caplog):
     fit = ["systematics=higgs", "optimized_metric=fit/sigma_mu"]
-    with pytest.raises(SearchConfigError, match="better when lower.*direction=minimize"):
+    with pytest.raises(SearchConfigError, match=r"better when lower.*direction=minimize"):
         run_sweeper(tmp_path / "max", "hydra.sweeper.n_trials=1", *fit)
-    with pytest.raises(SearchConfigError, match="better when higher.*direction=maximize"):
+    with pytest.raises(SearchConfigError, match=r"better when higher.*direction=maximize"):
         run_sweeper(
             tmp_path / "min", "hydra.sweeper.n_trials=1", "hydra.sweeper.direction=minimize"
         )

@@ -14,7 +14,8 @@ held them out, binned and fitted as an analysis would (`amsaware.fit`).
 - The processes: the signal (label 1) is one sample scaled by mu; the background keeps its
   process labels (`EventTable.process`), which the normalisation nuisances name.
 
-What the stage writes: `fit/workspace.json` (standard pyhf JSON), the figures
+What the stage writes: `fit/held_out.npz` (the fit's events, `fit.save_input`: what
+compare.py refits bootstrap resamples of), `fit/workspace.json` (standard pyhf JSON), the figures
 (`fit/distributions`, `fit/impacts`, `fit/scan`, PNG and PDF) and the `fit/...` metrics.
 """
 
@@ -42,6 +43,8 @@ SIGNAL = "signal"
 #: The background's name where the data carry no process labels.
 BACKGROUND = "background"
 NOMINAL = "nominal"
+#: `run_folder.FIT_EVENTS` within the stage's folder.
+EVENTS_FILE = "held_out.npz"
 
 
 def no_systematics() -> Systematics:
@@ -144,8 +147,12 @@ def run_fit(
     logging.getLogger("cabinetry").setLevel(logging.WARNING)
     logging.getLogger("pyhf.optimize").setLevel(logging.CRITICAL)
     config = fit.FitConfig(bins=settings.bins, mc_stat=settings.mc_stat, toys=settings.toys)
+    data = held_out.fit_input()
+    if out_dir is not None:  # before the fit: kept also when it fails, for compare's refits
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fit.save_input(data, out_dir / EVENTS_FILE, held_out.table.event_id)
     try:
-        report = fit.analyse(held_out.fit_input(), config, np.random.default_rng(seed))
+        report = fit.analyse(data, config, np.random.default_rng(seed))
     except fit.FitError as error:
         log.error("fit failed: %s (the run's other results are kept)", error)
         return FitOutcome({}, str(error))
