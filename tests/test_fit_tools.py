@@ -84,3 +84,50 @@ def test_a_lower_is_better_difference_reads_negative_as_better():
     assert better.verdict == "b better" and better.p_value == 0 and better.fraction_better == 1
     worse = paired_difference("b", "a", "oof/auc", (0.8, 1.0), (np.full(9, 0.8), np.full(9, 1.0)))
     assert worse.verdict == "a better"
+
+
+@pytest.mark.slow
+def test_eval_fits_a_labelled_file_with_the_runs_nuisances(fit_runs, tmp_path):
+    from amsaware.data.synthetic import make_dataset
+    from amsaware.evaluation import evaluate_file
+    from amsaware.inference import ApplyRequest
+    from amsaware.run_folder import EVAL_METRICS
+    from tests.conftest import DEFAULT_GENERATOR
+    from tests.helpers import N_TEST, N_TRAIN, kaggle_frame
+
+    wide, _ = fit_runs
+    test = make_dataset(N_TRAIN, N_TEST, DEFAULT_GENERATOR, 42).test
+    kaggle_frame(test, with_labels=True).to_csv(tmp_path / "labelled.csv", index=False)
+    # The CSV's processes come from its weights (wjets only here): the run's normalisations
+    # of the other processes cannot be fitted, said in the report, its other metrics kept.
+    report = evaluate_file(ApplyRequest(wide, tmp_path / "labelled.csv", tmp_path / "a.csv"))
+    assert "systematics.norm.ztautau: no background event" in report["fit"]["error"]
+    assert report["metrics"]["test/auroc"] > 0.5
+    # The same run with shape nuisances only fits the file.
+    import shutil
+
+    import yaml
+
+    shapes_only = tmp_path / "shapes_only"
+    shutil.copytree(wide, shapes_only)
+    config = shapes_only / ".hydra" / "config.yaml"
+    raw = yaml.safe_load(config.read_text())
+    raw["systematics"]["norm"] = {}
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out" / "labelled.scores.csv"
+    report = evaluate_file(ApplyRequest(shapes_only, tmp_path / "labelled.csv", out))
+    section = report["fit"]
+    assert "error" not in section, section
+    assert section["fit/sigma_mu"] >= section["fit/sigma_mu_stat"] > 0
+    assert section["settings"] == {"mc_stat": True, "bins": 10, "toys": 0}
+    assert json.loads((out.parent / EVAL_METRICS).read_text())["fit"] == section
+    spec = fit.read_workspace(out.parent / "fit" / "workspace.json")
+    assert {m["name"] for s in spec["channels"][0]["samples"] for m in s["modifiers"]} >= {
+        "mu", "tes", "jes",
+    }  # fmt: skip
+    # The file's events, weighted at the run's totals, are what was fitted.
+    data, event_id = fit.load_input(out.parent / "fit" / "held_out.npz")
+    np.testing.assert_array_equal(event_id, test.event_id)
+    s_tot, _ = RunFolder(wide).totals()
+    signal = data.process == "signal"
+    assert 0 < data.weight[signal].sum() <= s_tot * (1 + 1e-9)

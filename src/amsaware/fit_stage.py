@@ -123,10 +123,15 @@ class FitOutcome:
 
     def section(self, settings: FitSettings) -> dict[str, Any]:
         """metrics.json's `fit` section: the metrics, how they were made, or the error."""
-        how = {"mc_stat": settings.mc_stat, "bins": settings.bins, "toys": settings.toys}
+        how = settings_section(settings)
         if self.error is not None:
             return {"error": self.error, "settings": how}
         return {**self.metrics, "settings": how}
+
+
+def settings_section(settings: FitSettings) -> dict[str, Any]:
+    """How a fit was made, as metrics.json's `fit.settings` records it."""
+    return {"mc_stat": settings.mc_stat, "bins": settings.bins, "toys": settings.toys}
 
 
 def run_fit(
