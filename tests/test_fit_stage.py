@@ -134,3 +134,24 @@ def test_a_normalisation_of_a_process_the_data_lack_is_refused_before_training(t
     with pytest.raises(ValueError, match="qcd"):
         run_experiment(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_too_many_bins_for_the_training_events_are_refused_before_training(tmp_path):
+    from amsaware.experiment import run_experiment
+
+    cfg = compose_run(tmp_path / "run", "systematics=higgs", "fit.bins=400")
+    with pytest.raises(ValueError, match=r"fit.bins=400: .* need >= 8000 background events"):
+        run_experiment(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_fit_that_fails_keeps_the_runs_other_results_and_its_message(tmp_path, monkeypatch):
+    def fails(*args, **kwargs):
+        raise fit.FitError("the Asimov fit did not converge: FailedMinimization: EDM too large")
+
+    monkeypatch.setattr(fit, "analyse", fails)
+    metrics = run(tmp_path / "run", "systematics=higgs", "~logger")
+    assert metrics["fit"]["error"].startswith("the Asimov fit did not converge")
+    assert not any(key.startswith("fit/") for key in metrics["fit"])
+    assert np.isfinite(metrics["cv"]["oof"]["oof/ams_max"]) and "cut" in metrics
+    assert not (tmp_path / "run" / "fit" / "workspace.json").exists()

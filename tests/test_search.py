@@ -1147,3 +1147,43 @@ def test_optuna_dashboard_serves_the_sweepers_study(tmp_path):
     for trial, stored in zip(served, study.trials, strict=True):
         steps = {v["step"]: v["value"] for v in trial["intermediate_values"]}
         assert steps == pytest.approx(stored.intermediate_values)
+
+
+class FitLauncher(ReportingLauncher):
+    """Each job 'fits' once its folds are done: sigma_mu = n_layers / 10, no per-fold report
+    (a fit/ objective has none)."""
+
+    def run(self, given: dict) -> float:
+        assert fold_metric("fit/sigma_mu") is None
+        return given["model.n_layers"] / 10
+
+
+def test_a_fit_objective_is_minimised_and_never_pruned(tmp_path, caplog):
+    fit = ["systematics=higgs", "optimized_metric=fit/sigma_mu"]
+    with pytest.raises(SearchConfigError, match=r"better when lower.*direction=minimize"):
+        run_sweeper(tmp_path / "max", "hydra.sweeper.n_trials=1", *fit)
+    with pytest.raises(SearchConfigError, match=r"better when higher.*direction=maximize"):
+        run_sweeper(
+            tmp_path / "min", "hydra.sweeper.n_trials=1", "hydra.sweeper.direction=minimize"
+        )
+    cfg = search_config(
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        *MEDIAN,
+        *fit,
+        "hydra.sweeper.direction=minimize",
+        "hydra.sweeper.n_trials=6",
+    )
+    sweeper = AmsawareSweeper()
+    sweeper.config = cfg
+    sweeper.launcher = FitLauncher(cfg.hydra.sweeper.pruner)
+    with caplog.at_level(logging.WARNING):
+        sweeper.sweep([])
+    assert caplog.text.count("nothing is pruned") == 1
+    trials = stored_study(tmp_path).trials
+    assert [t.state for t in trials] == [COMPLETE] * 6
+    assert all(not t.intermediate_values for t in trials)
+    results = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    assert results.best_value == min(t.value for t in trials)
+    assert results.best_value < max(t.value for t in trials)  # TPE drew several depths
+    assert "optimized_metric=fit/sigma_mu" in (tmp_path / "sweep" / "best_run.sh").read_text()

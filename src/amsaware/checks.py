@@ -45,6 +45,7 @@ from amsaware.search import SearchConfigError
 from amsaware.settings import AugmentSettings, CutSettings, CVSettings, FitSettings, Settings
 
 if TYPE_CHECKING:
+    from amsaware.data.schema import EventTable
     from amsaware.data.systematics import Systematics
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,28 @@ def check_systematics(cfg: DictConfig) -> Systematics | None:
         return Systematics.from_config(section, "systematics")
     except ValueError as error:  # its refusals name the key
         raise ConfigError(str(error)) from None
+
+
+def check_fit_events(fit: FitSettings | None, table: EventTable) -> None:
+    """Enough training events for `fit.bins` bins, before any training: the fit bins the
+    held-out scores of every training event, and each bin needs `fit.MIN_BACKGROUND`
+    background events and a signal event (`fit.choose_binning`), which would otherwise fail
+    only after every fold has trained."""
+    if fit is None or table.label is None:
+        return
+    from amsaware.fit import MIN_BACKGROUND
+
+    n_signal = int((table.label == 1).sum())
+    n_background = len(table) - n_signal
+    need = fit.bins * MIN_BACKGROUND
+    if n_background < need or n_signal < fit.bins:
+        most = max(1, min(n_background // MIN_BACKGROUND, n_signal))
+        raise ConfigError(
+            f"fit.bins={fit.bins}: {table.source} has {n_background} background and {n_signal} "
+            f"signal training events; {fit.bins} bins need >= {need} background events "
+            f"({MIN_BACKGROUND} a bin) and >= {fit.bins} signal events: set fit.bins <= {most} "
+            "or use more events"
+        )
 
 
 def check_optimized_metric(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 
 from amsaware import plots
 from amsaware.atomic import atomic_path, write_json
+from amsaware.report import FIT_METRICS, LOWER_IS_BETTER
 from amsaware.run_folder import TENSORBOARD, Cut, RunFolder, RunFolderError
 from amsaware.stats import (
     STATISTICS,
@@ -28,6 +30,7 @@ from amsaware.stats import (
     RunScores,
     bootstrap,
     differences,
+    paired_difference,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,15 @@ class Run:
     totals: tuple[float, float]
     oof: pd.DataFrame
     loss: str | None
+
+    @property
+    def fit(self) -> dict[str, float] | None:
+        """The run's fit metrics (metrics.json's `fit`), None where it had no fit or the fit
+        failed."""
+        section = self.metrics.get("fit")
+        if not isinstance(section, dict) or "error" in section:
+            return None
+        return {k: float(section[k]) for k in FIT_METRICS if k in section}
 
     @property
     def cut_fraction(self) -> float:
@@ -159,12 +171,122 @@ def training_history(run_dir: Path, tags: Sequence[str] = HISTORY_TAGS) -> dict[
     return history
 
 
+#: What the fit bootstrap refits per resample: the stat-only Hessian sigma_mu (one free
+#: parameter, the cheap default) or every nuisance profiled (`full`, several times slower).
+FIT_STATISTICS = {"stat": "fit/sigma_mu_stat", "full": "fit/sigma_mu"}
+
+
+@dataclass(frozen=True)
+class FitBootstrap:
+    """Paired bootstrap of the runs' sigma_mu: per resample the same held-out events (drawn by
+    EventId) of every run with a fit, binned, templated and refitted (`fit.refit_sigma_mu`).
+
+    `observed` is each run's refit on all its events (the Hessian error, near but not equal to
+    the MINOS `fit/...` of its metrics.json); resamples where any run's refit failed (a bin
+    without background, say) are left out of every run and counted in `failed`.
+    """
+
+    runs: list[str]
+    statistic: str
+    observed: dict[str, float]
+    resampled: dict[str, np.ndarray]
+    failed: int
+    seed: int
+    seconds: float
+    differences: list[Difference]
+
+
+def fit_bootstrap(
+    runs: Sequence[Run],
+    n_resamples: int = 200,
+    seed: int = 0,
+    confidence: float = 0.95,
+    statistic: str = "stat",
+) -> FitBootstrap:
+    """Refit `n_resamples` paired resamples of the fit's events of `runs` (the first is the
+    reference); each run keeps its own fit settings (bins, mc_stat)."""
+    from amsaware import fit
+
+    if statistic not in FIT_STATISTICS:
+        raise ValueError(
+            f"compare.fit_statistic={statistic!r}: expected one of {sorted(FIT_STATISTICS)}"
+        )
+    if n_resamples < 1:
+        raise ValueError(f"compare.fit_resamples={n_resamples}: expected at least 1")
+    started = time.perf_counter()
+    events, configs = {}, {}
+    ids = None
+    for run in runs:
+        data, event_id = RunFolder(run.path).fit_events()
+        order = np.argsort(event_id, kind="stable")
+        if ids is None:
+            ids = event_id[order]
+        elif not np.array_equal(event_id[order], ids):
+            raise RunFolderError(
+                f"runs {runs[0].name} and {run.name} fitted different events "
+                f"({RunFolder(run.path).path / 'fit'}): their fits cannot be paired"
+            )
+        events[run.name] = data.take(order)
+        how = run.metrics["fit"].get("settings") or {}
+        configs[run.name] = fit.FitConfig(
+            bins=int(how.get("bins", 10)), mc_stat=bool(how.get("mc_stat", True))
+        )
+    assert ids is not None
+    stat_only = statistic == "stat"
+
+    def refit(name: str, index: np.ndarray | slice) -> float:
+        try:
+            return fit.refit_sigma_mu(events[name].take(index), configs[name], stat_only)
+        except (fit.FitError, ValueError):
+            return math.nan
+
+    names = [run.name for run in runs]
+    observed = {name: refit(name, slice(None)) for name in names}
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    values = np.full((len(names), n_resamples), np.nan)
+    for b in range(n_resamples):
+        index = rng.integers(0, n, n)
+        for i, name in enumerate(names):
+            values[i, b] = refit(name, index)
+    kept = np.isfinite(values).all(axis=0)
+    if not kept.any():
+        raise RunFolderError(f"every one of {n_resamples} refits of the runs' fits failed")
+    resampled = {name: values[i, kept] for i, name in enumerate(names)}
+    key = FIT_STATISTICS[statistic]
+    reference, *others = names
+    found = [
+        paired_difference(
+            name,
+            reference,
+            key,
+            (observed[name], observed[reference]),
+            (resampled[name], resampled[reference]),
+            confidence,
+            lower_is_better=key in LOWER_IS_BETTER,
+        )
+        for name in others
+    ]
+    seconds = time.perf_counter() - started
+    log.info(
+        "fit bootstrap: %d resamples x %d runs refitted (%s) in %.0f s, %d failed",
+        n_resamples,
+        len(names),
+        key,
+        seconds,
+        int((~kept).sum()),
+    )
+    return FitBootstrap(names, key, observed, resampled, int((~kept).sum()), seed, seconds, found)
+
+
 @dataclass(frozen=True)
 class Comparison:
     runs: list[Run]
     sample: BootstrapSample
     differences: list[Difference]
     confidence: float
+    #: The fit's bootstrap, over the runs with a fit, where the reference and another had one.
+    fit: FitBootstrap | None = None
 
     @property
     def label(self) -> np.ndarray:
@@ -188,8 +310,13 @@ def compare(
     seed: int = 0,
     confidence: float = 0.95,
     device: str = "cpu",
+    fit_resamples: int = 200,
+    fit_statistic: str = "stat",
 ) -> Comparison:
-    """Load the runs (the first is the reference), check them, and bootstrap their differences."""
+    """Load the runs (the first is the reference), check them, and bootstrap their differences.
+
+    Where the reference and at least one other run have a fit, their sigma_mu is bootstrapped
+    too (`fit_bootstrap`, `fit_resamples` refits of each; 0: none)."""
     if len(paths) < 2:
         raise RunFolderError(f"compare needs at least two run folders, got {list(paths)}")
     paths = [Path(p) for p in paths]
@@ -204,7 +331,18 @@ def compare(
         device,
         runs[0].totals,
     )
-    return Comparison(runs, sample, differences(sample, confidence), confidence)
+    fitted = [run for run in runs if run.fit is not None]
+    refits = None
+    if fit_resamples and runs[0].fit is not None and len(fitted) > 1:
+        refits = fit_bootstrap(fitted, fit_resamples, seed, confidence, fit_statistic)
+    elif fitted:
+        log.info(
+            "fit metrics shown, not bootstrapped: %s",
+            "compare.fit_resamples=0"
+            if not fit_resamples
+            else "the bootstrap needs the reference and another run with a fit",
+        )
+    return Comparison(runs, sample, differences(sample, confidence), confidence, refits)
 
 
 def to_dict(comparison: Comparison) -> dict[str, Any]:
@@ -228,11 +366,36 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
             }
             for run in comparison.runs
         ],
-        "differences": [
-            {**asdict(d), "within_noise": d.within_noise, "verdict": d.verdict}
-            for d in comparison.differences
-        ],
+        "differences": [_difference(d) for d in comparison.differences],
+        **({"fit": _fit_dict(comparison)} if _has_fit(comparison) else {}),
     }
+
+
+def _difference(d: Difference) -> dict[str, Any]:
+    return {**asdict(d), "within_noise": d.within_noise, "verdict": d.verdict}
+
+
+def _has_fit(comparison: Comparison) -> bool:
+    return any(run.fit is not None for run in comparison.runs)
+
+
+def _fit_dict(comparison: Comparison) -> dict[str, Any]:
+    """comparison.json's `fit`: each run's fit metrics (metrics.json's), and the bootstrap."""
+    refits = comparison.fit
+    out: dict[str, Any] = {"runs": {run.name: run.fit for run in comparison.runs}}
+    if refits is not None:
+        out["bootstrap"] = {
+            "statistic": refits.statistic,
+            "how": "Hessian error on mu of an Asimov fit refitted on each paired resample of "
+            "the held-out events (binning and templates rebuilt)",
+            "n_resamples": len(next(iter(refits.resampled.values()))),
+            "failed": refits.failed,
+            "seed": refits.seed,
+            "seconds": round(refits.seconds, 1),
+            "observed": refits.observed,
+            "differences": [_difference(d) for d in refits.differences],
+        }
+    return out
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -270,6 +433,7 @@ def to_markdown(comparison: Comparison) -> str:
             f"[{d.ci_low:+.4f}, {d.ci_high:+.4f}] | {d.p_value:.3f} | "
             f"{100 * d.fraction_better:.1f}% | {d.verdict} |"
         )
+    lines += _fit_markdown(comparison)
     lines += [
         "",
         "ams@cut selects `score >= threshold` of the run's chosen cut (the top fraction in the "
@@ -278,6 +442,45 @@ def to_markdown(comparison: Comparison) -> str:
         "comparisons.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _fit_markdown(comparison: Comparison) -> list[str]:
+    """The runs' fit metrics side by side, and the bootstrap of sigma_mu where it ran."""
+    if not _has_fit(comparison):
+        return []
+    shown = [k for k in FIT_METRICS if any(k in (run.fit or {}) for run in comparison.runs)]
+    lines = [
+        "",
+        "Binned likelihood fit of the held-out scores (metrics.json; lower is better for "
+        + ", ".join(k for k in shown if k in LOWER_IS_BETTER)
+        + "):",
+        "",
+        "| run | " + " | ".join(shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
+    for run in comparison.runs:
+        fitted = run.fit or {}
+        values = " | ".join(_fmt(fitted[k]) if k in fitted else "-" for k in shown)
+        lines.append(f"| {run.name} | {values} |")
+    refits = comparison.fit
+    if refits is None:
+        return lines
+    n = len(next(iter(refits.resampled.values())))
+    lines += [
+        "",
+        f"Paired bootstrap of {refits.statistic} (Hessian, refitted): {n} resamples "
+        f"({refits.failed} failed refits left out), each run minus {refits.runs[0]}; "
+        "negative is better.",
+        "",
+        f"| run | refit | difference | {comparison.confidence:.0%} CI | p | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in refits.differences:
+        lines.append(
+            f"| {d.run} | {_fmt(refits.observed[d.run])} | {d.observed:+.4f} | "
+            f"[{d.ci_low:+.4f}, {d.ci_high:+.4f}] | {d.p_value:.3f} | {d.verdict} |"
+        )
+    return lines
 
 
 def write_figures(comparison: Comparison, out_dir: Path) -> list[Path]:
@@ -329,7 +532,13 @@ def run_comparison(cfg: DictConfig) -> Comparison:
     runs = list(cfg.runs)
     options = cfg.compare
     comparison = compare(
-        runs, options.n_bootstrap, options.seed, options.confidence, options.device
+        runs,
+        options.n_bootstrap,
+        options.seed,
+        options.confidence,
+        options.device,
+        int(options.get("fit_resamples", 200)),
+        str(options.get("fit_statistic", "stat")),
     )
     out_dir = Path(cfg.paths.output_dir)
     write_report(comparison, out_dir)

@@ -5,6 +5,13 @@ metric of training is computed on it (AUC, weighted AUC, accuracy, the AMS famil
 the run's cut as `test/ams`, and for the CERN file `test/ams_public`/`test/ams_private` on its
 KaggleSet 'b' and 'v' events). Weights are rescaled to the run's totals, as in training.
 
+A run that had the fit stage (metrics.json's `fit` section) is fitted on the file too: its
+events shifted by the run's nuisances (`.hydra/config.yaml`'s `systematics`, read as data),
+nominal and shifted scored by the run's scorer, weights at the run's totals, binned and fitted
+with the run's fit settings (`fit_stage`); the report gains a `fit` section (the `fit/`
+metrics, or the fit's error, the file's other metrics kept) and `fit/` beside the scores holds
+the workspace, the fit's events and the figures.
+
 The scores and `eval_metrics.json` go into the run folder, `RUN/eval/<input name>/`, unless
 `output=` names the scores file (eval_metrics.json then goes beside it). A metric that is not
 defined on the file (the AUCs of a file holding one class; any NaN) is left out and named
@@ -18,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,13 +36,14 @@ import pandas as pd
 from amsaware.data.schema import EventTable
 from amsaware.inference import (
     ApplyRequest,
+    Scorer,
     default_output,
     open_input,
     training_events,
     write_scores,
 )
-from amsaware.metrics import test_metrics
-from amsaware.run_folder import EVAL_METRICS, RunFolder, RunFolderError, write_json
+from amsaware.metrics import logit_of_mean, test_metrics
+from amsaware.run_folder import EVAL_METRICS, FIT, RunFolder, RunFolderError, write_json
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +142,60 @@ def evaluate_file(request: ApplyRequest) -> dict[str, Any]:
         "metrics": metrics,
         "undefined": undefined,
     }
+    fitted = fit_file(job.run, table, scorer, job.output.parent / FIT)
+    if fitted is not None:
+        report["fit"] = fitted
     write_scores(frame, job.output)
     write_json(report, job.output.parent / EVAL_METRICS)
     log.info("%s: %s", job.output.parent / EVAL_METRICS, _format(metrics))
     return report
+
+
+def fit_file(
+    run: RunFolder, table: EventTable, scorer: Scorer, out_dir: Path
+) -> dict[str, Any] | None:
+    """The run's fit on the file's events (module docstring): the report's `fit` section, or
+    None for a run without a fit. `table` carries the run's totals."""
+    from amsaware import fit_stage
+    from amsaware.data.systematics import Systematics, check_norms
+    from amsaware.settings import FitSettings
+
+    section = run.metrics().get("fit")
+    if not isinstance(section, dict):
+        return None
+    how = section.get("settings") or {}
+    settings = FitSettings(
+        enabled=True,
+        bins=int(how.get("bins", 10)),
+        mc_stat=bool(how.get("mc_stat", True)),
+        toys=int(how.get("toys", 0)),
+    )
+    raw = run.config().raw
+    try:
+        nuisances = (
+            Systematics.from_config(raw["systematics"], "systematics")
+            if raw.get("systematics")
+            else fit_stage.no_systematics()
+        )
+        check_norms(nuisances, table)
+        held_out = fit_stage.HeldOutScores(table, nuisances)
+        held_out.add(np.arange(len(table)), _raw_logit(scorer))
+        outcome = fit_stage.run_fit(held_out, settings, int(raw.get("seed", 0)), out_dir)
+    except (ValueError, KeyError) as error:  # the file cannot be fitted: its metrics are kept
+        log.warning("%s: no fit on this file: %s", table.source, error)
+        return {"error": str(error), "settings": fit_stage.settings_section(settings)}
+    if outcome.error is None:
+        log.info("fit on %s: %s", table.source, fit_stage.describe(outcome.metrics))
+    return outcome.section(settings)
+
+
+def _raw_logit(scorer: Scorer) -> Callable[[np.ndarray], np.ndarray]:
+    """Raw features -> the scorer's ranking key (its models' `logit_of_mean`)."""
+
+    def logit(features: np.ndarray) -> np.ndarray:
+        return logit_of_mean(np.stack([model.logit(features) for model in scorer.models]))
+
+    return logit
 
 
 def _format(metrics: dict[str, float]) -> str:

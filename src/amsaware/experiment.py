@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from amsaware.checks import check_finetune, check_run
+from amsaware.checks import check_finetune, check_fit_events, check_run
 from amsaware.data.datamodule import HiggsDataModule, Needs, PriorDraws, ShiftedCopies
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
@@ -320,6 +320,7 @@ def _run(cfg: DictConfig) -> float:
     check_trainable(dataset.train, settings.cv.folds)
     if settings.systematics is not None:
         check_norms(settings.systematics, dataset.train)
+    check_fit_events(settings.fit, dataset.train)
     check_finetune(cfg.get("finetune"), (dataset.train.s_tot, dataset.train.b_tot))
     loggers = StageLoggers(cfg.get("logger"))
     try:

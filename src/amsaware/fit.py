@@ -76,6 +76,96 @@ class FitInput:
     shapes: Sequence[ShapeVariation] = ()
     norms: Mapping[str, float] = field(default_factory=dict)
 
+    def take(self, index: np.ndarray) -> FitInput:
+        """The events at `index` (with repeats: a bootstrap resample), every array alike."""
+
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else np.asarray(values)[index]
+
+        shapes = [
+            ShapeVariation(
+                v.name,
+                np.asarray(v.down)[index],
+                np.asarray(v.up)[index],
+                pick(v.down_selected),
+                pick(v.up_selected),
+                pick(v.down_weight),
+                pick(v.up_weight),
+            )
+            for v in self.shapes
+        ]
+        return FitInput(
+            np.asarray(self.score)[index],
+            np.asarray(self.weight)[index],
+            np.asarray(self.process)[index],
+            self.signal,
+            shapes,
+            dict(self.norms),
+        )
+
+
+#: Per shape nuisance, the arrays `save_input` writes (`<name>.<part>`), None-able last four.
+_SHAPE_PARTS = ("down", "up", "down_selected", "up_selected", "down_weight", "up_weight")
+
+
+def save_input(data: FitInput, path: str | Path, event_id: np.ndarray) -> Path:
+    """The fit's events as NumPy's .npz (no pickled objects), with each event's `event_id` so
+    that two runs' events can be paired (compare's bootstrap refits resamples of them)."""
+    from amsaware.run_folder import atomic_path
+
+    arrays: dict[str, np.ndarray] = {
+        "event_id": np.asarray(event_id),
+        "score": np.asarray(data.score, np.float64),
+        "weight": np.asarray(data.weight, np.float64),
+        "process": np.asarray(data.process).astype(str),
+        "signal": np.asarray(data.signal),
+        "norm_process": np.asarray(list(data.norms), dtype=str),
+        "norm_size": np.asarray(list(data.norms.values()), np.float64),
+        "shapes": np.asarray([v.name for v in data.shapes], dtype=str),
+    }
+    for v in data.shapes:
+        for part in _SHAPE_PARTS:
+            value = getattr(v, part)
+            if value is not None:
+                arrays[f"{v.name}.{part}"] = np.asarray(value)
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return Path(path)
+
+
+def load_input(path: str | Path) -> tuple[FitInput, np.ndarray]:
+    """What `save_input` wrote: the fit's events and their ids; a clear error if malformed."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a fit's events file (.npz): {error}") from None
+    required = ("event_id", "score", "weight", "process", "signal", "norm_process", "norm_size")
+    missing = [key for key in (*required, "shapes") if key not in arrays]
+    if missing:
+        raise ValueError(f"{path}: lacks {missing}; expected the file fit_stage writes")
+    n = len(arrays["score"])
+    shapes = []
+    for name in arrays["shapes"].tolist():
+        parts = {part: arrays.get(f"{name}.{part}") for part in _SHAPE_PARTS}
+        if parts["down"] is None or parts["up"] is None:
+            raise ValueError(f"{path}: shape {name!r} lacks its down or up scores")
+        shapes.append(ShapeVariation(name, **parts))
+    for key, values in arrays.items():
+        if key not in ("signal", "norm_process", "norm_size", "shapes") and len(values) != n:
+            raise ValueError(f"{path}: {key} has {len(values)} entries; expected {n}")
+    norms = dict(zip(arrays["norm_process"].tolist(), arrays["norm_size"].tolist(), strict=True))
+    data = FitInput(
+        arrays["score"],
+        arrays["weight"],
+        arrays["process"],
+        str(arrays["signal"]),
+        shapes,
+        norms,
+    )
+    return data, arrays["event_id"]
+
 
 @dataclass(frozen=True)
 class Binning:
@@ -646,6 +736,31 @@ def _fit_toys(spec: Mapping[str, Any], data: np.ndarray) -> np.ndarray:
     return out
 
 
+def sigma_mu_hesse(spec: Mapping[str, Any], stat_only: bool = True) -> float:
+    """The Hessian error on mu of one Asimov fit: the cheap sigma_mu a bootstrap refits.
+
+    `stat_only` fixes every nuisance at its nominal value (one free parameter, one MIGRAD fit
+    per call); otherwise every nuisance is profiled. No MINOS and no q0: on Asimov data the
+    stat-only likelihood is close to parabolic, so this is near `FitResult.sigma_mu_stat`.
+    """
+    model, data = model_and_data(spec)
+    fixed = _nuisances_fixed(model) if stat_only else None
+    fitted = _minimum(lambda: pyhf.infer.mle.fit(
+        data, model, fixed_params=fixed, return_uncertainties=True
+    ))  # fmt: skip
+    if fitted is None:
+        raise FitError("the Asimov fit (Hessian sigma_mu) did not converge")
+    return float(fitted[model.config.poi_index, 1])
+
+
+def refit_sigma_mu(data: FitInput, config: FitConfig, stat_only: bool = True) -> float:
+    """Binning, templates and `sigma_mu_hesse` of `data` (a bootstrap resample, say)."""
+    is_signal = np.asarray(data.process).astype(str) == data.signal
+    binning = choose_binning(data.score, data.weight, is_signal, config.bins, config.min_background)
+    spec = workspace(build_templates(data, binning), mc_stat=config.mc_stat)
+    return sigma_mu_hesse(spec, stat_only)
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """The run's `fit` settings (bins, min_background, mc_stat, toys, workers)."""
@@ -702,10 +817,14 @@ __all__ = [
     "choose_binning",
     "fair_score",
     "likelihood_scan",
+    "load_input",
     "model_and_data",
     "pseudo_experiments",
     "ranking",
     "read_workspace",
+    "refit_sigma_mu",
+    "save_input",
+    "sigma_mu_hesse",
     "workspace",
     "write_workspace",
 ]

@@ -14,7 +14,8 @@ held them out, binned and fitted as an analysis would (`amsaware.fit`).
 - The processes: the signal (label 1) is one sample scaled by mu; the background keeps its
   process labels (`EventTable.process`), which the normalisation nuisances name.
 
-What the stage writes: `fit/workspace.json` (standard pyhf JSON), the figures
+What the stage writes: `fit/held_out.npz` (the fit's events, `fit.save_input`: what
+compare.py refits bootstrap resamples of), `fit/workspace.json` (standard pyhf JSON), the figures
 (`fit/distributions`, `fit/impacts`, `fit/scan`, PNG and PDF) and the `fit/...` metrics.
 """
 
@@ -42,6 +43,8 @@ SIGNAL = "signal"
 #: The background's name where the data carry no process labels.
 BACKGROUND = "background"
 NOMINAL = "nominal"
+#: `run_folder.FIT_EVENTS` within the stage's folder.
+EVENTS_FILE = "held_out.npz"
 
 
 def no_systematics() -> Systematics:
@@ -120,10 +123,15 @@ class FitOutcome:
 
     def section(self, settings: FitSettings) -> dict[str, Any]:
         """metrics.json's `fit` section: the metrics, how they were made, or the error."""
-        how = {"mc_stat": settings.mc_stat, "bins": settings.bins, "toys": settings.toys}
+        how = settings_section(settings)
         if self.error is not None:
             return {"error": self.error, "settings": how}
         return {**self.metrics, "settings": how}
+
+
+def settings_section(settings: FitSettings) -> dict[str, Any]:
+    """How a fit was made, as metrics.json's `fit.settings` records it."""
+    return {"mc_stat": settings.mc_stat, "bins": settings.bins, "toys": settings.toys}
 
 
 def run_fit(
@@ -144,8 +152,12 @@ def run_fit(
     logging.getLogger("cabinetry").setLevel(logging.WARNING)
     logging.getLogger("pyhf.optimize").setLevel(logging.CRITICAL)
     config = fit.FitConfig(bins=settings.bins, mc_stat=settings.mc_stat, toys=settings.toys)
+    data = held_out.fit_input()
+    if out_dir is not None:  # before the fit: kept also when it fails, for compare's refits
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fit.save_input(data, out_dir / EVENTS_FILE, held_out.table.event_id)
     try:
-        report = fit.analyse(held_out.fit_input(), config, np.random.default_rng(seed))
+        report = fit.analyse(data, config, np.random.default_rng(seed))
     except fit.FitError as error:
         log.error("fit failed: %s (the run's other results are kept)", error)
         return FitOutcome({}, str(error))

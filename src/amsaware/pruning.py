@@ -94,7 +94,8 @@ def _reporter(optimized_metric: str) -> TrialReporter | None:
         return None
     metric = fold_metric(optimized_metric)
     if metric is None:
-        log.warning(
+        # The sweeper warned once for the whole search.
+        log.info(
             "optimized_metric %s has no per-fold counterpart: this trial is not pruned",
             optimized_metric,
         )

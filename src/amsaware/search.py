@@ -199,12 +199,42 @@ def metric_names(final_fit: bool = True, ensemble: str = "final") -> list[str]:
     return names(final_fit, ensemble)
 
 
-def check_optimized_metric(name: str, final_fit: bool = True, ensemble: str = "final") -> str:
+def check_optimized_metric(
+    name: str, final_fit: bool = True, ensemble: str = "final", fit: bool = False
+) -> str:
     """`amsaware.checks.check_optimized_metric` (the home of config refusals), for the
     sweeper, imported when called: this module stays cheap."""
     from amsaware.checks import check_optimized_metric as check
 
-    return check(name, final_fit, ensemble)
+    return check(name, final_fit, ensemble, fit)
+
+
+def runs_fit(cfg: Any) -> bool:
+    """Whether a run of this train.py config has the fit stage (`settings.FitSettings`:
+    `fit.enabled`, or null with a `systematics` group), so that `fit/` metrics exist."""
+    enabled = (cfg.get("fit") or {}).get("enabled")
+    return bool(enabled) if enabled is not None else cfg.get("systematics") is not None
+
+
+def check_direction(metric: str, directions: list[str]) -> None:
+    """Refuse a single-objective direction that contradicts the metric: a search that
+    maximised `fit/sigma_mu` would hunt for the worst classifier and still finish normally.
+
+    Lower-is-better metrics are `amsaware.report.LOWER_IS_BETTER`; every other is maximised.
+    The direction is not derived silently: `hparams_search/_search.yaml` sets `maximize`, and
+    a search that minimises says so on its command line or in its config.
+    """
+    from amsaware.report import LOWER_IS_BETTER
+
+    if len(directions) != 1:
+        return  # several objectives: a list of metrics the run returns, each its own sense
+    wanted = "minimize" if metric in LOWER_IS_BETTER else "maximize"
+    if directions[0] != wanted:
+        sense = "lower" if wanted == "minimize" else "higher"
+        raise SearchConfigError(
+            f"optimized_metric {metric} is better when {sense}, but hydra.sweeper.direction="
+            f"{directions[0]}: set hydra.sweeper.direction={wanted}"
+        )
 
 
 def fold_metric(optimized_metric: str) -> str | None:

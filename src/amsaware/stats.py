@@ -173,6 +173,8 @@ class Difference:
     fraction_better: float
     n_resamples: int
     confidence: float
+    #: The statistic is better when lower (`fit/sigma_mu`): "better" is a negative difference.
+    lower_is_better: bool = False
 
     @property
     def within_noise(self) -> bool:
@@ -183,7 +185,41 @@ class Difference:
     def verdict(self) -> str:
         if self.within_noise:
             return "within noise"
-        return f"{self.run} better" if self.ci_low > 0 else f"{self.reference} better"
+        run_better = (self.ci_high < 0) if self.lower_is_better else (self.ci_low > 0)
+        return f"{self.run} better" if run_better else f"{self.reference} better"
+
+
+def paired_difference(
+    run: str,
+    reference: str,
+    statistic: str,
+    observed: tuple[float, float],
+    resampled: tuple[np.ndarray, np.ndarray],
+    confidence: float = 0.95,
+    lower_is_better: bool = False,
+) -> Difference:
+    """`run` minus `reference` on one statistic: `observed` and `resampled` hold (run,
+    reference) values, the resamples paired (the same events drawn for both)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    diff = np.asarray(resampled[0], np.float64) - np.asarray(resampled[1], np.float64)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(diff, [tail, 100.0 - tail])
+    better = -diff if lower_is_better else diff
+    return Difference(
+        run=run,
+        reference=reference,
+        statistic=statistic,
+        observed=observed[0] - observed[1],
+        mean=float(diff.mean()),
+        ci_low=float(low),
+        ci_high=float(high),
+        p_value=float(np.mean(better < 0) + 0.5 * np.mean(better == 0)),
+        fraction_better=float(np.mean(better > 0)),
+        n_resamples=len(diff),
+        confidence=confidence,
+        lower_is_better=lower_is_better,
+    )
 
 
 def differences(sample: BootstrapSample, confidence: float = 0.95) -> list[Difference]:
@@ -191,25 +227,15 @@ def differences(sample: BootstrapSample, confidence: float = 0.95) -> list[Diffe
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     reference, *others = sample.runs
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    result = []
-    for run in others:
-        for k in STATISTICS:
-            diff = sample.resampled[run][k] - sample.resampled[reference][k]
-            low, high = np.percentile(diff, [tail, 100.0 - tail])
-            result.append(
-                Difference(
-                    run=run,
-                    reference=reference,
-                    statistic=k,
-                    observed=sample.observed[run][k] - sample.observed[reference][k],
-                    mean=float(diff.mean()),
-                    ci_low=float(low),
-                    ci_high=float(high),
-                    p_value=float(np.mean(diff < 0) + 0.5 * np.mean(diff == 0)),
-                    fraction_better=float(np.mean(diff > 0)),
-                    n_resamples=len(diff),
-                    confidence=confidence,
-                )
-            )
-    return result
+    return [
+        paired_difference(
+            run,
+            reference,
+            k,
+            (sample.observed[run][k], sample.observed[reference][k]),
+            (sample.resampled[run][k], sample.resampled[reference][k]),
+            confidence,
+        )
+        for run in others
+        for k in STATISTICS
+    ]

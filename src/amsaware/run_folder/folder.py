@@ -37,6 +37,7 @@ from amsaware.run_folder.layout import (
     CHECKPOINT,
     CHECKPOINTS,
     CONFIG,
+    FIT_EVENTS,
     FOLD_SCORES,
     LOGGER_FOLDERS,
     METRICS,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from amsaware.data.preprocessing import FittedPreprocessing
+    from amsaware.fit import FitInput
 
 
 def read_json(path: str | Path) -> Any:
@@ -200,6 +202,10 @@ class RunFolder:
             return self.metrics_path
         record = self._stage_record()
         data = metrics | ({STAGE_FILES: record} if record else {})
+        events = self.path / FIT_EVENTS
+        if isinstance(data.get("fit"), dict) and events.is_file():
+            record_fit = {"path": FIT_EVENTS, "sha256": _sha256(events)}
+            data["fit"] = {**data["fit"], "files": {"held_out": record_fit}}
         return write_json(data, self.writable(self.metrics_path), self.within)
 
     def write_json(self, data: Any, name: str) -> Path:
@@ -422,6 +428,40 @@ class RunFolder:
                 raise RunFolderError(f"{where}.{stage}.{kind}: sha256 {digest!r} is not a hash")
             files[kind] = (self.path / relative, digest)
         return files
+
+    def fit_events(self) -> tuple[FitInput, np.ndarray]:
+        """The fit's events (`fit/held_out.npz`) and their EventIds, checked against the
+        sha256 metrics.json's `fit.files` records; a clear error for a run without them."""
+        from amsaware.fit import load_input
+
+        section = self.metrics().get("fit")
+        if not isinstance(section, dict):
+            raise RunFolderError(
+                f"{self.metrics_path}: no fit section; the run had no fit (train it with "
+                "systematics=... or fit.enabled=true)"
+            )
+        entry = (section.get("files") or {}).get("held_out")
+        if not isinstance(entry, dict):
+            raise RunFolderError(
+                f"{self.metrics_path}: fit.files.held_out is missing; the run's fit kept no "
+                f"events ({FIT_EVENTS}, written by runs since it existed): train it again"
+            )
+        relative, digest = entry.get("path"), entry.get("sha256")
+        if relative != FIT_EVENTS:
+            raise RunFolderError(
+                f"{self.metrics_path}: fit.files.held_out.path is {relative!r}; expected "
+                f"{FIT_EVENTS!r}"
+            )
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise RunFolderError(
+                f"{self.metrics_path}: fit.files.held_out.sha256 {digest!r} is not a hash"
+            )
+        path = self._require_file(FIT_EVENTS, "the run's fit events were deleted")
+        self._verify(path, digest)
+        try:
+            return load_input(path)
+        except ValueError as error:
+            raise RunFolderError(str(error)) from None
 
     def has_checkpoint(self, stage: str) -> bool:
         """Whether the stage's checkpoint (as metrics.json records it) is there."""

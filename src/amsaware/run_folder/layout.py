@@ -44,6 +44,13 @@ STAGE_FILES = "stages"
 #: what a resumed run reloads instead of training the fold again.
 FOLD_SCORES = "fold_scores.npz"
 
+#: The fit stage's folder (`amsaware.fit_stage`), its workspace, and its events: each held-out
+#: event's nominal and shifted scores, weights and process, from which compare.py refits
+#: bootstrap resamples (metrics.json's `fit.files` records it with its sha256).
+FIT = "fit"
+FIT_WORKSPACE = f"{FIT}/workspace.json"
+FIT_EVENTS = f"{FIT}/held_out.npz"
+
 # The loggers' files (conf/logger/*.yaml): TensorBoard's and CSVLogger's per-stage folders
 # (`<logger>/<stage>/`), W&B's folder, MLflow's store and artifacts.
 TENSORBOARD = "tensorboard"

@@ -151,11 +151,21 @@ class AmsawareSweeper(Sweeper):
         metric = str(cfg.get("optimized_metric", "objective"))
         if "optimized_metric" in cfg:
             search.check_optimized_metric(
-                metric, bool(cfg.get("final_fit", True)), str(cfg.get("ensemble", "final"))
+                metric,
+                bool(cfg.get("final_fit", True)),
+                str(cfg.get("ensemble", "final")),
+                search.runs_fit(cfg),
             )
+            search.check_direction(metric, directions)
         pruner = self._instantiate(settings.pruner)
         if pruner is not None and search.fold_metric(metric) is None:
-            log.warning("optimized_metric %s has no per-fold value: nothing is pruned", metric)
+            # Said once here; the trials, which report nothing, say it only at INFO.
+            log.warning(
+                "optimized_metric %s has no per-fold or per-epoch value (the fit's metrics "
+                "exist only once the run's folds are done): nothing is pruned, every trial "
+                "runs to its end",
+                metric,
+            )
         fixed_values = _fingerprint(cfg, space)
         study_name = settings.study_name or search.default_study_name(fixed_values)
         study = search.open_study(
