@@ -76,7 +76,15 @@ def trained_stages(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [["ensemble=both"], ["finetune=ams", "cv.repeats=2"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["ensemble=both"],
+        ["finetune=ams", "cv.repeats=2"],
+        # the fit re-scores the reloaded fold's shifted events from its checkpoint
+        ["systematics=higgs", "fit.toys=5", "data.n_train=1500"],
+    ],
+)
 def test_a_run_killed_after_a_fold_resumes_to_the_metrics_of_one_never_stopped(
     tmp_path, monkeypatch, overrides
 ):
