@@ -301,3 +301,34 @@ def test_a_process_absent_from_some_bins_fits_and_an_empty_bin_is_refused() -> N
     )
     with pytest.raises(ValueError, match=rf"bins \[{binning.n_bins - 1}\] expect no events"):
         fit.build_templates(zero, binning)
+
+
+def test_impacts_from_the_covariance_follow_the_correlation_and_the_prior_width():
+    """Where the ranking's refits fail, the impacts come from the fit's covariance: post-fit
+    rho sigma_mu, pre-fit scaled to the prior width over the post-fit error."""
+    import cabinetry
+
+    from amsaware.fit import covariance_impacts
+
+    spec = {
+        "channels": [{"name": "c", "samples": [
+            {"name": "s", "data": [5.0, 10.0], "modifiers": [
+                {"name": "mu", "type": "normfactor", "data": None}]},
+            {"name": "b", "data": [50.0, 20.0], "modifiers": [
+                {"name": "nb", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}]},
+        ]}],
+        "observations": [{"name": "c", "data": [55.0, 30.0]}],
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }  # fmt: skip
+    model, data = fit.model_and_data(spec)
+    with fit._numpy():
+        result = cabinetry.fit.fit(model, data)
+    ranked = covariance_impacts(result, model)
+    i, j = result.labels.index("mu"), result.labels.index("nb")
+    rho, sigma_mu, sigma_nb = result.corr_mat[i, j], result.uncertainty[i], result.uncertainty[j]
+    assert ranked.labels == ["nb"]
+    assert ranked.postfit_up[0] == pytest.approx(rho * sigma_mu)
+    assert ranked.prefit_up[0] == pytest.approx(rho * sigma_mu / sigma_nb)
+    assert ranked.prefit_down[0] == pytest.approx(-ranked.prefit_up[0])
+    assert rho < 0  # more background, less signal

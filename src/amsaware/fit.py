@@ -15,6 +15,7 @@ module writes by hand only the binning rule, the templates and the pseudo-experi
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import sys
@@ -29,6 +30,8 @@ from typing import Any
 import cabinetry
 import numpy as np
 import pyhf
+
+log = logging.getLogger(__name__)
 
 POI = "mu"
 CHANNEL = "score"
@@ -611,7 +614,43 @@ def ranking(
                 return result, ranked
             except pyhf.exceptions.FailedMinimization as error:
                 failure = error
-        raise _failed("the ranking fits", failure) from failure
+    log.warning(
+        "the ranking's refits did not converge (%s); impacts from the fit's covariance instead "
+        "(the linear approximation)",
+        failure,
+    )
+    return result, covariance_impacts(result, model)
+
+
+def covariance_impacts(
+    result: cabinetry.fit.FitResults, model: pyhf.pdf.Model
+) -> cabinetry.fit.RankingResults:
+    """Each nuisance's impact on mu from the fit's correlation matrix, in cabinetry's layout.
+
+    Shifting a nuisance by its post-fit error moves mu_hat by rho sigma_mu (exact for a
+    Gaussian likelihood: the first order of the refits cabinetry's ranking does); by its prior
+    width (pre-fit: 1 for a normsys or histosys, the bin's relative MC error for a staterror),
+    by rho sigma_mu x prior / post-fit error. Used where those refits do not converge (a small
+    model with steep templates): by hand, no library computes it from a FitResults.
+    """
+    poi_index = model.config.poi_index
+    keep = [k for k in range(len(result.labels)) if k != poi_index]
+    rho = np.asarray(result.corr_mat)[poi_index, keep]
+    sigma_mu = float(result.uncertainty[poi_index])
+    sigma = np.asarray(result.uncertainty)[keep]
+    prior = np.asarray(cabinetry.model_utils.prefit_uncertainties(model), np.float64)[keep]
+    post = rho * sigma_mu
+    pre = np.where(sigma > 0, post * prior / np.where(sigma > 0, sigma, 1.0), 0.0)
+    order = np.argsort(-np.abs(pre))  # largest pre-fit impact first, as cabinetry ranks them
+    return cabinetry.fit.RankingResults(
+        bestfit=np.asarray(result.bestfit)[keep][order],
+        uncertainty=sigma[order],
+        labels=[result.labels[k] for k in np.asarray(keep)[order]],
+        prefit_up=pre[order],
+        prefit_down=-pre[order],
+        postfit_up=post[order],
+        postfit_down=-post[order],
+    )
 
 
 def fair_score(coverage: float, width: float, n_toys: int, eps: float = 1e-3) -> float:

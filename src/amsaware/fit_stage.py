@@ -150,6 +150,7 @@ def run_fit(
     # cabinetry logs every fit's parameter table at INFO, and pyhf each failed minimisation
     # (which fit.py retries or reports) with its traceback at ERROR.
     logging.getLogger("cabinetry").setLevel(logging.WARNING)
+    logging.getLogger("pyhf").setLevel(logging.WARNING)
     logging.getLogger("pyhf.optimize").setLevel(logging.CRITICAL)
     config = fit.FitConfig(bins=settings.bins, mc_stat=settings.mc_stat, toys=settings.toys)
     data = held_out.fit_input()
