@@ -44,7 +44,7 @@ from amsaware.data.preprocessing import FittedPreprocessing
 from amsaware.data.schema import MISSING, EventTable
 from amsaware.data.sources import load_source
 from amsaware.metrics import logit_of_mean
-from amsaware.model import predict_logit
+from amsaware.model import is_parameterised, predict_logit
 from amsaware.run_folder import (
     CUTS,
     OOF_PREDICTIONS,
@@ -74,9 +74,14 @@ class StageModel:
     def score(self, features: np.ndarray) -> np.ndarray:
         return _sigmoid(self.logit(features))
 
-    def logit(self, features: np.ndarray) -> np.ndarray:
+    def logit(self, features: np.ndarray, pulls: np.ndarray | None = None) -> np.ndarray:
+        """Logits at the nuisance inputs `pulls` (K,) of a parameterised network (nominal
+        zeros without: what predict, eval and explain score); a plain network ignores them."""
         x = torch.from_numpy(self.preprocessing.transform(features))
-        return predict_logit(self.net, x).numpy()
+        inputs = (
+            torch.as_tensor(pulls) if is_parameterised(self.net) and pulls is not None else None
+        )
+        return predict_logit(self.net, x, pulls=inputs).numpy()
 
 
 @dataclass(frozen=True)
