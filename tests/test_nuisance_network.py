@@ -134,6 +134,7 @@ def test_refusals():
 @pytest.mark.slow
 def test_a_run_fits_reloads_predicts_and_exports_at_nominal_pulls(tmp_path):
     from amsaware.inference import load_scorer, load_stage, training_events
+    from amsaware.run_folder import RunFolder
 
     run_dir = tmp_path / "run"
     metrics = run(
@@ -155,10 +156,10 @@ def test_a_run_fits_reloads_predicts_and_exports_at_nominal_pulls(tmp_path):
     scores, _ = scorer.score_and_logit(table)
     assert np.isfinite(scores).all()
     # the checkpoint rebuilds the same network
-    ckpt = next(run_dir.rglob("final*.ckpt"), None)
-    if ckpt is not None:
-        loaded = SignificanceClassifier.load_from_checkpoint(ckpt)
-        assert isinstance(loaded.net, NuisanceMLP)
+    ckpt = RunFolder(run_dir).stage_files("final")["checkpoint"][0]
+    loaded = SignificanceClassifier.load_from_checkpoint(ckpt)
+    assert isinstance(loaded.net, NuisanceMLP) and loaded.net.n_nuisances == 2
+    torch.testing.assert_close(loaded.net.eval()(x), stage.net(x))
     # the ONNX graph appends the nominal pulls itself: one input, the raw features
     ort = pytest.importorskip("onnxruntime")
     from amsaware.export import export
