@@ -5,6 +5,7 @@ nominal scoring everywhere else, and the refusals."""
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import compose_run, quiet_trainer, run
@@ -160,6 +161,17 @@ def test_a_run_fits_reloads_predicts_and_exports_at_nominal_pulls(tmp_path):
     loaded = SignificanceClassifier.load_from_checkpoint(ckpt)
     assert isinstance(loaded.net, NuisanceMLP) and loaded.net.n_nuisances == 2
     torch.testing.assert_close(loaded.net.eval()(x), stage.net(x))
+    # SHAP explains the features at the nominal pulls (the network's own zeros)
+    pytest.importorskip("shap")
+    from amsaware import explain
+    from amsaware.inference import ApplyRequest
+
+    summary = explain.explain(
+        ApplyRequest(run_dir, scorer="final"), tmp_path / "explain", n_events=20, n_background=10
+    )
+    assert summary["scorer"] == "final"
+    values = pd.read_csv(tmp_path / "explain" / explain.region_file(explain.SHAP_VALUES, "all"))
+    assert len(values) == 20 and np.isfinite(values.drop(columns="EventId").to_numpy()).all()
     # the ONNX graph appends the nominal pulls itself: one input, the raw features
     ort = pytest.importorskip("onnxruntime")
     from amsaware.export import export
