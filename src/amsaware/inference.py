@@ -44,7 +44,7 @@ from amsaware.data.preprocessing import FittedPreprocessing
 from amsaware.data.schema import MISSING, EventTable
 from amsaware.data.sources import load_source
 from amsaware.metrics import logit_of_mean
-from amsaware.model import is_parameterised, predict_logit
+from amsaware.model import predict_logit
 from amsaware.run_folder import (
     CUTS,
     OOF_PREDICTIONS,
@@ -78,10 +78,7 @@ class StageModel:
         """Logits at the nuisance inputs `pulls` (K,) of a parameterised network (nominal
         zeros without: what predict, eval and explain score); a plain network ignores them."""
         x = torch.from_numpy(self.preprocessing.transform(features))
-        inputs = (
-            torch.as_tensor(pulls) if is_parameterised(self.net) and pulls is not None else None
-        )
-        return predict_logit(self.net, x, pulls=inputs).numpy()
+        return predict_logit(self.net, x, pulls=pulls).numpy()
 
 
 @dataclass(frozen=True)

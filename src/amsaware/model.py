@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -393,10 +394,14 @@ class SignificanceClassifier(L.LightningModule):
 
 @torch.no_grad()
 def predict_logit(
-    net: nn.Module, features: Tensor, batch_size: int = 65536, pulls: Tensor | None = None
+    net: nn.Module,
+    features: Tensor,
+    batch_size: int = 65536,
+    pulls: Tensor | np.ndarray | None = None,
 ) -> Tensor:
     """Logits of `net` in evaluation mode (dropout off), in large batches, as float64;
-    `pulls` (K,) are the nuisance inputs of a parameterised network (`NuisanceMLP`).
+    `pulls` (K,) are the nuisance inputs of a parameterised network (`NuisanceMLP`; None: the
+    nominal zeros), which a plain network ignores: it scores each variation's events alone.
 
     The logit is the ranking key: it does not saturate, while a significance loss pushes many
     logits so far that their probabilities round to exactly 1, even in float64 (from ~37 on).
@@ -405,7 +410,8 @@ def predict_logit(
     was_training = net.training
     net.eval()
     try:
-        extra = () if pulls is None else (pulls.to(device),)
+        given = pulls is not None and is_parameterised(net)
+        extra = (torch.as_tensor(pulls).to(device),) if given else ()
         chunks = [net(x.to(device), *extra).double().cpu() for x in features.split(batch_size)]
     finally:
         net.train(was_training)

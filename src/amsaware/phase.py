@@ -20,7 +20,7 @@ from torch import nn
 from amsaware.data.datamodule import HiggsDataModule
 from amsaware.data.preprocessing import transform
 from amsaware.metrics import add_to_logit_sums
-from amsaware.model import SignificanceClassifier, is_parameterised, predict_logit
+from amsaware.model import SignificanceClassifier, predict_logit
 from amsaware.stopping import EarlyStopping
 
 ModuleFactory = Callable[[], SignificanceClassifier]
@@ -113,12 +113,10 @@ def raw_scorer(net: nn.Module, datamodule: HiggsDataModule) -> RawScorer:
     at the nuisance inputs `pulls` (K,) for a parameterised network (nominal zeros without);
     a plain network ignores them."""
     preprocessing = datamodule.preprocessing
-    parameterised = is_parameterised(net)
 
     def score(features: np.ndarray, pulls: np.ndarray | None = None) -> np.ndarray:
         x = torch.from_numpy(transform(preprocessing, np.asarray(features)))
-        inputs = torch.as_tensor(pulls) if parameterised and pulls is not None else None
-        return predict_logit(net, x, pulls=inputs).numpy()
+        return predict_logit(net, x, pulls=pulls).numpy()
 
     return score
 
