@@ -528,7 +528,40 @@ def check_config(cfg: DictConfig) -> Settings:
     check_finetune_options(cfg.get("finetune"))
     check_parallel(cfg)
     check_augment(settings)
+    check_nuisance_network(cfg, settings)
     return settings
+
+
+def check_nuisance_network(cfg: DictConfig, settings: Settings) -> None:
+    """`model=mlp_nuisance` (`amsaware.model.NuisanceMLP`) learns its nuisance inputs from
+    training events shifted by prior draws with the draw's pulls: it needs `augment` and one
+    input per shape nuisance of the systematics group, and no INFERNO phase (which scores
+    its shifted copies at nominal inputs)."""
+    from amsaware.model import NETS
+
+    model = cfg.get("model") or {}
+    if model.get("_target_") != NETS["NuisanceMLP"].target:
+        return
+    shapes = [] if settings.systematics is None else list(settings.systematics.shapes)
+    if settings.augment is None or not shapes:
+        raise ConfigError(
+            "model=mlp_nuisance takes the shape nuisances' pulls as inputs and learns them from "
+            "events shifted by prior draws: choose a systematics group with shape nuisances "
+            "and augment=systematics (systematics=higgs augment=systematics)"
+        )
+    if model.get("n_nuisances") != len(shapes):
+        raise ConfigError(
+            f"model.n_nuisances is {model.get('n_nuisances')!r}; the systematics group switches "
+            f"on {len(shapes)} shape nuisances {shapes}: set model.n_nuisances={len(shapes)}"
+        )
+    inferno = "amsaware.inferno.InfernoLoss"
+    for key in ("loss", "finetune.loss"):
+        if OmegaConf.select(cfg, f"{key}._target_") == inferno:
+            raise ConfigError(
+                f"{key}=inferno trains on shifted copies scored at nominal nuisance inputs, "
+                "so model=mlp_nuisance would never learn its inputs: choose another loss, or "
+                "model=mlp"
+            )
 
 
 def check_augment(settings: Settings) -> None:

@@ -37,7 +37,7 @@ from amsaware.loggers import (
     log_hparams,
     log_oof_figures,
 )
-from amsaware.model import SignificanceClassifier
+from amsaware.model import SignificanceClassifier, is_parameterised
 from amsaware.phase import (
     EarlyStops,
     FineTune,
@@ -114,7 +114,8 @@ def _make_module(
     if is_inferno and settings.systematics is not None:
         needs = ShiftedCopies(settings.systematics, loss.processes)
     elif not is_inferno and settings.augment is not None and settings.systematics is not None:
-        needs = PriorDraws(settings.systematics, settings.augment.grid, settings.augment.norm)
+        augment = settings.augment
+        needs = PriorDraws(settings.systematics, augment.grid, augment.norm, is_parameterised(net))
     return SignificanceClassifier(
         net=net,
         loss=loss,
@@ -441,7 +442,8 @@ def _fold_hooks(
         if settings.scores_folds:
             scorers.append(report.score)
         if held_out is not None:
-            held_out.add(report.val_index, report.score or _reloaded(settings, report.stage))
+            score = report.score or _reloaded(settings, report.stage)
+            held_out.add(report.val_index, score, takes_pulls=True)  # a plain net ignores them
 
     return on_fold
 

@@ -38,7 +38,8 @@ class RawFeatureScorer(nn.Module):
     The arithmetic is that of `FittedPreprocessing.transform` (float32 statistics, fill then
     subtract then divide), so the inputs the networks see are bit-identical. NaN, and per
     feature its `placeholders` value (default the challenge's -999; NaN for none), count as
-    undefined.
+    undefined. A network parameterised by the nuisances (`amsaware.model.NuisanceMLP`) appends
+    its nominal inputs (zeros) itself, so the graph scores at the nominal nuisance values.
     """
 
     def __init__(self, scorer: Scorer, placeholders: np.ndarray | None = None) -> None:

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: Raw features (n x the table's features, NaN where undefined) -> the model's logits.
 Scorer = Callable[[np.ndarray], np.ndarray]
+#: The same, also told the variation's nuisance inputs (K,) (`variation_inputs`); the scorer
+#: of a plain network ignores them, a parameterised one (`NuisanceMLP`) takes them as inputs.
+PullsScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 SIGNAL = "signal"
 #: The background's name where the data carry no process labels.
 BACKGROUND = "background"
@@ -51,6 +54,17 @@ def no_systematics() -> Systematics:
     """Settings without any nuisance: `fit.enabled=true` without a systematics group fits the
     data statistics (and the templates' own, with `fit.mc_stat`) alone."""
     return Systematics(tes=None, jes=None, les=None, soft_met=None, norm={})
+
+
+def variation_inputs(shapes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The nuisance inputs (K,) a parameterised network scores each variation with: 0 for
+    the nominal; for `<name>_down`/`_up` -1/+1 at that nuisance and 0 elsewhere (soft MET's
+    down is the nominal: 0), as `datamodule.nuisance_inputs` encodes the training draws."""
+    found = {NOMINAL: np.zeros(len(shapes))}
+    for k, name in enumerate(shapes):
+        for side, value in (("down", 0.0 if name == "soft_met" else -1.0), ("up", 1.0)):
+            found[f"{name}_{side}"] = np.where(np.arange(len(shapes)) == k, value, 0.0)
+    return found
 
 
 class HeldOutScores:
@@ -73,11 +87,16 @@ class HeldOutScores:
         self._sums = {key: np.zeros(len(table)) for key in self.features}
         self._counts = np.zeros(len(table), dtype=np.int64)
 
-    def add(self, index: np.ndarray, score: Scorer) -> None:
-        """Score the held-out rows `index` of every variation with one fold's model."""
+    def add(
+        self, index: np.ndarray, score: Scorer | PullsScorer, takes_pulls: bool = False
+    ) -> None:
+        """Score the held-out rows `index` of every variation with one fold's model; with
+        `takes_pulls`, `score(features, inputs)` is told each variation's nuisance inputs."""
         index = np.asarray(index)
+        inputs = variation_inputs(tuple(self.variations.shapes))
         for key, features in self.features.items():
-            self._sums[key][index] += np.asarray(score(features[index]), np.float64)
+            extra = (inputs[key],) if takes_pulls else ()
+            self._sums[key][index] += np.asarray(score(features[index], *extra), np.float64)
         self._counts[index] += 1
 
     def fit_input(self) -> fit.FitInput:

@@ -74,9 +74,11 @@ class StageModel:
     def score(self, features: np.ndarray) -> np.ndarray:
         return _sigmoid(self.logit(features))
 
-    def logit(self, features: np.ndarray) -> np.ndarray:
+    def logit(self, features: np.ndarray, pulls: np.ndarray | None = None) -> np.ndarray:
+        """Logits at the nuisance inputs `pulls` (K,) of a parameterised network (nominal
+        zeros without: what predict, eval and explain score); a plain network ignores them."""
         x = torch.from_numpy(self.preprocessing.transform(features))
-        return predict_logit(self.net, x).numpy()
+        return predict_logit(self.net, x, pulls=pulls).numpy()
 
 
 @dataclass(frozen=True)

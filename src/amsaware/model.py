@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -49,6 +50,41 @@ class MLP(nn.Sequential):
         return super().forward(x).squeeze(-1)
 
 
+class NuisanceMLP(MLP):
+    """An `MLP` parameterised by the shape nuisances: the K pulls (in `Systematics.shapes`
+    order) are K more inputs after the preprocessed features (`model=mlp_nuisance`).
+
+    Trained on events shifted by prior draws (`augment=systematics`) with the draw's pulls
+    as inputs, it learns how the events change with the nuisances; the fit then scores each
+    +-1 sigma template with the matching pulls (docs/inferno.md). Without `pulls` it scores at
+    the nominal values (zeros, appended inside the forward), so every tool that scores
+    features alone — validation, predict, eval, explain, the ONNX export — sees the nominal
+    network.
+    """
+
+    def __init__(
+        self, n_features: int, n_nuisances: int, n_layers: int, hidden_size: int, dropout: float
+    ) -> None:
+        if n_nuisances < 1:
+            raise ValueError(f"model.n_nuisances must be >= 1, got {n_nuisances}")
+        super().__init__(n_features + n_nuisances, n_layers, hidden_size, dropout)
+        self.n_features, self.n_nuisances = n_features, n_nuisances
+
+    def forward(self, x: Tensor, pulls: Tensor | None = None) -> Tensor:
+        """Logits of features `x` (n, d) at `pulls`: (K,) for every event, (n, K) per event,
+        or None for the nominal zeros."""
+        if pulls is None:
+            pulls = x.new_zeros(x.shape[0], self.n_nuisances)
+        else:
+            pulls = pulls.to(x.dtype).expand(x.shape[0], self.n_nuisances)
+        return super().forward(torch.cat([x, pulls], dim=-1))
+
+
+def is_parameterised(net: nn.Module) -> bool:
+    """Whether `net` takes the nuisances' pulls as inputs (`NuisanceMLP`)."""
+    return isinstance(net, NuisanceMLP)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A network a checkpoint or a run folder may rebuild: its class and the types of its
@@ -68,6 +104,10 @@ class Architecture:
 #: names a class to import, so loading a file cannot run arbitrary code.
 NETS: dict[str, Architecture] = {
     "MLP": Architecture(MLP, {"n_layers": int, "hidden_size": int, "dropout": float}),
+    "NuisanceMLP": Architecture(
+        NuisanceMLP,
+        {"n_nuisances": int, "n_layers": int, "hidden_size": int, "dropout": float},
+    ),
 }
 #: The losses a checkpoint may rebuild: `amsaware.losses`' registry (the same dict), which
 #: `amsaware.inferno` adds `InfernoLoss` to on import.
@@ -191,7 +231,8 @@ class SignificanceClassifier(L.LightningModule):
     (`amsaware.data.datamodule.Needs`; the datamodule builds it in its `setup`): with
     `ShiftedCopies` the step scores every event nominal and shifted and hands the V rows of
     logits to an `InfernoLoss`, and `val/loss` is that loss of the whole shifted fold; with
-    `PriorDraws` the batches are shifted events in the usual layout and nothing else changes.
+    `PriorDraws` the batches are shifted events in the usual layout, followed by the draw's
+    pulls for a network that takes them as inputs (`NuisanceMLP`); validation stays nominal.
     It describes the data, not the network, so it is not saved with the hyperparameters.
 
     `phase` (0 the first training phase, 1 a fine-tune) is logged per epoch as `phase` when
@@ -278,16 +319,17 @@ class SignificanceClassifier(L.LightningModule):
             return
         self.save_hyperparameters(spec | {"scheduler": scheduler_spec} | plain, logger=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._forward(x)
+    def forward(self, x: Tensor, pulls: Tensor | None = None) -> Tensor:
+        """Logits of `x`; `pulls` only for a network parameterised by the nuisances."""
+        return self._forward(x) if pulls is None else self._forward(x, pulls)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         if self._shifted:
             _, target, _, process, x_rows, w_rows = batch
             loss = self.loss(self._row_logits(x_rows), target, w_rows.T, process)
-        else:
-            x, target, weight = batch
-            loss = self.loss(self(x), target, weight)
+        else:  # prior draws for a parameterised network add the draw's pulls
+            x, target, weight, *pulls = batch
+            loss = self.loss(self(x, *pulls), target, weight)
         self.train_loss.update(loss.detach())
         return loss
 
@@ -351,8 +393,15 @@ class SignificanceClassifier(L.LightningModule):
 
 
 @torch.no_grad()
-def predict_logit(net: nn.Module, features: Tensor, batch_size: int = 65536) -> Tensor:
-    """Logits of `net` in evaluation mode (dropout off), in large batches, as float64.
+def predict_logit(
+    net: nn.Module,
+    features: Tensor,
+    batch_size: int = 65536,
+    pulls: Tensor | np.ndarray | None = None,
+) -> Tensor:
+    """Logits of `net` in evaluation mode (dropout off), in large batches, as float64;
+    `pulls` (K,) are the nuisance inputs of a parameterised network (`NuisanceMLP`; None: the
+    nominal zeros), which a plain network ignores: it scores each variation's events alone.
 
     The logit is the ranking key: it does not saturate, while a significance loss pushes many
     logits so far that their probabilities round to exactly 1, even in float64 (from ~37 on).
@@ -361,7 +410,9 @@ def predict_logit(net: nn.Module, features: Tensor, batch_size: int = 65536) -> 
     was_training = net.training
     net.eval()
     try:
-        chunks = [net(x.to(device)).double().cpu() for x in features.split(batch_size)]
+        given = pulls is not None and is_parameterised(net)
+        extra = (torch.as_tensor(pulls).to(device),) if given else ()
+        chunks = [net(x.to(device), *extra).double().cpu() for x in features.split(batch_size)]
     finally:
         net.train(was_training)
     return torch.cat(chunks) if chunks else features.new_zeros(0, dtype=torch.float64)

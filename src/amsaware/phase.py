@@ -32,8 +32,9 @@ StageWriter = Callable[[str, nn.Module, HiggsDataModule], None]
 #: the final fit's epoch count.
 EarlyStops = dict[tuple[str, str | None], EarlyStopping]
 #: Logits of a raw feature matrix (n x the table's features, NaN where undefined, as
-#: `EventTable.features` holds them), through a stage's fitted preprocessing and network.
-RawScorer = Callable[[np.ndarray], np.ndarray]
+#: `EventTable.features` holds them), through a stage's fitted preprocessing and network;
+#: a stage's own scorer also takes optional nuisance inputs (K,) (`raw_scorer`).
+RawScorer = Callable[..., np.ndarray]
 
 
 def fit(
@@ -108,12 +109,14 @@ class TrainedFold:
 
 
 def raw_scorer(net: nn.Module, datamodule: HiggsDataModule) -> RawScorer:
-    """Logits of a raw feature matrix through `datamodule`'s fitted preprocessing and `net`."""
+    """Logits of a raw feature matrix through `datamodule`'s fitted preprocessing and `net`,
+    at the nuisance inputs `pulls` (K,) for a parameterised network (nominal zeros without);
+    a plain network ignores them."""
     preprocessing = datamodule.preprocessing
 
-    def score(features: np.ndarray) -> np.ndarray:
+    def score(features: np.ndarray, pulls: np.ndarray | None = None) -> np.ndarray:
         x = torch.from_numpy(transform(preprocessing, np.asarray(features)))
-        return predict_logit(net, x).numpy()
+        return predict_logit(net, x, pulls=pulls).numpy()
 
     return score
 

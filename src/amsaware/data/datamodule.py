@@ -126,12 +126,23 @@ class PriorDraws:
     nuisances from their priors (`systematics.draw`), out of `grid` draws made once per fit.
 
     `norm` also scales each background process's weights by its drawn normalisation factor.
-    The batches keep the (x, target, weight) layout, so every loss trains on them unchanged.
+    The batches keep the (x, target, weight) layout, so every loss trains on them unchanged;
+    with `pulls` (a network parameterised by the nuisances, `amsaware.model.NuisanceMLP`)
+    each batch also carries its draw's shape inputs (K,) (`nuisance_inputs`) as a fourth item.
     """
 
     settings: Systematics
     grid: int = 16
     norm: bool = True
+    pulls: bool = False
+
+
+def nuisance_inputs(pulls: Tensor, names: tuple[str, ...]) -> Tensor:
+    """A parameterised network's inputs for draws' shape pulls (..., K) of nuisances `names`:
+    the shift applied in sigma units, the pull itself, except soft MET's |pull| (the smearing
+    width `systematics.draw` applies, whose -1 sigma template is the nominal: input 0)."""
+    one_sided = torch.tensor([name == "soft_met" for name in names])
+    return torch.where(one_sided, pulls.abs(), pulls)
 
 
 #: What a module may ask of its training batches (`SignificanceClassifier.needs`).
@@ -207,13 +218,23 @@ def drawn_rows(
 
 class DrawnBatches(ShuffledBatches):
     """`ShuffledBatches` of (x (n, G, d), target, weight (n, G)) serving (x, target, weight)
-    of one grid draw per batch, chosen by the same seeded generator as the order."""
+    of one grid draw per batch, chosen by the same seeded generator as the order; with
+    `inputs` (G, K), the draw's row of them follows as a fourth item."""
+
+    def __init__(
+        self, tensors: tuple[Tensor, ...], batch_size: int, seed: int, inputs: Tensor | None = None
+    ) -> None:
+        super().__init__(tensors, batch_size, seed)
+        self.inputs = inputs
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         n_draws = self.tensors[0].shape[1]
         for x, target, weight in super().__iter__():
             g = int(torch.randint(n_draws, (1,), generator=self.generator))
-            yield x[:, g], target, weight[:, g]
+            if self.inputs is None:
+                yield x[:, g], target, weight[:, g]
+            else:
+                yield x[:, g], target, weight[:, g], self.inputs[g]
 
 
 class HiggsDataModule(L.LightningDataModule):
@@ -293,9 +314,12 @@ class HiggsDataModule(L.LightningDataModule):
             val = None if val is None else self._with_copies(needs, "val")
             self._train_batches = ShuffledBatches(train, self.batch_size, self.seed)
         elif isinstance(needs, PriorDraws):
-            x, w, _ = self._built_for("draws", needs, lambda: self._draws(needs))
+            x, w, pulls = self._built_for("draws", needs, lambda: self._draws(needs))
             train = (x, train[1], w)
-            self._train_batches = DrawnBatches(train, self.batch_size, self.seed)
+            inputs = None
+            if needs.pulls:
+                inputs = nuisance_inputs(pulls, tuple(needs.settings.shapes)).to(device)
+            self._train_batches = DrawnBatches(train, self.batch_size, self.seed, inputs)
         self._train_batches.tensors = tuple(t.to(device) for t in train)
         if val is not None:
             self._val_device_tensors = tuple(t.to(device) for t in val)
