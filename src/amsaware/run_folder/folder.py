@@ -299,6 +299,48 @@ class RunFolder:
             return path
         return write_fold_scores(scores, self.writable(path), self.within)
 
+    def stage_digests(self, stage: str) -> dict[str, str]:
+        """The sha256 of the stage's checkpoint (of its weights, as metrics.json records it)
+        and preprocessing, for those that are there: what a finished fold records so that a
+        resume reloads it only beside the same files."""
+        checkpoint, preprocessing = self.checkpoint_path(stage), self.preprocessing_path(stage)
+        digests = {}
+        if checkpoint.is_file():
+            digests["checkpoint"] = _weights_sha256(_read_weights(checkpoint))
+        if preprocessing.is_file():
+            digests["preprocessing"] = _sha256(preprocessing)
+        return digests
+
+    def check_stage_files(self, stage: str, digests: dict[str, str], who: str) -> None:
+        """Refuse, naming `who` (e.g. "fold 0") and how to recover, when a file `digests`
+        records is missing, unreadable, truncated or replaced."""
+        recover = (
+            f"delete {self.stage_dir(stage)} (then {who} trains again) or start over with "
+            "overwrite=true"
+        )
+        for kind, digest in digests.items():
+            path = (
+                self.checkpoint_path(stage)
+                if kind == "checkpoint"
+                else self.preprocessing_path(stage)
+            )
+            if not path.is_file():
+                raise RunFolderError(f"{path}: missing, but {who} finished with it; {recover}")
+            try:
+                found = (
+                    _weights_sha256(_read_weights(path)) if kind == "checkpoint" else _sha256(path)
+                )
+            except (RunFolderError, OSError) as error:
+                reason = error.strerror if isinstance(error, OSError) else str(error)
+                raise RunFolderError(
+                    f"{path}: {who}'s {kind} cannot be checked ({reason}); {recover}"
+                ) from None
+            if found != digest:
+                raise RunFolderError(
+                    f"{path}: not the {kind} {who} finished with (its sha256 differs: truncated, "
+                    f"replaced or changed since); {recover}"
+                )
+
     def clear_stage(self, stage: str) -> None:
         """Delete what an interrupted stage left (`checkpoints/<stage>/`, its loggers' folders),
         so that it restarts from scratch without mixing files of two attempts. A stage folder

@@ -1,0 +1,106 @@
+"""What a hostile (or unlucky) user still broke after the second round of checks (issue 25):
+each case is refused with a message naming the file or key, or gives the correct result."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from amsaware import experiment, protocol
+from amsaware.data.synthetic import generate
+from amsaware.run_folder import FOLD_SCORES, RunFolder, RunFolderError
+from tests import helpers
+from tests.helpers import kaggle_frame
+from tests.test_resume import Killed, kill_after_fold, trained_stages
+
+#: This file's runs: a kaggle-format pair of files, two epochs, a small network.
+SIZES = ["trainer.max_epochs=2", "model.hidden_size=16", "trainer.log_every_n_steps=1"]
+
+
+def run_config(root, overrides):
+    return helpers.compose_run(root / "run", *SIZES, *overrides, tiny=False)
+
+
+def run(folder, *overrides):
+    """run_experiment in process, the folder keeping the first command's config (as Hydra's
+    `.hydra/config.yaml` does)."""
+    cfg = run_config(folder.parent, overrides)
+    config = folder / ".hydra" / "config.yaml"
+    if not config.exists():
+        config.parent.mkdir(parents=True)
+        OmegaConf.save(cfg, config)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(log_every_n_steps|many workers).*")
+        experiment.run_experiment(cfg)
+
+
+# --- resume: the data and the finished folds' files are checked before anything trains -------
+
+
+@pytest.fixture
+def killed_run(tmp_path):
+    """A kaggle-format run killed after fold 0 (its later folds' files and metrics.json never
+    written), with its data files."""
+    root = tmp_path
+    kaggle_frame(generate(900, seed=1), with_labels=True).to_csv(root / "training.csv", index=False)
+    kaggle_frame(generate(300, seed=2)).to_csv(root / "test.csv", index=False)
+    overrides = [
+        "data=kaggle",
+        f"data.train_path={root / 'training.csv'}",
+        f"data.test_path={root / 'test.csv'}",
+        "ensemble=both",
+    ]
+    folder = root / "run"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(experiment, "fold_hook", kill_after_fold(0))
+        with pytest.raises(Killed):
+            run(folder, *overrides)
+    assert (folder / "checkpoints" / "fold0" / FOLD_SCORES).is_file()
+    assert not (folder / "metrics.json").exists()
+    return root, overrides
+
+
+def test_a_training_row_edited_outside_fold_0s_rows_refuses_the_resume(
+    killed_run, tmp_path, monkeypatch
+):
+    root, overrides = killed_run
+    training = pd.read_csv(root / "training.csv")
+    dataset = experiment.load_dataset(run_config(root, overrides))
+    plan = protocol.plan_folds(dataset.train.label, 3, 1)[0]
+    outside = np.setdiff1d(np.arange(len(training)), plan.val_index)[0]
+    event = dataset.train.event_id[outside]
+    training.loc[training.EventId == event, "Weight"] *= 3
+    training.to_csv(root / "training.csv", index=False)
+
+    stages = trained_stages(monkeypatch)
+    with pytest.raises(RunFolderError, match=r"other events than data\.train_path=.*training\.csv"):
+        run(root / "run", *overrides, "resume=true")
+    assert stages == [] and not (root / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "replaced"])
+def test_a_finished_folds_damaged_checkpoint_is_refused_before_anything_trains(
+    killed_run, tmp_path, monkeypatch, damage
+):
+    root, overrides = killed_run
+    checkpoint = root / "run" / "checkpoints" / "fold0" / "last.ckpt"
+    if damage == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:200])
+    else:  # a valid checkpoint with other weights
+        weights = RunFolder(root / "run").checkpoint("fold0")
+        state = {f"net.{k}": v + 1 for k, v in weights.items()}
+        torch.save({"state_dict": state}, checkpoint)
+    stages = trained_stages(monkeypatch)
+    with pytest.raises(RunFolderError, match=r"fold 0.*delete .*fold0 .*overwrite=true"):
+        run(root / "run", *overrides, "resume=true")
+    assert stages == []
+
+
+def test_the_same_data_still_resumes(killed_run, tmp_path, monkeypatch):
+    root, overrides = killed_run
+    stages = trained_stages(monkeypatch)
+    run(root / "run", *overrides, "resume=true")
+    assert stages == ["fold1", "fold2", "final"]
