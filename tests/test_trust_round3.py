@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from amsaware import experiment, protocol
+from amsaware.checks import ConfigError, check_values
 from amsaware.data.synthetic import generate
 from amsaware.run_folder import FOLD_SCORES, RunFolder, RunFolderError
 from tests import helpers
@@ -104,3 +105,29 @@ def test_the_same_data_still_resumes(killed_run, tmp_path, monkeypatch):
     stages = trained_stages(monkeypatch)
     run(root / "run", *overrides, "resume=true")
     assert stages == ["fold1", "fold2", "final"]
+
+
+# --- configs that trained nothing, or were ignored --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+trainer.max_steps=0", r"trainer\.max_steps is 0; expected -1"),
+        ("+trainer.max_steps=-5", r"trainer\.max_steps is -5"),
+        ("+trainer.limit_train_batches=0", r"trainer\.limit_train_batches is 0;"),
+        ("+trainer.limit_train_batches=0.0", r"trainer\.limit_train_batches is 0\.0;"),
+        ("+finetune.max_epoch=3", r"finetune has no key max_epoch .*max_epochs"),
+    ],
+)
+def test_a_run_that_would_train_nothing_or_ignore_a_key_is_refused(tmp_path, override, message):
+    extra = ["finetune=ams"] if "finetune" in override else []
+    cfg = helpers.compose_run(tmp_path / "run", *extra, override)
+    with pytest.raises(ConfigError, match=message):
+        experiment.run_experiment(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_training_limits_that_train_something_are_accepted(tmp_path):
+    for override in ("+trainer.max_steps=3", "+trainer.limit_train_batches=0.5"):
+        check_values(helpers.compose_run(tmp_path, override))

@@ -179,6 +179,7 @@ def check_values(cfg: DictConfig) -> None:
             f"trainer.max_epochs is {epochs!r}; expected an integer >= 1 (0 trains nothing, "
             "-1 trains until the process is killed)"
         )
+    _check_training_limits(cfg.get("trainer") or {})
     optimizer = cfg.get("optimizer") or {}
     if "lr" in optimizer:
         lr = optimizer.lr
@@ -205,6 +206,23 @@ def check_values(cfg: DictConfig) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} is {value!r}; expected true or false")
     check_resume_options(cfg)
+
+
+def _check_training_limits(trainer: Any) -> None:
+    """Lightning's other ways to train nothing, refused like `max_epochs=0`: a run that takes
+    no step ends without `last.ckpt` and with an untrained network's scores, exit 0."""
+    steps = trainer.get("max_steps", -1)
+    if not _integer(steps) or not (steps == -1 or steps >= 1):
+        raise ConfigError(
+            f"trainer.max_steps is {steps!r}; expected -1 (no limit: max_epochs decides) or an "
+            "integer >= 1 (0 trains nothing)"
+        )
+    batches = trainer.get("limit_train_batches")
+    if batches is not None and not (_number(batches) and 0 < batches < math.inf):
+        raise ConfigError(
+            f"trainer.limit_train_batches is {batches!r}; expected null, a fraction in (0, 1] "
+            "or a number of batches >= 1 (0 trains nothing)"
+        )
 
 
 def check_cut_options(min_fraction: float, max_fraction: float, smoothing: float) -> None:
@@ -277,6 +295,10 @@ def check_optimized_metric(
     )
 
 
+#: The keys of a `finetune` section (conf/finetune/_phase.yaml and its loss).
+FINETUNE_KEYS = frozenset({"loss", "batch_size", "max_epochs", "optimizer", "scheduler"})
+
+
 def _finetune_losses() -> list[str]:
     """The `_target_`s a fine-tune may name: `amsaware.losses.FINETUNE`, the registry's."""
     from amsaware import losses
@@ -288,6 +310,12 @@ def check_finetune_options(finetune: DictConfig | None) -> None:
     """The fine-tune's own keys (conf/finetune/_phase.yaml and its loss's class), by key."""
     if not finetune:
         return
+    unknown = sorted(set(finetune) - FINETUNE_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"finetune has no key {', '.join(unknown)} (a typo would be ignored silently); "
+            f"its keys are {', '.join(sorted(FINETUNE_KEYS))}"
+        )
     loss = finetune.get("loss")
     target = None if not loss else loss.get("_target_")
     allowed = _finetune_losses()
