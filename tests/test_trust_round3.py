@@ -11,6 +11,12 @@ from omegaconf import OmegaConf
 
 from amsaware import experiment, protocol
 from amsaware.checks import ConfigError, check_values
+from amsaware.data.formats import (
+    MIN_EVENTS_FOR_PAIR_SHARE,
+    DataFormatError,
+    check_trainable,
+    read_cern,
+)
 from amsaware.data.synthetic import generate
 from amsaware.run_folder import FOLD_SCORES, RunFolder, RunFolderError
 from tests import helpers
@@ -131,3 +137,26 @@ def test_a_run_that_would_train_nothing_or_ignore_a_key_is_refused(tmp_path, ove
 def test_the_training_limits_that_train_something_are_accepted(tmp_path):
     for override in ("+trainer.max_steps=3", "+trainer.limit_train_batches=0.5"):
         check_values(helpers.compose_run(tmp_path, override))
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+
+def test_two_heavy_background_weights_are_refused_naming_both_rows(real_sample, tmp_path):
+    frame = pd.read_csv(real_sample)
+    check_trainable(read_cern(real_sample), 3)  # the real weights pass
+    background = np.flatnonzero(frame.Label == "b")[[5, 9]]
+    frame.loc[background, "KaggleWeight"] = [6e5, 5.9e5]  # each under half of the class's
+    frame.to_csv(tmp_path / "heavy.csv", index=False)
+    table = read_cern(tmp_path / "heavy.csv")
+    lines = " and ".join(rf"row {k + 1} \(line {k + 2}, EventId \d+\)" for k in background)
+    with pytest.raises(DataFormatError, match=rf"{lines}.*background.*no two events"):
+        check_trainable(table, 3)
+
+
+def test_the_pair_bound_leaves_small_classes_alone():
+    table = generate(300, seed=4)
+    signal = np.flatnonzero(table.label == 1)
+    assert len(signal) < MIN_EVENTS_FOR_PAIR_SHARE
+    table.weight[signal[:2]] = table.weight[signal].sum() * 0.2  # 2 x 17% of a small class
+    check_trainable(table, 3)
