@@ -201,8 +201,8 @@ MAX_FEATURE_SPREAD = 1e6
 
 
 def _check_weight_shares(table: EventTable, in_class: np.ndarray, name: str) -> None:
-    """No event (nor pair of events) may stand for its class alone: a mistyped weight (1e300 for 1.3) would pass
-    the per-cell checks, then decide every AMS of the run."""
+    """No event (nor pair of events) may stand for its class alone: a mistyped weight (1e300
+    for 1.3) would pass the per-cell checks, then decide every AMS of the run."""
     rows = np.flatnonzero(in_class)
     weight = table.weight[rows]
     total = float(weight.sum())
