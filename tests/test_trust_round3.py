@@ -16,6 +16,7 @@ from amsaware.data.formats import (
     DataFormatError,
     check_trainable,
     read_cern,
+    read_kaggle_train,
 )
 from amsaware.data.synthetic import generate
 from amsaware.run_folder import FOLD_SCORES, RunFolder, RunFolderError
@@ -160,3 +161,54 @@ def test_the_pair_bound_leaves_small_classes_alone():
     assert len(signal) < MIN_EVENTS_FOR_PAIR_SHARE
     table.weight[signal[:2]] = table.weight[signal].sum() * 0.2  # 2 x 17% of a small class
     check_trainable(table, 3)
+
+
+# --- unreadable files and hostile YAML ---------------------------------------------------------
+
+
+def _denied(monkeypatch, target):
+    """`open` of `target` fails as for a file without read permission (the tests run as root,
+    for whom chmod 000 changes nothing)."""
+    import builtins
+    import io
+
+    real = io.open
+
+    def guarded(file, *args, **kwargs):
+        if str(file) == str(target):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", guarded)
+    monkeypatch.setattr(builtins, "open", guarded)
+
+
+def test_an_unreadable_training_file_is_named_not_a_bare_permission_error(tmp_path, monkeypatch):
+    path = tmp_path / "training.csv"
+    kaggle_frame(generate(100, seed=1), with_labels=True).to_csv(path, index=False)
+    _denied(monkeypatch, path)
+    with pytest.raises(DataFormatError, match=rf"{path}: not readable \(permission denied\)"):
+        read_kaggle_train(path)
+
+
+def test_an_unreadable_checkpoint_or_config_is_not_called_corrupt(tmp_path, monkeypatch):
+    run = RunFolder(tmp_path)
+    path = run.write_checkpoint("fold0", torch.nn.Linear(2, 1))
+    (tmp_path / ".hydra").mkdir()
+    run.config_path.write_text("seed: 1\n")
+    _denied(monkeypatch, path)
+    with pytest.raises(RunFolderError, match=r"last\.ckpt: not readable \(permission denied\)"):
+        run.checkpoint("fold0")
+    _denied(monkeypatch, run.config_path)
+    with pytest.raises(RunFolderError, match=r"config\.yaml: not readable \(permission denied\)"):
+        run.loss_name()
+
+
+def test_a_yaml_alias_bomb_in_a_run_config_is_refused_unread(tmp_path):
+    levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for k in range(1, 10):  # 9**10 strings once expanded
+        levels.append(f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]")
+    (tmp_path / ".hydra").mkdir()
+    RunFolder(tmp_path).config_path.write_text("\n".join(levels) + "\n")
+    with pytest.raises(RunFolderError, match=r"config\.yaml: holds a YAML alias \(\*a0\)"):
+        RunFolder(tmp_path).config()

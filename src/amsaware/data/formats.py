@@ -285,7 +285,12 @@ def _read_frame(path: str | Path, fmt: _Format, nrows: int | None = None) -> pd.
         raise DataFormatError(f"{path}: file not found (expected a {fmt.name}).")
     if not path.is_file():
         raise DataFormatError(f"{path}: not a file (expected a {fmt.name}).")
-    compression = "gzip" if _is_gzip(path) else None
+    try:
+        compression = "gzip" if _is_gzip(path) else None
+    except PermissionError:
+        raise DataFormatError(
+            f"{path}: not readable (permission denied); give this user read access to it."
+        ) from None
     header = _read_header(path, compression, fmt)
     _check_columns(path, header, fmt)
     options = {

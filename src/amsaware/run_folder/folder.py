@@ -65,15 +65,27 @@ def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise _unreadable(path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunFolderError(f"{path}: corrupt, not valid JSON ({error})") from None
 
 
+def _unreadable(path: Path) -> RunFolderError:
+    """A file the process may not read: said so, not called corrupt."""
+    return RunFolderError(
+        f"{path}: not readable (permission denied); give this user read access to it"
+    )
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except PermissionError:
+        raise _unreadable(path) from None
     return digest.hexdigest()
 
 
@@ -542,6 +554,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's `state_dict`, loaded with `weights_only=True`; corrupt files named."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise _unreadable(path) from None
     except Exception as error:
         raise RunFolderError(
             f"{path}: corrupt or not a checkpoint of train.py ({type(error).__name__}); "
@@ -558,6 +572,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
+    except PermissionError:
+        raise _unreadable(path) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise RunFolderError(f"{path}: corrupt, not a CSV table ({error})") from None
 

@@ -75,14 +75,8 @@ def read_fold_scores(path: Path) -> FoldScores | None:
             f"{path}: corrupt, not a fold's scores ({type(error).__name__}); delete it and "
             "the fold is trained again"
         ) from None
-    required = {"val_index", "val_logits", "events", "files"}
-    known = required | {"test_logits", "pretrain_logits"}
-    if required - {"files"} <= set(arrays) <= known - {"files"}:
-        raise RunFolderError(
-            f"{path}: written by an older amsaware, without the digests of the fold's "
-            "checkpoint that a resume checks; delete it (the fold trains again) or start over "
-            "with overwrite=true"
-        )
+    required = {"val_index", "val_logits", "events"}
+    known = required | {"test_logits", "pretrain_logits", "files"}
     if not required <= set(arrays) <= known:
         raise RunFolderError(
             f"{path}: corrupt, holds {sorted(arrays)}; expected {sorted(required)} "
@@ -97,11 +91,19 @@ def read_fold_scores(path: Path) -> FoldScores | None:
             fine = fine and bool(np.isfinite(value).all())
     if "pretrain_logits" in arrays:
         fine = fine and arrays["pretrain_logits"].shape == index.shape
-    files = _files(arrays["files"]) if arrays["files"].shape == () else None
-    if not fine or arrays["events"].shape != () or files is None:
+    if not fine or arrays["events"].shape != ():
         raise RunFolderError(
             f"{path}: corrupt, the arrays are not one fold's finite logits of its rows"
         )
+    if "files" not in arrays:
+        raise RunFolderError(
+            f"{path}: written by an older amsaware, without the digests of the fold's "
+            "checkpoint that a resume checks; delete it (the fold trains again) or start over "
+            "with overwrite=true"
+        )
+    files = _files(arrays["files"]) if arrays["files"].shape == () else None
+    if files is None:
+        raise RunFolderError(f"{path}: corrupt, 'files' is not a record of sha256 digests")
     return FoldScores(
         index,
         logits,
