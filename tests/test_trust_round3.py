@@ -1,6 +1,7 @@
 """What a hostile (or unlucky) user still broke after the second round of checks (issue 25):
 each case is refused with a message naming the file or key, or gives the correct result."""
 
+import pickle
 import warnings
 
 import numpy as np
@@ -212,3 +213,26 @@ def test_a_yaml_alias_bomb_in_a_run_config_is_refused_unread(tmp_path):
     RunFolder(tmp_path).config_path.write_text("\n".join(levels) + "\n")
     with pytest.raises(RunFolderError, match=r"config\.yaml: holds a YAML alias \(\*a0\)"):
         RunFolder(tmp_path).config()
+
+
+class _Planted:
+    """What a hostile checkpoint holds: unpickling it writes a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_load_from_checkpoint_never_unpickles_code(tmp_path, monkeypatch):
+    from amsaware.model import SignificanceClassifier
+
+    marker = tmp_path / "ran.txt"
+    path = tmp_path / "planted.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "x": _Planted(marker)}, path)
+    # torch < 2.6's default: a torch.load without weights_only unpickles anything.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        SignificanceClassifier.load_from_checkpoint(path)
+    assert not marker.exists()
