@@ -447,8 +447,9 @@ class RunFolder:
 
     def stage_files(self, stage: str) -> dict[str, tuple[Path, str | None]]:
         """The stage's `checkpoint` and `preprocessing` files with the sha256 metrics.json
-        records for them; a run folder from before metrics.json kept the record (or an
-        unfinished one) has the fixed names and no hash."""
+        records for them; an unfinished run folder has the fixed names and no hash. A finished
+        run whose metrics.json records no files, though it holds some, is refused: its files
+        could not be checked."""
         fixed = {
             "checkpoint": (self.checkpoint_path(stage), None),
             "preprocessing": (self.preprocessing_path(stage), None),
@@ -458,6 +459,16 @@ class RunFolder:
         record = read_json(self.metrics_path)
         record = record.get(STAGE_FILES) if isinstance(record, dict) else None
         if record is None:
+            present = [path for path, _ in fixed.values() if path.is_file()]
+            if present:
+                # Loading by the fixed names would skip the sha256 check, unnoticed.
+                raise RunFolderError(
+                    f"{self.metrics_path}: records no {STAGE_FILES} (the sha256 of each stage's "
+                    "checkpoint and preprocessing), yet the run holds "
+                    f"{present[0].relative_to(self.path).as_posix()}: it was written by an "
+                    "amsaware from before the record, or the record was removed, so replaced "
+                    "files could not be told apart; train the run again"
+                )
             return fixed
         where = f"{self.metrics_path}: {STAGE_FILES}"
         if not isinstance(record, dict) or not all(isinstance(v, dict) for v in record.values()):
