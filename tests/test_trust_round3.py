@@ -1,6 +1,7 @@
 """What a hostile (or unlucky) user still broke after the second round of checks (issue 25):
 each case is refused with a message naming the file or key, or gives the correct result."""
 
+import os
 import pickle
 import warnings
 
@@ -21,6 +22,7 @@ from amsaware.data.formats import (
 )
 from amsaware.data.synthetic import generate
 from amsaware.run_folder import FOLD_SCORES, RunFolder, RunFolderError
+from amsaware.search import file_identity
 from tests import helpers
 from tests.helpers import kaggle_frame
 from tests.test_resume import Killed, kill_after_fold, trained_stages
@@ -236,3 +238,42 @@ def test_load_from_checkpoint_never_unpickles_code(tmp_path, monkeypatch):
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         SignificanceClassifier.load_from_checkpoint(path)
     assert not marker.exists()
+
+
+# --- a search's study is keyed by its data's content, not only its path -----------------------
+
+
+def _study_name(path):
+    from tests.test_search import default_name
+
+    return default_name("data=opendata", f"data.path={path}")
+
+
+def test_a_data_file_replaced_at_the_same_path_starts_a_study_of_its_own(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_bytes(b"EventId,Weight\n1,0.5\n")
+    first = _study_name(path)
+    assert _study_name(path) == first, "unchanged data continues its study"
+    stat = path.stat()
+    path.write_bytes(b"EventId,Weight\n1,6e5\n")  # same size; mtime set back below
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _study_name(path) != first
+
+
+def test_a_large_files_identity_samples_it_and_notices_a_changed_block(tmp_path):
+    path = tmp_path / "big.bin"
+    data = bytearray(np.random.default_rng(0).bytes(20 << 20))
+    path.write_bytes(data)
+    stat = path.stat()
+    before = file_identity(path)
+    for where in (100, len(data) - 1):  # the header, the last line
+        data[where] ^= 1
+        path.write_bytes(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert file_identity(path) != before
+        data[where] ^= 1
+    path.write_bytes(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_identity(path) == before
+    path.touch()  # rewritten in place: a new time
+    assert file_identity(path) != before
