@@ -4,6 +4,7 @@ each case is refused with a message naming the file or key, or gives the correct
 import os
 import pickle
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -277,3 +278,38 @@ def test_a_large_files_identity_samples_it_and_notices_a_changed_block(tmp_path)
     assert file_identity(path) == before
     path.touch()  # rewritten in place: a new time
     assert file_identity(path) != before
+
+
+# --- a sweep's trial folders are claimed before Hydra writes into them --------------------------
+
+
+def marked_trial(cfg) -> float:
+    """A trial that leaves a finished run's mark (metrics.json) in its folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    (Path(HydraConfig.get().runtime.output_dir) / "metrics.json").write_text("{}")
+    return float(cfg.model.n_layers)
+
+
+def test_a_new_studys_trial_into_a_used_sweep_folder_leaves_the_old_config_intact(tmp_path):
+    from tests.test_search import files_of, hydra_multirun
+
+    sweep = tmp_path / "sweep"
+    common = [
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=1",
+        "hydra/sweeper/pruner=none",
+    ]
+    hydra_multirun(marked_trial, [*common, "hydra.sweeper.study_name=first"])
+    saved = sweep / "0" / ".hydra"
+    assert {p.name for p in saved.iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    hydra_cfg = OmegaConf.load(saved / "hydra.yaml").hydra
+    assert hydra_cfg.output_subdir == ".hydra"
+    assert "hydra.output_subdir=null" not in hydra_cfg.overrides.hydra
+    earlier = files_of(sweep / "0")
+    with pytest.raises(SystemExit, match=r"sweep/0 already holds a run: metrics\.json"):
+        hydra_multirun(marked_trial, [*common, "hydra.sweeper.study_name=second"])
+    # Only train.log gained the refusal's lines (Hydra's log file opens before any callback).
+    kept = {k: v for k, v in files_of(sweep / "0").items() if not k.endswith(".log")}
+    assert kept == {k: v for k, v in earlier.items() if not k.endswith(".log")}
