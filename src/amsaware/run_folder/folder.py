@@ -314,7 +314,10 @@ class RunFolder:
     def stage_digests(self, stage: str) -> dict[str, str]:
         """The sha256 of the stage's checkpoint (of its weights, as metrics.json records it)
         and preprocessing, for those that are there: what a finished fold records so that a
-        resume reloads it only beside the same files."""
+        resume reloads it only beside the same files. Empty outside the main process, which
+        writes nothing."""
+        if not main_process():
+            return {}
         checkpoint, preprocessing = self.checkpoint_path(stage), self.preprocessing_path(stage)
         digests = {}
         if checkpoint.is_file():
