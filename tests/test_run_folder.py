@@ -413,13 +413,16 @@ def test_the_tools_load_the_recorded_files_and_no_others(run):
         run.checkpoint("final")
 
 
-def test_a_folder_written_before_the_record_loads_by_the_fixed_names(run):
+def test_a_finished_folder_without_the_record_is_refused_not_loaded_unchecked(run):
+    # Issue 25: loading by the fixed names turned the sha256 check off, unnoticed.
     finished(run)
     metrics = read_json(run.metrics_path)
     del metrics["stages"]
     run.metrics_path.write_text(json.dumps(metrics))
-    assert set(run.checkpoint("final")) == {"weight", "bias"}
-    assert run.preprocessing("fold0").to_dict() == stats().to_dict()
+    with pytest.raises(RunFolderError, match=r"metrics\.json: records no stages .*train the run"):
+        run.checkpoint("final")
+    with pytest.raises(RunFolderError, match=r"records no stages .*fold0/"):
+        run.preprocessing("fold0")
 
 
 # --- a finished fold's scores, for resume ---------------------------------------------------

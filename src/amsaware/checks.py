@@ -25,6 +25,7 @@ Every error is a `ConfigError` (a `ValueError`) naming the key, or a `RunFolderE
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -186,6 +187,7 @@ def check_values(cfg: DictConfig) -> None:
             f"trainer.max_epochs is {epochs!r}; expected an integer >= 1 (0 trains nothing, "
             "-1 trains until the process is killed)"
         )
+    _check_training_limits(cfg.get("trainer") or {})
     optimizer = cfg.get("optimizer") or {}
     if "lr" in optimizer:
         lr = optimizer.lr
@@ -212,6 +214,23 @@ def check_values(cfg: DictConfig) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} is {value!r}; expected true or false")
     check_resume_options(cfg)
+
+
+def _check_training_limits(trainer: Any) -> None:
+    """Lightning's other ways to train nothing, refused like `max_epochs=0`: a run that takes
+    no step ends without `last.ckpt` and with an untrained network's scores, exit 0."""
+    steps = trainer.get("max_steps", -1)
+    if not _integer(steps) or not (steps == -1 or steps >= 1):
+        raise ConfigError(
+            f"trainer.max_steps is {steps!r}; expected -1 (no limit: max_epochs decides) or an "
+            "integer >= 1 (0 trains nothing)"
+        )
+    batches = trainer.get("limit_train_batches")
+    if batches is not None and not (_number(batches) and 0 < batches < math.inf):
+        raise ConfigError(
+            f"trainer.limit_train_batches is {batches!r}; expected null, a fraction in (0, 1] "
+            "or a number of batches >= 1 (0 trains nothing)"
+        )
 
 
 def check_cut_options(min_fraction: float, max_fraction: float, smoothing: float) -> None:
@@ -306,6 +325,10 @@ def check_optimized_metric(
     )
 
 
+#: The keys of a `finetune` section (conf/finetune/_phase.yaml and its loss).
+FINETUNE_KEYS = frozenset({"loss", "batch_size", "max_epochs", "optimizer", "scheduler"})
+
+
 def _finetune_losses() -> list[str]:
     """The `_target_`s a fine-tune may name: `amsaware.losses.FINETUNE`, the registry's."""
     from amsaware import inferno, losses  # importing inferno registers InfernoLoss
@@ -318,6 +341,12 @@ def check_finetune_options(finetune: DictConfig | None) -> None:
     """The fine-tune's own keys (conf/finetune/_phase.yaml and its loss's class), by key."""
     if not finetune:
         return
+    unknown = sorted(set(finetune) - FINETUNE_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"finetune has no key {', '.join(unknown)} (a typo would be ignored silently); "
+            f"its keys are {', '.join(sorted(FINETUNE_KEYS))}"
+        )
     loss = finetune.get("loss")
     target = None if not loss else loss.get("_target_")
     allowed = _finetune_losses()
@@ -640,22 +669,53 @@ def _under_hydra() -> bool:
 # --- the one call ----------------------------------------------------------------------------
 
 
+#: The hydra override by which a sweep's jobs leave their `.hydra/` to `RunFolderCallback`.
+_NO_JOB_SUBDIR = "hydra.output_subdir=null"
+
+
+def _save_job_files(config: DictConfig, folder: Path, subdir: str) -> None:
+    """What Hydra's run_job saves in a job's `.hydra/` (config, hydra and overrides YAML), with
+    the hydra config as it would have been without `_NO_JOB_SUBDIR`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = OmegaConf.create(OmegaConf.to_container(HydraConfig.instance().cfg))
+    hydra_cfg.hydra.output_subdir = subdir
+    overrides = [o for o in hydra_cfg.hydra.overrides.hydra if o != _NO_JOB_SUBDIR]
+    hydra_cfg.hydra.overrides.hydra = overrides
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(task, folder / "config.yaml")
+    OmegaConf.save(hydra_cfg, folder / "hydra.yaml")
+    OmegaConf.save(config.hydra.overrides.task, folder / "overrides.yaml")
+
+
 class RunFolderCallback(Callback):
     """Hydra callback (conf/hydra/default.yaml): checks a training config and claims its run
     folder before Hydra writes the new `.hydra/` config into it.
 
     `check_run` at the start of the run repeats both (it is what library callers get), but by
     then Hydra has replaced the folder's `.hydra/config.yaml`; refusing here keeps an earlier
-    run's config intact. Only for training configs (`cv` and `trainer`), and only in single
-    runs: each trial of a sweep is claimed by `check_run`.
+    run's config intact. Only for training configs (`cv` and `trainer`). A sweep's trials are
+    claimed in `on_job_start`, before this callback saves their `.hydra/` (Hydra is told not
+    to save it first), so a search into a used `hydra.sweep.dir` leaves the earlier trials'
+    configs intact.
     """
 
+    #: The `.hydra` folder name of a sweep's jobs, which this callback saves itself.
+    _job_subdir: str | None = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra saves each job's .hydra/ before on_job_start (hydra.core.utils.run_job), so a
+        # trial folder of an earlier search would lose its config before check_run refused
+        # it. The jobs are composed from these hydra overrides (load_sweep_config): they save
+        # none, and on_job_start claims the folder, then saves them.
+        if "cv" in config and "trainer" in config and config.hydra.output_subdir is not None:
+            self._job_subdir = str(config.hydra.output_subdir)
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.overrides.hydra.append(_NO_JOB_SUBDIR)
         # Hydra resolves the sweeper's settings when it builds the sweeper, right after this
         # hook and before it publishes its config; the search's storage lies under
         # paths.log_dir, which resolves through ${hydra:...} (paths.root_dir).
-        import copy
-
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(copy.deepcopy(config))  # it makes `hydra` read-only
@@ -690,12 +750,20 @@ class RunFolderCallback(Callback):
         # keeps it self-contained so that predict, eval, export and explain can read it.
         if "cv" not in config or "trainer" not in config or not _main_process():
             return
+        task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         subdir = config.hydra.output_subdir
+        if subdir is None and self._job_subdir is not None:  # a sweep's job: claim, then save
+            subdir = self._job_subdir
+            run_dir = Path(config.hydra.runtime.output_dir)
+            try:
+                claim_run_folder(run_dir, bool(task.get("overwrite")), resuming(task))
+            except RunFolderError as error:
+                raise SystemExit(f"{type(error).__name__}: {error}") from None
+            _save_job_files(config, run_dir / subdir, subdir)
         if subdir is None:
             return
         saved = Path(config.hydra.runtime.output_dir) / subdir / "config.yaml"
         if saved.is_file():
-            task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
             save_self_contained(task, saved)
 
 

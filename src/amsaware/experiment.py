@@ -382,7 +382,7 @@ def _run_with(
         finetune=finetune,
         on_fold=_fold_hooks(settings, scorers, held_out),
         clock=clock,
-        store=FoldStore(run, settings.resume) if keep else None,
+        store=FoldStore(run, settings.resume, _data_named(cfg)) if keep else None,
     )
     pretrain = (
         None if cv.pretrain is None else _write_pretrain(run, cv.pretrain, train, cut_options)
@@ -425,6 +425,12 @@ def _fit(
         if loggers:
             log_fit(loggers, outcome.metrics, drawn)
     return outcome.section(settings.fit)
+
+
+def _data_named(cfg: DictConfig) -> str:
+    """The data files of `cfg.data` (`data.path=...`), for a refusal that names them."""
+    paths = [f"data.{key}={value}" for key, value in cfg.data.items() if key.endswith("path")]
+    return " and ".join(paths) or f"data ({cfg.data.get('_target_')})"
 
 
 def _fold_hooks(

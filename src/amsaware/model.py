@@ -293,6 +293,18 @@ class SignificanceClassifier(L.LightningModule):
             net.forward if compile_mode is None else torch.compile(net.forward, mode=compile_mode)
         )
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, *args: Any, weights_only: bool = True, **kwargs: Any
+    ) -> SignificanceClassifier:
+        """Lightning's `load_from_checkpoint`, reading the file with `weights_only=True`
+        unless the caller passes False: Lightning passes None on, and under torch < 2.6 (or
+        with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set) None unpickles anything, so a planted
+        checkpoint would run its code. Everything this module saves is plain values."""
+        return super().load_from_checkpoint(
+            checkpoint_path, *args, weights_only=weights_only, **kwargs
+        )
+
     def _save_plain_hyperparameters(
         self,
         net: nn.Module,

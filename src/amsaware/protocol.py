@@ -275,42 +275,69 @@ class FoldStore:
 
     A fold without saved scores was interrupted (or never started): its folders are cleared
     and it trains from scratch, seeded as in an uninterrupted run, so the resumed run's results
-    are those of a run never stopped.
+    are those of a run never stopped. Before anything is reloaded or trained, every finished
+    fold is checked (`finished`): it must have been scored on exactly the command's data (a
+    digest of every training and test event, not only the fold's own rows, since the other
+    rows trained it) and its checkpoint and preprocessing must be the files it finished with
+    (their sha256, recorded in its scores). `data` names the data in the refusal.
     """
 
     run: RunFolder
     resume: bool = False
+    data: str = "the command's data"
 
     @staticmethod
-    def _events(table: EventTable, plan: _FoldPlan, test: EventTable | None) -> str:
-        rows = plan.val_index
-        parts = [table.event_id[rows], table.features[rows], table.label[rows], table.weight[rows]]
+    def _events(table: EventTable, test: EventTable | None) -> str:
+        parts = [table.event_id, table.features, table.label, table.weight]
         if test is not None:
             parts += [test.event_id, test.features]
         return events_digest(*parts)
 
-    def load(
-        self, plan: _FoldPlan, table: EventTable, test: EventTable | None, finetune: bool
-    ) -> FoldScores | None:
-        """The fold's saved scores when resuming and it finished; else None (folders cleared)."""
+    def finished(
+        self,
+        plans: list[_FoldPlan],
+        table: EventTable,
+        test: EventTable | None,
+        finetune: bool,
+    ) -> dict[int, FoldScores]:
+        """The saved scores of `plans`' finished folds, by fold index, each checked; then the
+        unfinished folds' folders are cleared. Empty when not resuming."""
         if not self.resume:
-            return None
-        scores = self.run.fold_scores(plan.stage)
-        if scores is None:
-            self.run.clear_stage(plan.stage)
-            return None
+            return {}
+        events = self._events(table, test)
+        found = {}
+        for plan in plans:
+            scores = self.run.fold_scores(plan.stage)
+            if scores is not None:
+                self._check(plan, scores, events, test is not None, finetune)
+                found[plan.index] = scores
+        for plan in plans:
+            if plan.index not in found:
+                self.run.clear_stage(plan.stage)
+        return found
+
+    def _check(
+        self, plan: _FoldPlan, scores: FoldScores, events: str, tested: bool, finetune: bool
+    ) -> None:
         path = self.run.fold_scores_path(plan.stage)
-        same = np.array_equal(scores.val_index, plan.val_index)
-        same = same and scores.events == self._events(table, plan, test)
-        same = same and (scores.test_logits is None) == (test is None)
+        same = np.array_equal(scores.val_index, plan.val_index) and scores.events == events
+        same = same and (scores.test_logits is None) == (not tested)
         same = same and (scores.pretrain_logits is None) == (not finetune)
         if not same:
             raise RunFolderError(
-                f"{path}: this fold was scored on other events than the command's data gives "
-                "now (the data changed since the run): it cannot be resumed; train it again "
-                "into another folder or with overwrite=true"
+                f"{path}: this fold was scored on other events than {self.data} gives now "
+                f"(fold {plan.index}: the training or test data changed since the run was "
+                "interrupted): it cannot be resumed; train again with overwrite=true or into "
+                "another folder"
             )
-        return scores
+        self.run.check_stage_files(plan.stage, scores.files, f"fold {plan.index}")
+
+    def load(
+        self, plan: _FoldPlan, table: EventTable, test: EventTable | None, finetune: bool
+    ) -> FoldScores | None:
+        """One fold's saved scores when resuming and it finished, checked; else None (its
+        folders cleared)."""
+        return self.finished([plan], table, test, finetune).get(plan.index)
 
     def save(
         self,
@@ -321,13 +348,15 @@ class FoldStore:
         z_test: np.ndarray | None,
         z_pretrain: torch.Tensor | None,
     ) -> None:
-        """Mark the fold finished: its scores, written after its checkpoint."""
+        """Mark the fold finished: its scores and its files' digests, written after its
+        checkpoint."""
         scores = FoldScores(
             plan.val_index,
             z_val.numpy(),
-            self._events(table, plan, test),
+            self._events(table, test),
             z_test,
             None if z_pretrain is None else z_pretrain.numpy(),
+            self.run.stage_digests(plan.stage),
         )
         self.run.write_fold_scores(plan.stage, scores)
 
@@ -406,9 +435,11 @@ def train_folds(
                 save_stage(plan.stage, fold.net, fold.datamodule)
             yield plan, fold
         return
+    # Every finished fold is checked before any is reloaded or any trains.
+    finished = {} if store is None else store.finished(plans, table, test, finetune is not None)
     for plan in plans:
         label = stage_label(plan.stage, len(plans))
-        saved = None if store is None else store.load(plan, table, test, finetune is not None)
+        saved = finished.get(plan.index)
         if saved is not None:
             log.info("%s: finished before the interruption; its scores reloaded", label)
             yield plan, saved

@@ -182,6 +182,15 @@ def check_trainable(table: EventTable, n_folds: int) -> None:
 #: `MIN_EVENTS_FOR_SHARE` events: in a handful of events one may well carry half) ...
 MAX_WEIGHT_SHARE = 0.5
 MIN_EVENTS_FOR_SHARE = 10
+#: Two events may carry at most this share of their class's total weight together (in a
+#: class of at least `MIN_EVENTS_FOR_PAIR_SHARE` events), so that two mistyped weights cannot
+#: split a class between them under the single-event bound. On the 12,000 real events of the
+#: CERN file's training set, the heaviest background event carries 0.038% of the background
+#: weight and the heaviest pair 0.077% (signal: 0.055%, 0.11%), 6.1 times the mean weight
+#: for the pair; 10% leaves room for samples with a far wider spread of weights (such a pair
+#: is 3% of a class of 200 events).
+MAX_PAIR_SHARE = 0.1
+MIN_EVENTS_FOR_PAIR_SHARE = 200
 #: ... and at most this many times its class's median weight.
 MAX_WEIGHT_RATIO = 1e6
 #: |value| beyond which a feature cannot be standardised in float32 (the model's precision):
@@ -192,8 +201,8 @@ MAX_FEATURE_SPREAD = 1e6
 
 
 def _check_weight_shares(table: EventTable, in_class: np.ndarray, name: str) -> None:
-    """No event may stand for its class alone: a mistyped weight (1e300 for 1.3) would pass
-    the per-cell checks, then decide every AMS of the run."""
+    """No event (nor pair of events) may stand for its class alone: a mistyped weight (1e300
+    for 1.3) would pass the per-cell checks, then decide every AMS of the run."""
     rows = np.flatnonzero(in_class)
     weight = table.weight[rows]
     total = float(weight.sum())
@@ -218,6 +227,18 @@ def _check_weight_shares(table: EventTable, in_class: np.ndarray, name: str) -> 
             f"{where}: weight {top:g} is {top / median:.3g} times the median {name} weight "
             f"{median:g}; expected at most {MAX_WEIGHT_RATIO:g} times (a unit or typing error?)."
         )
+    if len(rows) >= MIN_EVENTS_FOR_PAIR_SHARE:
+        first, second = np.argpartition(weight, -2)[-2:][::-1]  # the two heaviest
+        pair = float(weight[first] + weight[second])
+        if pair > MAX_PAIR_SHARE * total * (1 + 1e-12):
+            raise DataFormatError(
+                f"{table.source}: {table.where(int(rows[first]))} and "
+                f"{table.where(int(rows[second]))}: weights {weight[first]:g} and "
+                f"{weight[second]:g} are {pair / total:.1%} of the {name} events' total "
+                f"{total:g}; expected no two events to carry more than {MAX_PAIR_SHARE:.0%} "
+                f"of their class's weight in a class of {MIN_EVENTS_FOR_PAIR_SHARE} or more "
+                "(a unit or typing error?)."
+            )
 
 
 def _check_feature_magnitudes(table: EventTable) -> None:
@@ -264,7 +285,12 @@ def _read_frame(path: str | Path, fmt: _Format, nrows: int | None = None) -> pd.
         raise DataFormatError(f"{path}: file not found (expected a {fmt.name}).")
     if not path.is_file():
         raise DataFormatError(f"{path}: not a file (expected a {fmt.name}).")
-    compression = "gzip" if _is_gzip(path) else None
+    try:
+        compression = "gzip" if _is_gzip(path) else None
+    except PermissionError:
+        raise DataFormatError(
+            f"{path}: not readable (permission denied); give this user read access to it."
+        ) from None
     header = _read_header(path, compression, fmt)
     _check_columns(path, header, fmt)
     options = {

@@ -186,11 +186,30 @@ def save_self_contained(cfg: Any, path: Path) -> None:
 
 
 def read_plain_config(path: Path) -> dict[str, Any]:
-    """A YAML config as plain values: safely loaded, nothing resolved or instantiated."""
+    """A YAML config as plain values: safely loaded, nothing resolved or instantiated.
+
+    YAML aliases (`*name`) are refused before anything is built: nested ones expand
+    exponentially (a "billion laughs" file of a few hundred bytes would hang the reader), and
+    the configs Hydra saves never hold one."""
+    import yaml
     from omegaconf import OmegaConf
 
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        text = Path(path).read_text(encoding="utf-8")
+    except PermissionError:
+        raise RunFolderError(f"{path}: not readable (permission denied)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{path}: not a readable YAML config ({error})") from None
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise RunFolderError(
+                    f"{path}: holds a YAML alias (*{event.anchor}), which a saved run config "
+                    "never does; refused unread (nested aliases expand exponentially)"
+                )
+        raw = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    except RunFolderError:
+        raise
     except Exception as error:
         raise RunFolderError(
             f"{path}: corrupt, not a YAML config ({type(error).__name__})"

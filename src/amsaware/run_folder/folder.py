@@ -67,15 +67,27 @@ def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise _unreadable(path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunFolderError(f"{path}: corrupt, not valid JSON ({error})") from None
 
 
+def _unreadable(path: Path) -> RunFolderError:
+    """A file the process may not read: said so, not called corrupt."""
+    return RunFolderError(
+        f"{path}: not readable (permission denied); give this user read access to it"
+    )
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except PermissionError:
+        raise _unreadable(path) from None
     return digest.hexdigest()
 
 
@@ -305,6 +317,51 @@ class RunFolder:
             return path
         return write_fold_scores(scores, self.writable(path), self.within)
 
+    def stage_digests(self, stage: str) -> dict[str, str]:
+        """The sha256 of the stage's checkpoint (of its weights, as metrics.json records it)
+        and preprocessing, for those that are there: what a finished fold records so that a
+        resume reloads it only beside the same files. Empty outside the main process, which
+        writes nothing."""
+        if not main_process():
+            return {}
+        checkpoint, preprocessing = self.checkpoint_path(stage), self.preprocessing_path(stage)
+        digests = {}
+        if checkpoint.is_file():
+            digests["checkpoint"] = _weights_sha256(_read_weights(checkpoint))
+        if preprocessing.is_file():
+            digests["preprocessing"] = _sha256(preprocessing)
+        return digests
+
+    def check_stage_files(self, stage: str, digests: dict[str, str], who: str) -> None:
+        """Refuse, naming `who` (e.g. "fold 0") and how to recover, when a file `digests`
+        records is missing, unreadable, truncated or replaced."""
+        recover = (
+            f"delete {self.stage_dir(stage)} (then {who} trains again) or start over with "
+            "overwrite=true"
+        )
+        for kind, digest in digests.items():
+            path = (
+                self.checkpoint_path(stage)
+                if kind == "checkpoint"
+                else self.preprocessing_path(stage)
+            )
+            if not path.is_file():
+                raise RunFolderError(f"{path}: missing, but {who} finished with it; {recover}")
+            try:
+                found = (
+                    _weights_sha256(_read_weights(path)) if kind == "checkpoint" else _sha256(path)
+                )
+            except (RunFolderError, OSError) as error:
+                reason = error.strerror if isinstance(error, OSError) else str(error)
+                raise RunFolderError(
+                    f"{path}: {who}'s {kind} cannot be checked ({reason}); {recover}"
+                ) from None
+            if found != digest:
+                raise RunFolderError(
+                    f"{path}: not the {kind} {who} finished with (its sha256 differs: truncated, "
+                    f"replaced or changed since); {recover}"
+                )
+
     def clear_stage(self, stage: str) -> None:
         """Delete what an interrupted stage left (`checkpoints/<stage>/`, its loggers' folders),
         so that it restarts from scratch without mixing files of two attempts. A stage folder
@@ -399,8 +456,9 @@ class RunFolder:
 
     def stage_files(self, stage: str) -> dict[str, tuple[Path, str | None]]:
         """The stage's `checkpoint` and `preprocessing` files with the sha256 metrics.json
-        records for them; a run folder from before metrics.json kept the record (or an
-        unfinished one) has the fixed names and no hash."""
+        records for them; an unfinished run folder has the fixed names and no hash. A finished
+        run whose metrics.json records no files, though it holds some, is refused: its files
+        could not be checked."""
         fixed = {
             "checkpoint": (self.checkpoint_path(stage), None),
             "preprocessing": (self.preprocessing_path(stage), None),
@@ -410,6 +468,16 @@ class RunFolder:
         record = read_json(self.metrics_path)
         record = record.get(STAGE_FILES) if isinstance(record, dict) else None
         if record is None:
+            present = [path for path, _ in fixed.values() if path.is_file()]
+            if present:
+                # Loading by the fixed names would skip the sha256 check, unnoticed.
+                raise RunFolderError(
+                    f"{self.metrics_path}: records no {STAGE_FILES} (the sha256 of each stage's "
+                    "checkpoint and preprocessing), yet the run holds "
+                    f"{present[0].relative_to(self.path).as_posix()}: it was written by an "
+                    "amsaware from before the record, or the record was removed, so replaced "
+                    "files could not be told apart; train the run again"
+                )
             return fixed
         where = f"{self.metrics_path}: {STAGE_FILES}"
         if not isinstance(record, dict) or not all(isinstance(v, dict) for v in record.values()):
@@ -540,6 +608,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's `state_dict`, loaded with `weights_only=True`; corrupt files named."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise _unreadable(path) from None
     except Exception as error:
         raise RunFolderError(
             f"{path}: corrupt or not a checkpoint of train.py ({type(error).__name__}); "
@@ -556,6 +626,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
+    except PermissionError:
+        raise _unreadable(path) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise RunFolderError(f"{path}: corrupt, not a CSV table ({error})") from None
 

@@ -8,7 +8,9 @@ computed on, and trains only the stages without one.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +23,17 @@ from amsaware.run_folder.layout import RunFolderError
 class FoldScores:
     """What a finished fold contributes to its run, kept so that a resumed run need not train
     it again: its validation rows and their logits (with a fine-tune also from before the
-    second phase), its test logits (fold ensemble), and `events`, a digest of the events they
-    were computed on (so that changed data is noticed)."""
+    second phase), its test logits (fold ensemble), `events`, a digest of the data they were
+    computed on (so that changed data is noticed), and `files`, the sha256 of the fold's
+    checkpoint (of its weights) and preprocessing as it finished (so that a replaced or
+    truncated file is noticed before it is reloaded)."""
 
     val_index: np.ndarray
     val_logits: np.ndarray
     events: str
     test_logits: np.ndarray | None = None
     pretrain_logits: np.ndarray | None = None
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def events_digest(*arrays: np.ndarray) -> str:
@@ -48,6 +53,7 @@ def write_fold_scores(scores: FoldScores, path: Path, within: Path | None = None
         "val_index": np.asarray(scores.val_index, dtype=np.int64),
         "val_logits": np.asarray(scores.val_logits),
         "events": np.array(scores.events),
+        "files": np.array(json.dumps(scores.files, sort_keys=True)),
     }
     for name in ("test_logits", "pretrain_logits"):
         if getattr(scores, name) is not None:
@@ -70,7 +76,7 @@ def read_fold_scores(path: Path) -> FoldScores | None:
             "the fold is trained again"
         ) from None
     required = {"val_index", "val_logits", "events"}
-    known = required | {"test_logits", "pretrain_logits"}
+    known = required | {"test_logits", "pretrain_logits", "files"}
     if not required <= set(arrays) <= known:
         raise RunFolderError(
             f"{path}: corrupt, holds {sorted(arrays)}; expected {sorted(required)} "
@@ -89,10 +95,33 @@ def read_fold_scores(path: Path) -> FoldScores | None:
         raise RunFolderError(
             f"{path}: corrupt, the arrays are not one fold's finite logits of its rows"
         )
+    if "files" not in arrays:
+        raise RunFolderError(
+            f"{path}: written by an older amsaware, without the digests of the fold's "
+            "checkpoint that a resume checks; delete it (the fold trains again) or start over "
+            "with overwrite=true"
+        )
+    files = _files(arrays["files"]) if arrays["files"].shape == () else None
+    if files is None:
+        raise RunFolderError(f"{path}: corrupt, 'files' is not a record of sha256 digests")
     return FoldScores(
         index,
         logits,
         str(arrays["events"]),
         arrays.get("test_logits"),
         arrays.get("pretrain_logits"),
+        files,
     )
+
+
+def _files(value: np.ndarray) -> dict[str, str] | None:
+    """The `files` record ({"checkpoint"|"preprocessing": sha256}), or None if malformed."""
+    try:
+        files = json.loads(str(value))
+    except json.JSONDecodeError:
+        return None
+    fine = isinstance(files, dict) and set(files) <= {"checkpoint", "preprocessing"}
+    fine = fine and all(
+        isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in files.values()
+    )
+    return files if fine else None
