@@ -307,7 +307,9 @@ class HiggsDataModule(L.LightningDataModule):
         `train_tensors` and `val_tensors` stay on the host for scoring after the fit.
         """
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        needs = getattr(self.trainer.lightning_module, "needs", None) if self.trainer else None
+        # What the module's batches carry beyond (x, target, weight): INFERNO's shifted copies or
+        # augmentation draws; a trainer without a module (a test's stand-in) needs nothing more.
+        needs = getattr(getattr(self.trainer, "lightning_module", None), "needs", None)
         train, val = self.train_tensors, self.val_tensors
         if isinstance(needs, ShiftedCopies):
             train = self._with_copies(needs, "train")
