@@ -46,7 +46,14 @@ from amsaware.phase import (
     TrainerFactory,
     ensemble_scorer,
 )
-from amsaware.progress import EpochLines, RunClock, StageProgressBar, show_bar, stage_label
+from amsaware.progress import (
+    EpochLines,
+    RunClock,
+    StageProgressBar,
+    quiet_libraries,
+    show_bar,
+    stage_label,
+)
 from amsaware.protocol import (
     CrossValidation,
     DivergedError,
@@ -82,6 +89,7 @@ def _quiet_lightning() -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    quiet_libraries()  # MLflow's store notices
     # lightning 2.6 with torch 2.13 warns about its own use of a deprecated torch class.
     warnings.filterwarnings(
         "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
@@ -213,7 +221,7 @@ def _trainer(
     elif stopping and early_stops is not None and isinstance(stages, str):
         early_stops[(stages, phase)] = stopping[0]
     overrides: dict[str, Any] = {} if max_epochs is None else {"max_epochs": max_epochs}
-    if not show_bar(settings.progress):  # a pipe or a file: one line per epoch instead
+    if not show_bar(settings.progress, cfg.trainer.get("enable_progress_bar")):  # a pipe, a file
         callbacks = [c for c in callbacks if not isinstance(c, StageProgressBar)]
         callbacks.append(EpochLines())
         overrides["enable_progress_bar"] = False

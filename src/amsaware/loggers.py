@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import MLFlowLogger as _LightningMLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,6 +46,40 @@ STAGE_ARGUMENT = {
 
 #: The package each optional logger needs (the `loggers` extra).
 PACKAGES = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}
+
+
+# --- MLflow's metric names --------------------------------------------------------------------
+
+#: MLflow allows letters, digits and `_ / . -` and space in a metric name; Lightning drops the
+#: rest, so `val/ams@15%` and `val/ams@0.15` would both become `val/ams15`-like names that no
+#: longer say what they are. amsaware's names use two other characters, mapped both ways.
+MLFLOW_NAMES = (("@", "_at_"), ("%", "pct"))
+
+
+def mlflow_name(name: str) -> str:
+    """`val/ams@15%` -> `val/ams_at_15pct`, `oof/ams@0.5` -> `oof/ams_at_0.5` (docs/training.md).
+
+    Reversible (`metric_name`) because amsaware's metric names never contain `_at_` or a digit
+    followed by `pct`; any other character MLflow refuses is an error rather than dropped.
+    """
+    for character, replacement in MLFLOW_NAMES:
+        name = name.replace(character, replacement)
+    if re.search(r"[^a-zA-Z0-9_/. -]", name):
+        raise ValueError(f"metric name {name!r} has characters MLflow does not allow")
+    return name
+
+
+def metric_name(mlflow: str) -> str:
+    """The amsaware metric name of an MLflow metric name (the inverse of `mlflow_name`)."""
+    return re.sub(r"(\d)pct\b", r"\1%", mlflow.replace("_at_", "@"))
+
+
+class MLFlowLogger(_LightningMLFlowLogger):
+    """Lightning's MLflow logger with amsaware's metric names mapped by `mlflow_name` instead
+    of stripped of `@` and `%` with a warning per name."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({mlflow_name(k): v for k, v in metrics.items()}, step)
 
 
 def logger_configs(section: DictConfig | None) -> dict[str, DictConfig]:
@@ -132,6 +168,9 @@ class StageLoggers:
                 "dir": options.get("save_dir"),
                 "mode": "offline" if options.get("offline") else "online",
                 "reinit": "create_new",
+                # W&B prints ~25 lines per run (banner, sync hints, a summary table): with one
+                # run per stage that buries the training log; logger.wandb.silent=false shows them.
+                "settings": wandb.Settings(silent=bool(options.get("silent", True))),
             }
             self._wandb_runs[(key, stage)] = wandb.init(**init)
         return self._wandb_runs[(key, stage)]
