@@ -30,6 +30,7 @@ import logging
 import math
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -485,7 +486,25 @@ def check_config(cfg: DictConfig) -> Settings:
     )
     check_finetune_options(cfg.get("finetune"))
     check_parallel(cfg)
+    check_accelerator(cfg.get("trainer") or {})
     return settings
+
+
+def check_accelerator(trainer: Mapping[str, Any]) -> None:
+    """`trainer=gpu` where torch sees no GPU: refused before the data is built (Lightning would
+    refuse it only when the first fold's trainer is made)."""
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (trainer=gpu), but torch sees no CUDA GPU on "
+            f"this machine (torch {torch.__version__}, built for "
+            f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU only'}): "
+            "train on the CPU with trainer=default"
+        )
 
 
 def _main_process() -> bool:
@@ -514,6 +533,33 @@ def _stage_of(frame: FrameType | None) -> str:
     return f"stage {stage} ({where})" if stage else where
 
 
+#: Overrides a continued run sets itself (`resume_command`) or that only place the folder.
+_NOT_REPEATED = ("hydra.run.dir", "ckpt_path", "resume", "overwrite")
+
+
+def resume_command(run_dir: Path) -> str | None:
+    """The command that continues the run in `run_dir`: `python train.py ckpt_path=<run_dir>`
+    and the run's own overrides (Hydra's `.hydra/overrides.yaml`), or None outside a single
+    Hydra run (a search continues through its study)."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+        return None
+    if not saved.is_file():
+        return None
+    overrides = [
+        str(item)
+        for item in OmegaConf.load(saved)
+        if str(item).lstrip("+~").split("=", 1)[0] not in _NOT_REPEATED
+    ]
+    words = ["python", "train.py", f"ckpt_path={run_dir}", *overrides]
+    return " ".join(shlex.quote(word) for word in words)
+
+
 def _interrupted(run_dir: Path) -> Any:
     def handler(signum: int, frame: FrameType | None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
@@ -523,6 +569,9 @@ def _interrupted(run_dir: Path) -> Any:
             _stage_of(frame),
             run_dir,
         )
+        command = resume_command(run_dir)
+        if command is not None:
+            log.error("continue it with: %s", command)
         raise SystemExit(INTERRUPTED)
 
     return handler
@@ -592,7 +641,11 @@ class RunFolderCallback(Callback):
                     check_resume_config(run_dir, task)
         except (ConfigError, RunFolderError, SearchConfigError) as error:
             # Hydra turns a callback's exception into a warning and runs the job anyway.
-            raise SystemExit(f"{type(error).__name__}: {error}") from None
+            from amsaware.cli import debugging, exit_with
+
+            if debugging():
+                raise
+            exit_with(error)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra has just saved the job's config with its own ${hydra:...} calls; the run folder
