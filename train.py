@@ -7,10 +7,13 @@ search error ends the command with its one-line message and exit status 1
 (`AMSAWARE_DEBUG=1` shows the traceback; see amsaware.cli).
 """
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from amsaware.cli import reports_errors
+from amsaware.cli import null_choices, reports_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -22,4 +25,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = null_choices(sys.argv[1:], Path(__file__).parent / "conf")  # logger=null
     main()

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.helpers import REPO, entry_point, train
+from tests.helpers import N_TRAIN, REPO, entry_point, kaggle_frame, run, train
 
 #: Lines a smoke run may print besides its epoch lines: the run's description, a line per
 #: stage (start and end), the out-of-fold and test metrics, the cut and the run folder.
@@ -138,3 +138,78 @@ def test_ctrl_c_prints_the_command_that_continues_the_run(tmp_path):
     (line,) = [line for line in log.read_text().splitlines() if "continue it with: " in line]
     resume = line.split("continue it with: ", 1)[1]
     assert resume == " ".join(["python", "train.py", f"ckpt_path={run_dir}", *overrides])
+
+
+# ---------------------------------------------------------------------------------------------
+# Documented commands, as written
+
+
+def test_smoke_runs_with_kaggle_files(tmp_path):
+    """`experiment=smoke data=kaggle`: the smoke sizes keep each file's first events."""
+    from tests.test_train import write_kaggle_files
+
+    write_kaggle_files(tmp_path, n_train=1800, n_test=1300)
+    metrics = run(
+        tmp_path / "run",
+        "data=kaggle",
+        f"data.train_path={tmp_path}/training.csv.gz",
+        f"data.test_path={tmp_path}/test.csv",
+        "~logger",
+    )
+    assert metrics["run"]["n_train"] == N_TRAIN  # helpers.TINY's data.n_train
+
+
+def test_smoke_runs_with_an_opendata_file_and_a_limit(tmp_path):
+    """`experiment=smoke data=opendata data.limit=N`, as docs/training.md writes it."""
+    from amsaware.data.synthetic import make_dataset
+
+    dataset = make_dataset(2400, 0, seed=5)
+    frame = kaggle_frame(dataset.train, with_labels=True)
+    frame["KaggleSet"] = ["t"] * 1800 + ["b", "v"] * 300
+    frame["KaggleWeight"] = frame["Weight"]
+    path = tmp_path / "cern.csv.gz"
+    frame.to_csv(path, index=False)
+    metrics = run(
+        tmp_path / "run",
+        "data=opendata",
+        f"data.path={path}",
+        "data.download=false",
+        "data.limit=2000",  # 1800 t rows, then 200 test rows
+        "~logger",
+    )
+    assert metrics["run"]["n_train"] == N_TRAIN
+    assert "test" in metrics
+
+
+def test_sizes_a_file_source_cannot_meet_are_refused():
+    from amsaware.data.formats import DataFormatError
+    from amsaware.data.sources import first_events
+    from amsaware.data.synthetic import make_dataset
+
+    table = make_dataset(10, 0, seed=1).train
+    assert len(first_events(table, 4, "n_train")) == 4
+    assert first_events(table, 40, "n_train") is table
+    with pytest.raises(DataFormatError, match=r"data\.n_train is 0"):
+        first_events(table, 0, "n_train")
+
+
+def test_an_offline_download_says_how_to_get_the_file_once(tmp_path):
+    done = entry_point(
+        "train.py",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "data=opendata",
+        f"data.path={tmp_path}/absent.csv.gz",
+        "+data.url=http://127.0.0.1:9/absent.csv.gz",  # nothing listens on port 9
+    )
+    error_lines(done)
+    output = done.stdout + done.stderr
+    assert output.count("Get it by hand") == 1
+    assert "\\n" not in output  # real line breaks, not a repr's
+
+
+def test_a_group_set_to_null_is_dropped_as_the_docs_say(tmp_path):
+    """`logger=null`, `finetune=null`: Hydra alone refuses a null choice."""
+    done = entry_point("train.py", "logger=null", "finetune=ams", "finetune=null", "--cfg", "job")
+    assert done.returncode == 0, done.stderr[-2000:]
+    keys = [line.split(":")[0] for line in done.stdout.splitlines() if not line.startswith(" ")]
+    assert "logger" not in keys and "finetune" not in keys and "model" in keys

@@ -60,12 +60,26 @@ def user_error(error: BaseException) -> BaseException | None:
 
 
 def message_of(error: BaseException) -> str:
-    """The error's own text, in one line; a `???` key says which key and how to give it."""
+    """The error's own text, in one line (unless the error `keeps_lines`); a `???` key says
+    which key and how to give it."""
     if isinstance(error, MissingMandatoryValue):
         key = getattr(error, "full_key", None) or "a key"
         return f"{key} is required (it is ??? in the config): pass {key}=..."
+    if getattr(error, "keeps_lines", False):  # written as lines (download guidance)
+        return "\n".join(line.rstrip() for line in str(error).splitlines() if line.strip())
     text = " ".join(str(error).split()) or type(error).__name__
     return text
+
+
+def reported_by_the_tool(error: BaseException) -> bool:
+    """Whether a single run's entry point prints `error` itself (`reports_errors`), so that the
+    library need not log it first: a user error, not in a sweep (whose trials' logs keep it)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+        return False
+    return user_error(error) is not None and not debugging()
 
 
 def remove_if_only_hydra(folder: Path) -> bool:
@@ -137,3 +151,21 @@ def exit_with(error: BaseException) -> NoReturn:
     print(f"{tool}: error: {message_of(error)}", file=sys.stderr)
     print("(AMSAWARE_DEBUG=1 shows the traceback)", file=sys.stderr)
     raise SystemExit(1) from None
+
+
+def null_choices(args: list[str], conf_dir: Path) -> list[str]:
+    """`GROUP=null` as `~GROUP` for each config group of `conf_dir` (`logger=null`: no logger).
+
+    Hydra reads `null` on the command line as no value and refuses it as a group's choice
+    ("Config group override must be a string"); `~GROUP` is Hydra's way to drop a group, and
+    `null` is what the configs' own comments call "none". Other arguments pass unchanged.
+    """
+    groups = {p.name for p in conf_dir.iterdir() if p.is_dir()}
+    rewritten = []
+    for arg in args:
+        name, _, value = arg.partition("=")
+        if value in ("null", "None") and name in groups:
+            arg = f"~{name}"
+        rewritten.append(arg)
+    return rewritten
+

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from amsaware.checks import check_finetune, check_run
+from amsaware.cli import reported_by_the_tool
 from amsaware.data.datamodule import HiggsDataModule
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
@@ -294,8 +295,10 @@ def run_experiment(cfg: DictConfig) -> float:
     try:
         return _run(cfg)
     except Exception as error:
-        # In a search this is the trial's reason for failing, kept in its train.log.
-        log.error("run failed: %s: %s", type(error).__name__, error)
+        # In a search this is the trial's reason for failing, kept in its train.log; train.py
+        # prints a single run's bad input itself, once (amsaware.cli).
+        if not reported_by_the_tool(error):
+            log.error("run failed: %s: %s", type(error).__name__, error)
         raise
 
 
