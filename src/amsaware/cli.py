@@ -168,4 +168,3 @@ def null_choices(args: list[str], conf_dir: Path) -> list[str]:
             arg = f"~{name}"
         rewritten.append(arg)
     return rewritten
-
