@@ -213,3 +213,43 @@ def test_a_group_set_to_null_is_dropped_as_the_docs_say(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     keys = [line.split(":")[0] for line in done.stdout.splitlines() if not line.startswith(" ")]
     assert "logger" not in keys and "finetune" not in keys and "model" in keys
+
+
+def execute_notebook(folder, runs=None):
+    """notebooks/analysis.ipynb executed in `folder` (its relative paths start there), as
+    shipped or with RUNS set; returns its outputs as text."""
+    import json
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(REPO / "notebooks" / "analysis.ipynb", as_version=4)
+    parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    if runs is not None:
+        parameters.source += f"\nRUNS = {[str(p) for p in runs]!r}"
+    parameters.source += "\nN_BOOTSTRAP = 20"
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
+    os.environ["PYTHONPATH"] = path
+    client = NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": folder}}
+    )
+    client.execute()
+    return json.dumps([c.get("outputs", []) for c in notebook.cells])
+
+
+@pytest.mark.slow  # two runs and two Jupyter kernels
+def test_notebook_as_shipped_compares_the_two_runs_it_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "")
+    runs = tmp_path / "logs" / "train" / "runs"
+    (tmp_path / "notebooks").mkdir()
+    # The two commands of its first cell (in-process, helpers.TINY sizes, TensorBoard kept).
+    run(runs / "2026-12-07_10-00-00", "cv.folds=2")
+    run(runs / "2026-12-07_10-05-00", "cv.folds=2", "loss=ams")
+    shown = execute_notebook(tmp_path / "notebooks")
+    assert "ams@cut" in shown and "image/png" in shown and "10-00-00" in shown
+    out = tmp_path / "notebooks" / "analysis_output"
+    assert (out / "comparison.json").is_file() and (out / "training_history.png").is_file()
+    # A single run: its figures, no comparison.
+    single = execute_notebook(tmp_path / "notebooks", [runs / "2026-12-07_10-05-00"])
+    assert "no comparison" in single and "image/png" in single
