@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.helpers import N_TRAIN, REPO, entry_point, kaggle_frame, run, train
+from tests.helpers import N_TRAIN, REPO, TINY, entry_point, kaggle_frame, run, train
 
 #: Lines a smoke run may print besides its epoch lines: the run's description, a line per
 #: stage (start and end), the out-of-fold and test metrics, the cut and the run folder.
@@ -253,3 +253,61 @@ def test_notebook_as_shipped_compares_the_two_runs_it_names(tmp_path, monkeypatc
     # A single run: its figures, no comparison.
     single = execute_notebook(tmp_path / "notebooks", [runs / "2026-12-07_10-05-00"])
     assert "no comparison" in single and "image/png" in single
+
+
+# ---------------------------------------------------------------------------------------------
+# Conventions: tags, task_name, debug=, callbacks=lr_monitor
+
+
+def test_tags_name_the_run_folder(tmp_path):
+    done = entry_point(
+        "train.py",
+        f"paths.log_dir={tmp_path}",
+        *TINY,
+        "threads=1",
+        "trainer.max_epochs=1",
+        "~logger",
+        "tags=[bce,first try]",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder,) = (tmp_path / "train" / "runs").iterdir()
+    assert folder.name.endswith("_bce_first-try")
+    assert (folder / "metrics.json").is_file()
+
+
+def test_a_debug_run_goes_to_logs_debug(tmp_path):
+    done = entry_point(
+        "train.py", f"paths.log_dir={tmp_path}", *TINY, "threads=1", "~logger", "debug=fdr"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "train").exists()
+    (folder,) = (tmp_path / "debug" / "runs").iterdir()
+    assert (folder / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("switch", ["+trainer.fast_dev_run=true", "+trainer.overfit_batches=3"])
+def test_lightnings_debug_switches_are_refused_outside_debug(switch, tmp_path):
+    from amsaware.checks import ConfigError, check_config
+    from tests.helpers import compose_run
+
+    with pytest.raises(ConfigError, match=r"debug="):
+        check_config(compose_run(tmp_path, switch))
+    check_config(compose_run(tmp_path, switch, "task_name=debug"))
+
+
+@pytest.mark.parametrize("name", ["default", "fdr", "limit", "overfit", "profiler"])
+def test_each_debug_config_composes_into_a_debug_run(name, tmp_path):
+    from amsaware.checks import check_config
+    from tests.helpers import compose_run
+
+    cfg = compose_run(tmp_path, f"debug={name}")
+    assert cfg.task_name == "debug"
+    check_config(cfg)
+
+
+def test_lr_monitor_logs_the_learning_rate(tmp_path):
+    import pandas as pd
+
+    run(tmp_path / "run", "cv.folds=2", "logger=csv", "callbacks=lr_monitor")
+    table = pd.read_csv(tmp_path / "run" / "csv" / "fold0" / "metrics.csv")
+    assert any(column.startswith("lr-") for column in table.columns), list(table.columns)

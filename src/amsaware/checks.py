@@ -71,6 +71,8 @@ SECTIONS: dict[str, type] = {"cv": CVSettings, "cut": CutSettings, "fit": FitSet
 TOP_LEVEL: frozenset[str] = frozenset(
     {
         # train.yaml's own settings
+        "task_name",
+        "tags",
         "seed",
         "threads",
         "compile",
@@ -487,7 +489,25 @@ def check_config(cfg: DictConfig) -> Settings:
     check_finetune_options(cfg.get("finetune"))
     check_parallel(cfg)
     check_accelerator(cfg.get("trainer") or {})
+    check_debug(cfg)
     return settings
+
+
+#: Lightning's debugging switches: their runs' metrics mean nothing (one batch, a few batches).
+DEBUG_SWITCHES = ("fast_dev_run", "overfit_batches")
+
+
+def check_debug(cfg: DictConfig) -> None:
+    """A debugging run (`trainer.fast_dev_run`, `overfit_batches`) only as `debug=...`, whose
+    runs go to logs/debug/ (`task_name: debug`): its metrics.json would otherwise sit among
+    real runs, looking like one."""
+    trainer = cfg.get("trainer") or {}
+    switched = [key for key in DEBUG_SWITCHES if trainer.get(key)]
+    if switched and cfg.get("task_name") != "debug":
+        raise ConfigError(
+            f"trainer.{switched[0]} is a debugging run: use debug=fdr (fast_dev_run) or "
+            "debug=overfit, which write into logs/debug/ (or set task_name=debug)"
+        )
 
 
 def check_accelerator(trainer: Mapping[str, Any]) -> None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -168,3 +169,23 @@ def null_choices(args: list[str], conf_dir: Path) -> list[str]:
             arg = f"~{name}"
         rewritten.append(arg)
     return rewritten
+
+
+def tags_suffix(tags: Any) -> str:
+    """`_tag1_tag2` for a run folder's name from the config's `tags` (empty for none), so
+    that `logs/train/runs/` lists what each run was for; Hydra calls it through the
+    `amsaware.tags` resolver of conf/hydra/default.yaml."""
+    if tags is None:
+        return ""
+    if isinstance(tags, str) or not isinstance(tags, Sequence):
+        raise ValueError(f"tags must be a list of words, e.g. tags='[bce,smoke]'; got {tags!r}")
+    words = [re.sub(r"[^A-Za-z0-9.+-]+", "-", str(tag)).strip("-") for tag in tags]
+    return "".join(f"_{word}" for word in words if word)
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses (`amsaware.tags`), for every entry point that composes it."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("amsaware.tags"):
+        OmegaConf.register_new_resolver("amsaware.tags", tags_suffix)
