@@ -311,3 +311,26 @@ def test_lr_monitor_logs_the_learning_rate(tmp_path):
     run(tmp_path / "run", "cv.folds=2", "logger=csv", "callbacks=lr_monitor")
     table = pd.read_csv(tmp_path / "run" / "csv" / "fold0" / "metrics.csv")
     assert any(column.startswith("lr-") for column in table.columns), list(table.columns)
+
+
+def test_the_sweeps_summary_is_also_in_search_log(tmp_path, caplog):
+    import logging
+
+    from tests.test_search import run_sweeper
+
+    caplog.set_level(logging.INFO)  # as Hydra's logging sets it
+    run_sweeper(tmp_path, "hydra.sweeper.n_trials=4")
+    text = (tmp_path / "sweep" / "search.log").read_text()
+    assert "this search:" in text and "best trial of the study" in text
+
+
+def test_the_sweep_folder_is_printed_without_dot_dot():
+    from omegaconf import OmegaConf
+
+    from amsaware.cli import register_resolvers
+
+    register_resolvers()
+    node = OmegaConf.create(
+        {"root": "/repo/conf/..", "dir": "${amsaware.normpath:${root}/multirun}"}
+    )
+    assert node.dir == "/repo/multirun"

@@ -184,8 +184,11 @@ def tags_suffix(tags: Any) -> str:
 
 
 def register_resolvers() -> None:
-    """The resolvers conf/ uses (`amsaware.tags`), for every entry point that composes it."""
+    """The resolvers conf/ uses (`amsaware.tags`, `amsaware.normpath`), for every entry point
+    that composes it."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("amsaware.tags"):
         OmegaConf.register_new_resolver("amsaware.tags", tags_suffix)
+    if not OmegaConf.has_resolver("amsaware.normpath"):
+        OmegaConf.register_new_resolver("amsaware.normpath", os.path.normpath)

@@ -297,6 +297,8 @@ def run_experiment(cfg: DictConfig) -> float:
     except Exception as error:
         # In a search this is the trial's reason for failing, kept in its train.log; train.py
         # prints a single run's bad input itself, once (amsaware.cli).
+        if type(error).__name__ == "TrialPruned":  # optuna's: the sweeper logs it, at INFO
+            raise
         if not reported_by_the_tool(error):
             log.error("run failed: %s: %s", type(error).__name__, error)
         raise
