@@ -334,3 +334,19 @@ def test_the_sweep_folder_is_printed_without_dot_dot():
         {"root": "/repo/conf/..", "dir": "${amsaware.normpath:${root}/multirun}"}
     )
     assert node.dir == "/repo/multirun"
+
+
+@pytest.mark.parametrize(
+    ("name", "logged"),
+    [
+        ("val/ams@15%", "val/ams_at_15pct"),
+        ("oof/ams@0.5", "oof/ams_at_0.5"),
+        ("test/ams_max_threshold", "test/ams_max_threshold"),
+        ("fit/sigma_mu", "fit/sigma_mu"),
+    ],
+)
+def test_mlflow_metric_names_map_both_ways(name, logged):
+    from amsaware.loggers import metric_name, mlflow_name
+
+    assert mlflow_name(name) == logged
+    assert metric_name(logged) == name
