@@ -4,6 +4,7 @@ one line, the documented commands working as written, and the conventions they e
 
 import re
 
+import numpy as np
 import pytest
 
 from tests.helpers import N_TRAIN, REPO, TINY, entry_point, kaggle_frame, run, train
@@ -350,3 +351,49 @@ def test_mlflow_metric_names_map_both_ways(name, logged):
 
     assert mlflow_name(name) == logged
     assert metric_name(logged) == name
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+@pytest.fixture(scope="module")
+def scored():
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 2, 2000)
+    score = np.clip(rng.normal(0.4 + 0.2 * label, 0.15), 0, 1)
+    weight = np.where(label == 1, 0.01, 1.0)
+    return score, label, weight
+
+
+def test_the_roc_figure_has_the_rejection_panel_and_the_data_label(scored):
+    from amsaware import plots
+
+    score, label, _ = scored
+    figure = plots.roc_curves({"run": score}, label, source="opendata")
+    efficiency, rejection = figure.axes
+    assert rejection.get_yscale() == "log" and "rejection" in rejection.get_ylabel()
+    assert "Signal efficiency" in rejection.get_xlabel()
+    assert efficiency.get_title(loc="left") == "amsaware, HiggsML 2014 open data"
+
+
+def test_the_score_figure_has_the_cut_and_error_bars_and_an_outside_legend(scored):
+    from amsaware import plots
+
+    score, label, weight = scored
+    figure = plots.score_distributions(
+        {"run": score}, label, weight, cut_thresholds={"run": 0.55}, source="synthetic"
+    )
+    (ax,) = figure.axes
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "cut: score > 0.55" in texts
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1  # outside
+    assert any(len(c.get_segments()) for c in ax.collections), "no error bars"
+    assert ax.get_title(loc="left") == "amsaware, synthetic events"
+
+
+def test_a_run_writes_its_figures_as_png_and_pdf(tmp_path):
+    run(tmp_path / "run", "cv.folds=2", "~logger")
+    names = {p.name for p in (tmp_path / "run" / "figures").iterdir()}
+    for figure in ("roc", "ams_vs_fraction", "score_distribution"):
+        assert {f"oof_{figure}.png", f"oof_{figure}.pdf"} <= names

@@ -384,7 +384,8 @@ def _run_with(
     summary = summarise_cv(cv, train)
     log.info("out-of-fold: %s", format_metrics(summary["oof"]))
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
-    log_oof_figures(cv.scores, train, cut, loggers)
+    source = choice("data") or str(cfg.data._target_).rsplit(".", 1)[-1]
+    log_oof_figures(cv.scores, train, cut, loggers, settings.output_dir, source)  # + figures/
     cut, tests = _score_test(settings, dataset, cv, cut, scorers, run, factories, finetune, clock)
     fitted = None if held_out is None else _fit(settings, held_out, run, loggers)
     facts = {

@@ -20,6 +20,7 @@ import importlib.util
 import math
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import Logger
@@ -290,15 +291,29 @@ def log_fold_figures(report: FoldReport) -> None:
     )
 
 
-def log_oof_figures(scores: np.ndarray, train: EventTable, cut: Cut, loggers: StageLoggers) -> None:
-    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as each figure-taking
-    logger's run `oof`."""
+def log_oof_figures(
+    scores: np.ndarray,
+    train: EventTable,
+    cut: Cut,
+    loggers: StageLoggers,
+    run_dir: Path | None = None,
+    source: str | None = None,
+) -> None:
+    """The out-of-fold ROC, AMS curve and score figures (the cut marked), as each
+    figure-taking logger's run `oof`, and as PNG and PDF files `<run_dir>/figures/oof_*`
+    (whatever the loggers: a figure to open without TensorBoard). `source`: the data source's
+    name for the figures' label (`plots.experiment_label`)."""
     from amsaware import plots
 
+    totals = (train.s_tot, train.b_tot)
+    figures = plots.stage_figures(
+        "oof/", scores, train.label, train.weight, cut.fraction, totals, cut.threshold, source
+    )
+    if run_dir is not None:
+        plots.save_both(figures, Path(run_dir) / plots.FIGURES_DIR, prefix="oof_")
     for logger in loggers.make("oof", only=plots.FIGURE_LOGGERS):
-        totals = (train.s_tot, train.b_tot)
         plots.log_to_logger(
-            logger, "oof/", scores, train.label, train.weight, 0, cut.fraction, totals=totals
+            logger, "oof/", scores, train.label, train.weight, 0, totals=totals, figures=figures
         )
         logger.finalize("success")
 
