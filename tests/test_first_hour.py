@@ -397,3 +397,26 @@ def test_a_run_writes_its_figures_as_png_and_pdf(tmp_path):
     names = {p.name for p in (tmp_path / "run" / "figures").iterdir()}
     for figure in ("roc", "ams_vs_fraction", "score_distribution"):
         assert {f"oof_{figure}.png", f"oof_{figure}.pdf"} <= names
+
+
+def test_the_history_figure_marks_the_fine_tune_and_names_both_losses():
+    from amsaware import plots
+
+    history = {
+        "run": {"fold0": {"train/loss": [0.6, 0.5, -1.1, -1.2], "val/ams_max": [1, 2, 3, 3]}}
+    }
+    figure = plots.training_history(history, {"run": "BCELoss"}, {"run": (2, "SoftAMSLoss")})
+    loss, ams = figure.axes
+    assert loss.get_ylabel() == "Training loss (BCELoss, then SoftAMSLoss)"
+    for ax in (loss, ams):
+        (line,) = [t for t in ax.get_legend().get_texts() if "fine-tune" in t.get_text()]
+        assert "SoftAMSLoss" in line.get_text()
+
+
+def test_compare_reads_a_fine_tuned_runs_phases(tmp_path):
+    from amsaware.comparison import fine_tune_of
+
+    run(tmp_path / "run", "cv.folds=2", "finetune=ams", "finetune.max_epochs=1", "~logger")
+    assert fine_tune_of(tmp_path / "run") == (2, "SoftAMSLoss")
+    run(tmp_path / "plain", "cv.folds=2", "~logger")
+    assert fine_tune_of(tmp_path / "plain") is None

@@ -83,13 +83,21 @@ def save_both(figures: Mapping[str, Figure], folder: Path, prefix: str = "") -> 
     return written
 
 
-def training_history(history: History, loss_names: Mapping[str, str] | None = None) -> Figure:
+def training_history(
+    history: History,
+    loss_names: Mapping[str, str] | None = None,
+    fine_tunes: Mapping[str, tuple[int, str]] | None = None,
+) -> Figure:
     """Per-epoch training loss (one panel per run: losses differ in units) and validation AMS.
 
     `loss_names` labels each run's loss axis (e.g. the loss class); folds are line styles.
+    `fine_tunes` gives a fine-tuned run's first-phase epochs and its second loss: the phase
+    change is drawn on both panels and the loss axis names both losses (a soft-AMS loss is
+    negative, which a single BCE label would misname).
     """
     runs = list(history)
     colours = _colours(runs)
+    fine_tunes = fine_tunes or {}
     with style():
         figure, axes = _figure(len(runs) + 1)
         for ax, run in zip(axes, runs, strict=False):
@@ -99,8 +107,12 @@ def training_history(history: History, loss_names: Mapping[str, str] | None = No
                 ls = LINESTYLES[i % len(LINESTYLES)]
                 ax.plot(epochs, values, ls, color=colours[run], marker="o", label=stage)
             loss = (loss_names or {}).get(run, "loss")
+            if run in fine_tunes:
+                first, second = fine_tunes[run]
+                loss = f"{loss}, then {second}"
+                _phase_line(ax, first, second)
             ax.set(xlabel="Epoch", ylabel=f"Training loss ({loss})", title=run)
-            ax.legend(title=run, fontsize="small")
+            _legend_outside(ax, title=run, fontsize="small")
         ax = axes[-1]
         for run in runs:
             folds = [(s, v) for s, v in sorted(history[run].items()) if "val/ams_max" in v]
@@ -114,11 +126,16 @@ def training_history(history: History, loss_names: Mapping[str, str] | None = No
                     marker="o",
                     label=f"{run} {stage}",
                 )
+        for run, (first, second) in fine_tunes.items():
+            _phase_line(ax, first, f"{run}: {second}", colours.get(run, "grey"))
         ax.set(xlabel="Epoch", ylabel="Validation AMS (best cut)")
-        low, high = ax.get_ylim()
-        ax.set_ylim(low, high + 0.35 * (high - low))  # room for the legend above the curves
-        ax.legend(fontsize="small", ncols=max(1, len(runs)), loc="upper left")
+        _legend_outside(ax, fontsize="small")
     return figure
+
+
+def _phase_line(ax: Any, first_epochs: int, what: str, colour: str = "grey") -> None:
+    """A vertical line where the fine-tune phase starts (after `first_epochs`)."""
+    ax.axvline(first_epochs + 0.5, color=colour, ls="--", lw=1, label=f"fine-tune ({what})")
 
 
 def bootstrap_differences(
