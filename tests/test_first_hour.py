@@ -420,3 +420,12 @@ def test_compare_reads_a_fine_tuned_runs_phases(tmp_path):
     assert fine_tune_of(tmp_path / "run") == (2, "SoftAMSLoss")
     run(tmp_path / "plain", "cv.folds=2", "~logger")
     assert fine_tune_of(tmp_path / "plain") is None
+
+
+def test_compare_names_runs_by_their_tags(tmp_path):
+    from amsaware.comparison import compare
+
+    run(tmp_path / "a", "cv.folds=2", "~logger", "tags=[bce]")
+    run(tmp_path / "b", "cv.folds=2", "~logger", "tags=[bce,again]")
+    result = compare([tmp_path / "a", tmp_path / "b"], n_bootstrap=10)
+    assert [r.name for r in result.runs] == ["bce", "bce+again"]

@@ -92,8 +92,27 @@ def load_run(path: Path | str, name: str | None = None) -> Run:
     )
 
 
+def _tagged_name(path: Path) -> str | None:
+    """A run's `tags` joined by `+` (with its `task_name` where it is not `train`), from its
+    config; None for a run without tags."""
+    config_path = RunFolder(path).config_path
+    if not config_path.is_file():
+        return None
+    config = read_plain_config(config_path)
+    tags = config.get("tags")
+    if not isinstance(tags, list) or not tags:
+        return None
+    task = config.get("task_name")
+    name = "+".join(str(tag) for tag in tags)
+    return f"{task}:{name}" if isinstance(task, str) and task != "train" else name
+
+
 def _names(paths: Sequence[Path]) -> list[str]:
-    """Short distinct labels: the folder name, or more of the path where names collide."""
+    """Short distinct labels: the runs' tags where every run has distinct ones (train.py
+    tags='[bce]'), else the folder name, or more of the path where names collide."""
+    tagged = [_tagged_name(p) for p in paths]
+    if all(tagged) and len(set(tagged)) == len(tagged):
+        return [str(name) for name in tagged]
     for depth in range(1, 1 + max(len(p.parts) for p in paths)):
         names = ["/".join(p.parts[-depth:]) for p in paths]
         if len(set(names)) == len(names):
