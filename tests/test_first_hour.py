@@ -429,3 +429,18 @@ def test_compare_names_runs_by_their_tags(tmp_path):
     run(tmp_path / "b", "cv.folds=2", "~logger", "tags=[bce,again]")
     result = compare([tmp_path / "a", tmp_path / "b"], n_bootstrap=10)
     assert [r.name for r in result.runs] == ["bce", "bce+again"]
+
+
+@pytest.mark.slow
+def test_mlflow_shared_keeps_every_run_in_one_store(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    for name in ("a", "b"):
+        run(tmp_path / name, "cv.folds=2", "logger=mlflow_shared", f"paths.log_dir={tmp_path}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("amsaware")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.data.tags["run_dir"] for r in runs} == {str(tmp_path / "a"), str(tmp_path / "b")}
+    assert "val/ams_at_15pct" in next(r for r in runs if r.info.run_name == "fold0").data.metrics
+    assert not (tmp_path / "a" / "mlflow.db").exists()
