@@ -31,6 +31,7 @@ import logging
 import math
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,8 @@ SECTIONS: dict[str, type] = {
 TOP_LEVEL: frozenset[str] = frozenset(
     {
         # train.yaml's own settings
+        "task_name",
+        "tags",
         "seed",
         "threads",
         "compile",
@@ -558,6 +561,8 @@ def check_config(cfg: DictConfig) -> Settings:
     check_parallel(cfg)
     check_augment(settings)
     check_nuisance_network(cfg, settings)
+    check_accelerator(cfg.get("trainer") or {})
+    check_debug(cfg)
     return settings
 
 
@@ -608,6 +613,40 @@ def check_augment(settings: Settings) -> None:
         raise ConfigError(f"augment.grid must be an integer >= 1, got {settings.augment.grid}")
 
 
+#: Lightning's debugging switches: their runs' metrics mean nothing (one batch, a few batches).
+DEBUG_SWITCHES = ("fast_dev_run", "overfit_batches")
+
+
+def check_debug(cfg: DictConfig) -> None:
+    """A debugging run (`trainer.fast_dev_run`, `overfit_batches`) only as `debug=...`, whose
+    runs go to logs/debug/ (`task_name: debug`): its metrics.json would otherwise sit among
+    real runs, looking like one."""
+    trainer = cfg.get("trainer") or {}
+    switched = [key for key in DEBUG_SWITCHES if trainer.get(key)]
+    if switched and cfg.get("task_name") != "debug":
+        raise ConfigError(
+            f"trainer.{switched[0]} is a debugging run: use debug=fdr (fast_dev_run) or "
+            "debug=overfit, which write into logs/debug/ (or set task_name=debug)"
+        )
+
+
+def check_accelerator(trainer: Mapping[str, Any]) -> None:
+    """`trainer=gpu` where torch sees no GPU: refused before the data is built (Lightning would
+    refuse it only when the first fold's trainer is made)."""
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (trainer=gpu), but torch sees no CUDA GPU on "
+            f"this machine (torch {torch.__version__}, built for "
+            f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU only'}): "
+            "train on the CPU with trainer=default"
+        )
+
+
 def _main_process() -> bool:
     """False in the other processes of a DDP run: the main one owns the folder."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -634,6 +673,33 @@ def _stage_of(frame: FrameType | None) -> str:
     return f"stage {stage} ({where})" if stage else where
 
 
+#: Overrides a continued run sets itself (`resume_command`) or that only place the folder.
+_NOT_REPEATED = ("hydra.run.dir", "ckpt_path", "resume", "overwrite")
+
+
+def resume_command(run_dir: Path) -> str | None:
+    """The command that continues the run in `run_dir`: `python train.py ckpt_path=<run_dir>`
+    and the run's own overrides (Hydra's `.hydra/overrides.yaml`), or None outside a single
+    Hydra run (a search continues through its study)."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+        return None
+    if not saved.is_file():
+        return None
+    overrides = [
+        str(item)
+        for item in OmegaConf.load(saved)
+        if str(item).lstrip("+~").split("=", 1)[0] not in _NOT_REPEATED
+    ]
+    words = ["python", "train.py", f"ckpt_path={run_dir}", *overrides]
+    return " ".join(shlex.quote(word) for word in words)
+
+
 def _interrupted(run_dir: Path) -> Any:
     def handler(signum: int, frame: FrameType | None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
@@ -643,6 +709,9 @@ def _interrupted(run_dir: Path) -> Any:
             _stage_of(frame),
             run_dir,
         )
+        command = resume_command(run_dir)
+        if command is not None:
+            log.error("continue it with: %s", command)
         raise SystemExit(INTERRUPTED)
 
     return handler
@@ -743,7 +812,11 @@ class RunFolderCallback(Callback):
                     check_resume_config(run_dir, task)
         except (ConfigError, RunFolderError, SearchConfigError) as error:
             # Hydra turns a callback's exception into a warning and runs the job anyway.
-            raise SystemExit(f"{type(error).__name__}: {error}") from None
+            from amsaware.cli import debugging, exit_with
+
+            if debugging():
+                raise
+            exit_with(error)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra has just saved the job's config with its own ${hydra:...} calls; the run folder

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from amsaware import plots
 from amsaware.atomic import atomic_path, write_json
 from amsaware.report import FIT_METRICS, LOWER_IS_BETTER
-from amsaware.run_folder import TENSORBOARD, Cut, RunFolder, RunFolderError
+from amsaware.run_folder import TENSORBOARD, Cut, RunFolder, RunFolderError, read_plain_config
 from amsaware.stats import (
     STATISTICS,
     BootstrapSample,
@@ -104,8 +104,27 @@ def load_run(path: Path | str, name: str | None = None) -> Run:
     )
 
 
+def _tagged_name(path: Path) -> str | None:
+    """A run's `tags` joined by `+` (with its `task_name` where it is not `train`), from its
+    config; None for a run without tags."""
+    config_path = RunFolder(path).config_path
+    if not config_path.is_file():
+        return None
+    config = read_plain_config(config_path)
+    tags = config.get("tags")
+    if not isinstance(tags, list) or not tags:
+        return None
+    task = config.get("task_name")
+    name = "+".join(str(tag) for tag in tags)
+    return f"{task}:{name}" if isinstance(task, str) and task != "train" else name
+
+
 def _names(paths: Sequence[Path]) -> list[str]:
-    """Short distinct labels: the folder name, or more of the path where names collide."""
+    """Short distinct labels: the runs' tags where every run has distinct ones (train.py
+    tags='[bce]'), else the folder name, or more of the path where names collide."""
+    tagged = [_tagged_name(p) for p in paths]
+    if all(tagged) and len(set(tagged)) == len(tagged):
+        return [str(name) for name in tagged]
     for depth in range(1, 1 + max(len(p.parts) for p in paths)):
         names = ["/".join(p.parts[-depth:]) for p in paths]
         if len(set(names)) == len(names):
@@ -510,10 +529,27 @@ def write_figures(comparison: Comparison, out_dir: Path) -> list[Path]:
     }
     if histories:
         losses = {run.name: run.loss or "loss" for run in comparison.runs}
-        figures["training_history.png"] = plots.training_history(histories, losses)
+        tunes = {run.name: fine_tune_of(run.path) for run in comparison.runs}
+        tunes = {name: tune for name, tune in tunes.items() if tune is not None}
+        figures["training_history.png"] = plots.training_history(histories, losses, tunes)
     else:
         log.warning("no run has TensorBoard event files: training_history.png not drawn")
     return [plots.save(figure, out_dir / name) for name, figure in figures.items()]
+
+
+def fine_tune_of(run_dir: Path) -> tuple[int, str] | None:
+    """A fine-tuned run's first-phase epochs (`trainer.max_epochs`: early stopping may end
+    a fold's first phase sooner) and fine-tune loss, from its config; None for one phase."""
+    path = RunFolder(run_dir).config_path
+    if not path.is_file():
+        return None
+    config = read_plain_config(path)
+    finetune = config.get("finetune") or {}
+    target = (finetune.get("loss") or {}).get("_target_")
+    epochs = (config.get("trainer") or {}).get("max_epochs")
+    if not isinstance(target, str) or not isinstance(epochs, int):
+        return None
+    return epochs, target.rsplit(".", 1)[-1]
 
 
 def write_report(comparison: Comparison, out_dir: Path) -> list[Path]:

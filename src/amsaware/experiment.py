@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from amsaware.checks import check_finetune, check_fit_events, check_run
+from amsaware.cli import reported_by_the_tool
 from amsaware.data.datamodule import HiggsDataModule, Needs, PriorDraws, ShiftedCopies
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
@@ -47,7 +48,14 @@ from amsaware.phase import (
     TrainerFactory,
     ensemble_scorer,
 )
-from amsaware.progress import EpochLines, RunClock, StageProgressBar, show_bar, stage_label
+from amsaware.progress import (
+    EpochLines,
+    RunClock,
+    StageProgressBar,
+    quiet_libraries,
+    show_bar,
+    stage_label,
+)
 from amsaware.protocol import (
     CrossValidation,
     DivergedError,
@@ -83,6 +91,7 @@ def _quiet_lightning() -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    quiet_libraries()  # MLflow's store notices
     # lightning 2.6 with torch 2.13 warns about its own use of a deprecated torch class.
     warnings.filterwarnings(
         "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
@@ -232,7 +241,7 @@ def _trainer(
     elif stopping and early_stops is not None and isinstance(stages, str):
         early_stops[(stages, phase)] = stopping[0]
     overrides: dict[str, Any] = {} if max_epochs is None else {"max_epochs": max_epochs}
-    if not show_bar(settings.progress):  # a pipe or a file: one line per epoch instead
+    if not show_bar(settings.progress, cfg.trainer.get("enable_progress_bar")):  # a pipe, a file
         callbacks = [c for c in callbacks if not isinstance(c, StageProgressBar)]
         callbacks.append(EpochLines())
         overrides["enable_progress_bar"] = False
@@ -306,8 +315,12 @@ def run_experiment(cfg: DictConfig) -> float:
     try:
         return _run(cfg)
     except Exception as error:
-        # In a search this is the trial's reason for failing, kept in its train.log.
-        log.error("run failed: %s: %s", type(error).__name__, error)
+        # In a search this is the trial's reason for failing, kept in its train.log; train.py
+        # prints a single run's bad input itself, once (amsaware.cli).
+        if type(error).__name__ == "TrialPruned":  # optuna's: the sweeper logs it, at INFO
+            raise
+        if not reported_by_the_tool(error):
+            log.error("run failed: %s: %s", type(error).__name__, error)
         raise
 
 
@@ -394,7 +407,8 @@ def _run_with(
     summary = summarise_cv(cv, train)
     log.info("out-of-fold: %s", format_metrics(summary["oof"]))
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
-    log_oof_figures(cv.scores, train, cut, loggers)
+    source = choice("data") or str(cfg.data._target_).rsplit(".", 1)[-1]
+    log_oof_figures(cv.scores, train, cut, loggers, settings.output_dir, source)  # + figures/
     cut, tests = _score_test(settings, dataset, cv, cut, scorers, run, factories, finetune, clock)
     fitted = None if held_out is None else _fit(settings, held_out, run, loggers)
     facts = {

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import MLFlowLogger as _LightningMLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,6 +47,40 @@ STAGE_ARGUMENT = {
 
 #: The package each optional logger needs (the `loggers` extra).
 PACKAGES = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}
+
+
+# --- MLflow's metric names --------------------------------------------------------------------
+
+#: MLflow allows letters, digits and `_ / . -` and space in a metric name; Lightning drops the
+#: rest, so `val/ams@15%` and `val/ams@0.15` would both become `val/ams15`-like names that no
+#: longer say what they are. amsaware's names use two other characters, mapped both ways.
+MLFLOW_NAMES = (("@", "_at_"), ("%", "pct"))
+
+
+def mlflow_name(name: str) -> str:
+    """`val/ams@15%` -> `val/ams_at_15pct`, `oof/ams@0.5` -> `oof/ams_at_0.5` (docs/training.md).
+
+    Reversible (`metric_name`) because amsaware's metric names never contain `_at_` or a digit
+    followed by `pct`; any other character MLflow refuses is an error rather than dropped.
+    """
+    for character, replacement in MLFLOW_NAMES:
+        name = name.replace(character, replacement)
+    if re.search(r"[^a-zA-Z0-9_/. -]", name):
+        raise ValueError(f"metric name {name!r} has characters MLflow does not allow")
+    return name
+
+
+def metric_name(mlflow: str) -> str:
+    """The amsaware metric name of an MLflow metric name (the inverse of `mlflow_name`)."""
+    return re.sub(r"(\d)pct\b", r"\1%", mlflow.replace("_at_", "@"))
+
+
+class MLFlowLogger(_LightningMLFlowLogger):
+    """Lightning's MLflow logger with amsaware's metric names mapped by `mlflow_name` instead
+    of stripped of `@` and `%` with a warning per name."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({mlflow_name(k): v for k, v in metrics.items()}, step)
 
 
 def logger_configs(section: DictConfig | None) -> dict[str, DictConfig]:
@@ -132,6 +169,9 @@ class StageLoggers:
                 "dir": options.get("save_dir"),
                 "mode": "offline" if options.get("offline") else "online",
                 "reinit": "create_new",
+                # W&B prints ~25 lines per run (banner, sync hints, a summary table): with one
+                # run per stage that buries the training log; logger.wandb.silent=false shows them.
+                "settings": wandb.Settings(silent=bool(options.get("silent", True))),
             }
             self._wandb_runs[(key, stage)] = wandb.init(**init)
         return self._wandb_runs[(key, stage)]
@@ -251,15 +291,29 @@ def log_fold_figures(report: FoldReport) -> None:
     )
 
 
-def log_oof_figures(scores: np.ndarray, train: EventTable, cut: Cut, loggers: StageLoggers) -> None:
-    """The out-of-fold ROC, AMS curve (cut marked) and score figures, as each figure-taking
-    logger's run `oof`."""
+def log_oof_figures(
+    scores: np.ndarray,
+    train: EventTable,
+    cut: Cut,
+    loggers: StageLoggers,
+    run_dir: Path | None = None,
+    source: str | None = None,
+) -> None:
+    """The out-of-fold ROC, AMS curve and score figures (the cut marked), as each
+    figure-taking logger's run `oof`, and as PNG and PDF files `<run_dir>/figures/oof_*`
+    (whatever the loggers: a figure to open without TensorBoard). `source`: the data source's
+    name for the figures' label (`plots.experiment_label`)."""
     from amsaware import plots
 
+    totals = (train.s_tot, train.b_tot)
+    figures = plots.stage_figures(
+        "oof/", scores, train.label, train.weight, cut.fraction, totals, cut.threshold, source
+    )
+    if run_dir is not None:
+        plots.save_both(figures, Path(run_dir) / plots.FIGURES_DIR, prefix="oof_")
     for logger in loggers.make("oof", only=plots.FIGURE_LOGGERS):
-        totals = (train.s_tot, train.b_tot)
         plots.log_to_logger(
-            logger, "oof/", scores, train.label, train.weight, 0, cut.fraction, totals=totals
+            logger, "oof/", scores, train.label, train.weight, 0, totals=totals, figures=figures
         )
         logger.finalize("success")
 

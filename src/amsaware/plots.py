@@ -70,13 +70,34 @@ def save(figure: Figure, path: Path, dpi: int = 120) -> Path:
     return Path(path)
 
 
-def training_history(history: History, loss_names: Mapping[str, str] | None = None) -> Figure:
+#: Where a run's own figures go, as PNG (to look at) and PDF (for a paper): RUN/figures/.
+FIGURES_DIR = "figures"
+
+
+def save_both(figures: Mapping[str, Figure], folder: Path, prefix: str = "") -> list[Path]:
+    """Each figure as `<folder>/<prefix><name>.png` and `.pdf` (atomically, as `save`)."""
+    written = []
+    for name, figure in figures.items():
+        for suffix in (".png", ".pdf"):
+            written.append(save(figure, Path(folder) / f"{prefix}{name}{suffix}"))
+    return written
+
+
+def training_history(
+    history: History,
+    loss_names: Mapping[str, str] | None = None,
+    fine_tunes: Mapping[str, tuple[int, str]] | None = None,
+) -> Figure:
     """Per-epoch training loss (one panel per run: losses differ in units) and validation AMS.
 
     `loss_names` labels each run's loss axis (e.g. the loss class); folds are line styles.
+    `fine_tunes` gives a fine-tuned run's first-phase epochs and its second loss: the phase
+    change is drawn on both panels and the loss axis names both losses (a soft-AMS loss is
+    negative, which a single BCE label would misname).
     """
     runs = list(history)
     colours = _colours(runs)
+    fine_tunes = fine_tunes or {}
     with style():
         figure, axes = _figure(len(runs) + 1)
         for ax, run in zip(axes, runs, strict=False):
@@ -86,8 +107,12 @@ def training_history(history: History, loss_names: Mapping[str, str] | None = No
                 ls = LINESTYLES[i % len(LINESTYLES)]
                 ax.plot(epochs, values, ls, color=colours[run], marker="o", label=stage)
             loss = (loss_names or {}).get(run, "loss")
+            if run in fine_tunes:
+                first, second = fine_tunes[run]
+                loss = f"{loss}, then {second}"
+                _phase_line(ax, first, second)
             ax.set(xlabel="Epoch", ylabel=f"Training loss ({loss})", title=run)
-            ax.legend(title=run, fontsize="small")
+            _legend_outside(ax, title=run, fontsize="small")
         ax = axes[-1]
         for run in runs:
             folds = [(s, v) for s, v in sorted(history[run].items()) if "val/ams_max" in v]
@@ -101,11 +126,16 @@ def training_history(history: History, loss_names: Mapping[str, str] | None = No
                     marker="o",
                     label=f"{run} {stage}",
                 )
+        for run, (first, second) in fine_tunes.items():
+            _phase_line(ax, first, f"{run}: {second}", colours.get(run, "grey"))
         ax.set(xlabel="Epoch", ylabel="Validation AMS (best cut)")
-        low, high = ax.get_ylim()
-        ax.set_ylim(low, high + 0.35 * (high - low))  # room for the legend above the curves
-        ax.legend(fontsize="small", ncols=max(1, len(runs)), loc="upper left")
+        _legend_outside(ax, fontsize="small")
     return figure
+
+
+def _phase_line(ax: Any, first_epochs: int, what: str, colour: str = "grey") -> None:
+    """A vertical line where the fine-tune phase starts (after `first_epochs`)."""
+    ax.axvline(first_epochs + 0.5, color=colour, ls="--", lw=1, label=f"fine-tune ({what})")
 
 
 def bootstrap_differences(
@@ -154,27 +184,71 @@ def bootstrap_differences(
     return figure
 
 
-def roc_curves(scores: Scores, label: np.ndarray, weight: np.ndarray | None = None) -> Figure:
-    """ROC curves (signal vs background efficiency), the AUC in the legend.
+def experiment_label(ax: Any, source: str | None) -> None:
+    """The figure's provenance in the HEP manner, top left above the axes: `amsaware` and the
+    data (`HiggsML 2014 open data`, `synthetic`, ...) so that a figure out of its folder still
+    says what it shows. `source` is the run's data source name (`data=...`); None: no label."""
+    if source is None:
+        return
+    ax.set_title(
+        f"amsaware, {DATA_LABELS.get(source, source)}", loc="left", fontsize="small", style="italic"
+    )
+
+
+#: How figures name each data source of `amsaware.data.sources` (others: their own name).
+DATA_LABELS = {
+    "opendata": "HiggsML 2014 open data",
+    "kaggle": "HiggsML 2014 (Kaggle files)",
+    "synthetic": "synthetic events",
+    "samples": "user samples",
+}
+
+
+def _legend_outside(ax: Any, **options: Any) -> None:
+    """The legend to the right of the axes, never over a curve."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **options)
+
+
+def roc_curves(
+    scores: Scores,
+    label: np.ndarray,
+    weight: np.ndarray | None = None,
+    source: str | None = None,
+) -> Figure:
+    """ROC curves, the AUC in the legend: signal versus background efficiency, and beside it
+    the HEP form, background rejection 1/eff_b (log axis) versus signal efficiency, where the
+    tight selections that decide the AMS are visible.
 
     With `weight`, efficiencies are of event weights (physics yields), as in `auroc_weighted`.
     """
     colours = _colours(list(scores))
+    kind = "weighted " if weight is not None else ""
     with style():
-        figure, (ax,) = _figure()
+        figure, (ax, rejection) = _figure(2)
         for name, s in scores.items():
             fpr, tpr, _ = roc_curve(label, s, sample_weight=weight)
             auc = float(np.trapezoid(tpr, fpr))
             ax.plot(fpr, tpr, color=colours[name], lw=2, label=f"{name} (AUC {auc:.4f})")
+            kept = fpr > 0
+            rejection.plot(tpr[kept], 1.0 / fpr[kept], color=colours[name], lw=2, label=name)
         ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="random")
-        kind = "weighted " if weight is not None else ""
+        grid = np.linspace(0.01, 1.0, 100)
+        rejection.plot(grid, 1.0 / grid, color="grey", ls=":", lw=1, label="random")
         ax.set(
             xlabel=f"Background efficiency ({kind}false positive rate)",
             ylabel=f"Signal efficiency ({kind}true positive rate)",
             xlim=(0, 1),
             ylim=(0, 1.05),
         )
+        rejection.set_yscale("log")
+        rejection.set(
+            xlabel=f"Signal efficiency ({kind}true positive rate)",
+            ylabel=r"Background rejection $1/\varepsilon_b$",
+            xlim=(0, 1),
+        )
         ax.legend(loc="lower right")
+        _legend_outside(rejection, fontsize="small")
+        experiment_label(ax, source)
     return figure
 
 
@@ -281,7 +355,7 @@ def ams_curves(
         ax.set_xscale("log")
         ax.set_xlim(left=1e-3, right=1.0)
         ax.set_ylim(bottom=0)
-        ax.legend(loc="upper left", fontsize="small")
+        _legend_outside(ax, fontsize="small")
     return figure
 
 
@@ -291,8 +365,14 @@ def score_distributions(
     weight: np.ndarray,
     bins: int = 50,
     totals: Totals = (S_TOT, B_TOT),
+    cut_thresholds: Mapping[str, float] | None = None,
+    source: str | None = None,
 ) -> Figure:
-    """Weighted score histograms of signal and background (full-data yields), one panel a run."""
+    """Weighted score histograms of signal and background (full-data yields), one panel a run.
+
+    Error bars are each bin's statistical uncertainty from the simulated events,
+    sqrt(sum of squared yields); `cut_thresholds` (score per run) draws the chosen cut.
+    """
     yields = rescaled_weights(label, np.asarray(weight, np.float64), *totals)
     signal = np.asarray(label).astype(bool)
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -304,13 +384,18 @@ def score_distributions(
                 (signal, "signal", SIGNAL),
             ):
                 counts, _ = np.histogram(s[mask], bins=edges, weights=yields[mask])
-                mplhep.histplot(counts, edges, ax=ax, color=colour, lw=2, label=what)
+                squares, _ = np.histogram(s[mask], bins=edges, weights=yields[mask] ** 2)
+                mplhep.histplot(
+                    counts, edges, yerr=np.sqrt(squares), ax=ax, color=colour, lw=2, label=what
+                )
+            if cut_thresholds and name in cut_thresholds:
+                cut = cut_thresholds[name]
+                ax.axvline(cut, color="black", ls="--", lw=1.5, label=f"cut: score > {cut:.3g}")
             ax.set_yscale("log")
-            ax.set(
-                xlabel="Classifier score", ylabel="Expected events / bin (full data)", title=name
-            )
+            ax.set(xlabel="Classifier score", ylabel="Expected events / bin (full data)")
             ax.set_xlim(0, 1)
-            ax.legend(title=name, loc="upper center")
+            _legend_outside(ax, title=name)  # the run's name, as a title would
+            experiment_label(ax, source)
     return figure
 
 
@@ -418,17 +503,19 @@ def log_to_logger(
     step: int = 0,
     cut_fraction: float | None = None,
     totals: Totals = (S_TOT, B_TOT),
+    figures: Mapping[str, Figure] | None = None,
 ) -> bool:
     """The ROC, AMS-vs-fraction and score-distribution figures into every Lightning logger
     given (one, or a list as a trainer's `loggers`) that takes figures: TensorBoard (with the
     weighted PR curve, `log_to_tensorboard`), MLflow (PNG artifacts `<prefix><name>.png`) and
     W&B (images). The figures are built once for all of them. False when none takes figures
-    (`logger=null`, CSV)."""
+    (`logger=null`, CSV). `figures`: the stage's figures where already built."""
     items = [item for item in (logger if isinstance(logger, list | tuple) else [logger]) if item]
     sinks = [item for item in items if type(item).__name__ in FIGURE_LOGGERS]
     if not sinks:
         return False
-    figures = stage_figures(prefix, scores, label, weight, cut_fraction, totals)
+    if figures is None:
+        figures = stage_figures(prefix, scores, label, weight, cut_fraction, totals)
     for item in sinks:
         if type(item).__name__ == "TensorBoardLogger":
             _to_tensorboard(item.experiment, prefix, figures, scores, label, weight, step, totals)
@@ -462,17 +549,22 @@ def stage_figures(
     weight: np.ndarray,
     cut_fraction: float | None = None,
     totals: Totals = (S_TOT, B_TOT),
+    cut_threshold: float | None = None,
+    source: str | None = None,
 ) -> dict[str, Figure]:
-    """A stage's figures by name: `roc`, `ams_vs_fraction` (the cut marked) and
-    `score_distribution`, the scores' run named after `prefix`."""
+    """A stage's figures by name: `roc`, `ams_vs_fraction` and `score_distribution` (the cut
+    marked on each where given), the scores' run named after `prefix`."""
     name = prefix.rstrip("/") or "scores"
     runs = {name: np.asarray(scores, dtype=np.float64)}
     cuts = {name: cut_fraction} if cut_fraction is not None else None
+    thresholds = {name: cut_threshold} if cut_threshold is not None else None
     with style():
         return {
-            "roc": roc_curves(runs, label),
+            "roc": roc_curves(runs, label, source=source),
             "ams_vs_fraction": ams_curves(runs, label, weight, cuts, totals),
-            "score_distribution": score_distributions(runs, label, weight, totals=totals),
+            "score_distribution": score_distributions(
+                runs, label, weight, totals=totals, cut_thresholds=thresholds, source=source
+            ),
         }
 
 
@@ -500,7 +592,7 @@ def log_to_tensorboard(
 def _to_tensorboard(
     writer: Any,
     prefix: str,
-    figures: dict[str, Figure],
+    figures: Mapping[str, Figure],
     scores: np.ndarray,
     label: np.ndarray,
     weight: np.ndarray,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -60,8 +61,14 @@ class StageProgressBar(TQDMProgressBar):
         return items
 
 
-def show_bar(progress: bool | None) -> bool:
-    """Whether a stage shows Lightning's bar: `progress` if set, else only on a terminal."""
+def show_bar(progress: bool | None, trainer_bar: bool | None = None) -> bool:
+    """Whether a stage shows Lightning's bar: `progress` if set, else only on a terminal.
+
+    `trainer_bar` is `trainer.enable_progress_bar` where the config sets it: Lightning's own
+    switch (`+trainer.enable_progress_bar=false`) means `progress=false`, epoch lines included.
+    """
+    if trainer_bar is False:
+        return False
     if progress is not None:
         return bool(progress)
     return sys.stdout.isatty()
@@ -111,6 +118,38 @@ class EpochLines(L.Callback):
                 values.append(f"{name} {float(value):.4g}")
         where = f"{self.stage} epoch {epoch}/{epochs}" if self.stage else f"epoch {epoch}/{epochs}"
         log.info("%s: %s (%s)", where, ", ".join(values) or "no metrics", format_seconds(took))
+
+
+class _DropMessages(logging.Filter):
+    """Drops records whose message starts with one of `prefixes` (known, harmless notices)."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.prefixes)
+
+
+#: Third-party notices that say nothing to act on, by logger and message start: MLflow's
+#: first use of a SQLite store and of an experiment name (each run folder's store is new).
+KNOWN_NOTICES = {
+    "lightning.pytorch.loggers.mlflow": ("Experiment with name",),
+}
+
+
+def quiet_libraries() -> None:
+    """Keep libraries' informational chatter off the console and train.log: MLflow's own
+    INFO lines (database creation and migration; MLflow sets its level from
+    `MLFLOW_LOGGING_LEVEL` when imported, so a user's own setting wins) and the notices in
+    `KNOWN_NOTICES`. Their warnings and errors still show."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if "mlflow" in sys.modules:  # imported already: its level is set
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    for name, prefixes in KNOWN_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(*prefixes))
 
 
 class RunClock:

@@ -34,9 +34,11 @@ DEFAULT_TIMEOUT = (10.0, 60.0)
 log = logging.getLogger(__name__)
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(OSError):
     """The data file is not there and could not be fetched and verified; the message says how
-    to get it by hand."""
+    to get it by hand, in a few lines that an entry point prints as they are (amsaware.cli)."""
+
+    keeps_lines = True
 
 
 def fetch_opendata(

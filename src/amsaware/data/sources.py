@@ -17,7 +17,7 @@ from amsaware.data import synthetic as synthetic_data
 from amsaware.data.download import OPENDATA_SHA1, OPENDATA_URL, fetch_opendata
 from amsaware.data.formats import DataFormatError, read_cern, read_kaggle_test, read_kaggle_train
 from amsaware.data.samples import load_samples
-from amsaware.data.schema import Dataset
+from amsaware.data.schema import Dataset, EventTable
 
 
 def synthetic(
@@ -30,11 +30,33 @@ def synthetic(
     return synthetic_data.make_dataset(n_train, n_test, generator, seed)
 
 
-def kaggle(train_path: str | Path, test_path: str | Path | None = None) -> Dataset:
-    """Kaggle's training.csv (Weight, Label) and, optionally, test.csv (unlabelled)."""
-    train = read_kaggle_train(train_path)
+def kaggle(
+    train_path: str | Path,
+    test_path: str | Path | None = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+) -> Dataset:
+    """Kaggle's training.csv (Weight, Label) and, optionally, test.csv (unlabelled);
+    `n_train`/`n_test` keep each file's first events (`first_events`)."""
+    train = first_events(read_kaggle_train(train_path), n_train, "n_train")
     test = read_kaggle_test(test_path) if test_path else None
+    test = None if test is None else first_events(test, n_test, "n_test")
     return Dataset(train=train, test=test)
+
+
+def first_events(table: EventTable, n: int | None, key: str) -> EventTable:
+    """The first `n` events of a file's table (all of them for null or more than it has).
+
+    Every source takes `n_train`/`n_test` (the synthetic one generates that many, samples keeps
+    a stratified subset), so that a small run (`experiment=smoke`) works with any `data=`. A
+    file's first events keep a small run reproducible from the file alone; their weights are
+    the file's, so the totals shrink with the subset.
+    """
+    if n is None:
+        return table
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise DataFormatError(f"data.{key} is {n!r}; expected a number of events >= 1 (or null)")
+    return table if n >= len(table) else table.subset(np.arange(n))
 
 
 def opendata(
@@ -43,13 +65,16 @@ def opendata(
     url: str = OPENDATA_URL,
     sha1: str = OPENDATA_SHA1,
     limit: int | None = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
 ) -> Dataset:
     """The CERN Open Data file: train on KaggleSet t, score b (public) and v (private).
 
     Weights are KaggleWeight, which sums to the full totals within each KaggleSet. Rows of the
     unused set u are dropped. A file with only t rows trains and cross-validates, with no test.
     `limit` (`data.limit`) keeps the file's first `limit` events, so a small run is reproducible
-    from the public file alone: its first 12,000 events are all of set t.
+    from the public file alone: its first 12,000 events are all of set t. `n_train`/`n_test`
+    then keep the first events of the training and of the test rows (`first_events`).
     """
     check_limit(limit)
     path = Path(path)
@@ -70,9 +95,9 @@ def opendata(
             f"{path}: column 'KaggleSet': no 't' (training) rows among its {len(table)} rows "
             f"(it has {found}); data=opendata trains on the t rows and scores b and v."
         )
-    train = table.subset(np.flatnonzero(training))
+    train = first_events(table.subset(np.flatnonzero(training)), n_train, "n_train")
     test_rows = np.flatnonzero(np.isin(table.kaggle_set, ["b", "v"]))
-    test = table.subset(test_rows) if len(test_rows) else None
+    test = first_events(table.subset(test_rows), n_test, "n_test") if len(test_rows) else None
     return Dataset(train=train, test=test)
 
 
@@ -122,13 +147,20 @@ def _is(value: Any, expected: _Type) -> bool:
 #: Per source, its options and their types (the function's own checks come on top).
 _OPTIONS: dict[str, dict[str, _Type]] = {
     "synthetic": {"n_train": int, "n_test": int, "generator": str, "seed": int},
-    "kaggle": {"train_path": str, "test_path": (str, type(None))},
+    "kaggle": {
+        "train_path": str,
+        "test_path": (str, type(None)),
+        "n_train": (int, type(None)),
+        "n_test": (int, type(None)),
+    },
     "opendata": {
         "path": str,
         "download": bool,
         "url": str,
         "sha1": str,
         "limit": (int, type(None)),
+        "n_train": (int, type(None)),
+        "n_test": (int, type(None)),
     },
     "samples": {
         "signal": dict,

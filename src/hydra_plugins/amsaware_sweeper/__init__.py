@@ -16,6 +16,7 @@ registering it in sys.modules, where dataclasses cannot resolve string annotatio
 """
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,23 @@ class AmsawareSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
-        """Run the search: `n_trials` more trials of the study, then the best-run files."""
+        """Run the search: `n_trials` more trials of the study, then the best-run files.
+
+        The sweeper's own lines (the study, each trial's outcome, the summary and the best
+        trial) also go to `<sweep dir>/search.log`, beside the trials' folders."""
+        assert self.config is not None
+        sweep_dir = Path(os.path.normpath(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(sweep_dir / "search.log")
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] - %(message)s"))
+        log.addHandler(handler)
+        try:
+            self._sweep(arguments)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+    def _sweep(self, arguments: list[str]) -> None:
         import optuna
 
         from amsaware import search
@@ -257,7 +274,7 @@ class AmsawareSweeper(Sweeper):
         from amsaware import search
 
         assert self.config is not None
-        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir = Path(os.path.normpath(self.config.hydra.sweep.dir))  # no conf/../
         sweep_dir.mkdir(parents=True, exist_ok=True)
         count = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if s in states}
         log.info("this search: %s", ", ".join(f"{n} {state}" for state, n in count.items()))
