@@ -187,9 +187,7 @@ def run_fit(
         out_dir.mkdir(parents=True, exist_ok=True)
         fit.write_workspace(report.spec, out_dir / "workspace.json")
         drawn = fit_figures(report)
-        for name, figure in drawn.items():
-            for suffix in (".png", ".pdf"):
-                plots.save(figure, out_dir / f"{name}{suffix}")
+        plots.save_both(drawn, out_dir)
         if figures_to is not None:
             figures_to(drawn)
     return FitOutcome(report.metrics(), None, report)

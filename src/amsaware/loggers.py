@@ -310,7 +310,10 @@ def log_oof_figures(
         "oof/", scores, train.label, train.weight, cut.fraction, totals, cut.threshold, source
     )
     if run_dir is not None:
-        plots.save_both(figures, Path(run_dir) / plots.FIGURES_DIR, prefix="oof_")
+        from amsaware.run_folder import FIGURES, RunFolder
+
+        folder = RunFolder(run_dir)
+        plots.save_both(figures, folder.writable(folder.path / FIGURES), prefix="oof_")
     for logger in loggers.make("oof", only=plots.FIGURE_LOGGERS):
         plots.log_to_logger(
             logger, "oof/", scores, train.label, train.weight, 0, totals=totals, figures=figures

@@ -71,9 +71,6 @@ def save(figure: Figure, path: Path, dpi: int = 120) -> Path:
 
 
 #: Where a run's own figures go, as PNG (to look at) and PDF (for a paper): RUN/figures/.
-FIGURES_DIR = "figures"
-
-
 def save_both(figures: Mapping[str, Figure], folder: Path, prefix: str = "") -> list[Path]:
     """Each figure as `<folder>/<prefix><name>.png` and `.pdf` (atomically, as `save`)."""
     written = []

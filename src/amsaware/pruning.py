@@ -75,7 +75,7 @@ class TrialReporter:
             f"trial {self.trial.number} pruned after {where}: {self.metric} = {value:.4g} is "
             "not promising against earlier trials at that point"
         )
-        log.warning(message)
+        log.info(message)  # the search's way of working, not a problem
         raise optuna.TrialPruned(message)
 
 

@@ -21,6 +21,7 @@ from typing import IO
 from amsaware.run_folder.layout import (
     CHECKPOINTS,
     CSV_LOGS,
+    FIGURES,
     FIT,
     HYDRA,
     LOCK_FILE,
@@ -54,7 +55,7 @@ RUN_FILES = (
 #: Folders a run fills: its checkpoints, the fine-tune's `pretrain/`, and the loggers' logs
 #: (logger=tensorboard|csv|wandb, MLflow's artifacts). A second run would mix its logs with
 #: these (CSVLogger even deletes an earlier stage's metrics.csv), so they mark a used folder.
-RUN_FOLDERS = (CHECKPOINTS, TENSORBOARD, PRETRAIN, CSV_LOGS, WANDB, MLFLOW_ARTIFACTS, FIT)
+RUN_FOLDERS = (CHECKPOINTS, TENSORBOARD, PRETRAIN, CSV_LOGS, WANDB, MLFLOW_ARTIFACTS, FIT, FIGURES)
 #: Kept when `overwrite=true` empties a folder: this run's config and log, and the lock.
 KEPT = (HYDRA, LOCK_FILE)
 

@@ -50,6 +50,8 @@ FOLD_SCORES = "fold_scores.npz"
 FIT = "fit"
 FIT_WORKSPACE = f"{FIT}/workspace.json"
 FIT_EVENTS = f"{FIT}/held_out.npz"
+#: The run's own figures as PNG and PDF files (the out-of-fold ROC, AMS and score figures).
+FIGURES = "figures"
 
 # The loggers' files (conf/logger/*.yaml): TensorBoard's and CSVLogger's per-stage folders
 # (`<logger>/<stage>/`), W&B's folder, MLflow's store and artifacts.
