@@ -42,8 +42,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import cabinetry
 import numpy as np
 import pandas as pd
+import pyhf
 import torch
 from hydra import compose, initialize_config_dir
 from loss_verdict import REPO, summarise, train
@@ -200,6 +202,60 @@ def analyse(spec_path: Path, toys: int, cache: Path) -> dict[str, float]:
     return out
 
 
+def start_check(spec_path: Path, toys: int, cache: Path) -> dict[str, float]:
+    """Do the toys' fits find the likelihood's minimum? Each toy (the same draws as
+    `fit.pseudo_experiments`, seed TOY_SEED, exact templates) is fitted twice: from the nominal
+    parameters, as `fit.pseudo_experiments` does, and from the toy's true parameters.
+
+    Written by hand because it needs the toys' truth, which `fit.pseudo_experiments` does not
+    return; the draws repeat its recipe line by line (nuisances from their priors, Poisson
+    counts, auxiliary data at nominal). A toy whose fit from the truth ends at a lower
+    -2 ln L than the fit from nominal was left by the latter in a local minimum.
+    """
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("toys") == toys:
+            return cached["metrics"]
+    spec = without_staterror(fit.read_workspace(spec_path))
+    model, _ = fit.model_and_data(spec)
+    i = model.config.poi_index
+    rng = np.random.default_rng(TOY_SEED)
+    with fit._numpy():  # the fit module's own backend and optimizer, as its toys use
+        centre = np.asarray(cabinetry.model_utils.asimov_parameters(model), np.float64)
+        width = np.asarray(cabinetry.model_utils.prefit_uncertainties(model), np.float64)
+        aux = np.asarray(model.config.auxdata, np.float64)
+        mu_true = rng.uniform(0.1, 3.0, size=toys)
+        truth = centre + width * rng.standard_normal((toys, len(centre)))
+        truth[:, i] = mu_true
+        expected = np.stack([np.asarray(model.expected_actualdata(p)) for p in truth])
+    observed = rng.poisson(np.maximum(expected, 0)).astype(np.float64)
+    pulls = {"nominal": [], "truth": []}
+    lower = 0
+    for k in range(toys):
+        data = np.concatenate([observed[k], aux])
+        nll = {}
+        for start, init in (("nominal", None), ("truth", truth[k].tolist())):
+            with fit._numpy(strategy=0):  # MIGRAD strategy 0 then HESSE, as `fit._fit_toys`
+                try:
+                    pars, twice_nll = pyhf.infer.mle.fit(
+                        data, model, init_pars=init, return_uncertainties=True,
+                        return_fitted_val=True,
+                    )  # fmt: skip
+                except pyhf.exceptions.FailedMinimization:
+                    continue
+            pulls[start].append((pars[i, 0] - mu_true[k]) / pars[i, 1])
+            nll[start] = float(twice_nll)
+        lower += int(len(nll) == 2 and nll["truth"] < nll["nominal"] - 0.1)
+    out: dict[str, float] = {"toys": float(toys), "toys_lower_from_truth": float(lower)}
+    for start, values in pulls.items():
+        pull = np.asarray(values)
+        out[f"{start}/coverage"] = float(np.mean(np.abs(pull) <= 1))
+        out[f"{start}/pull_std"] = float(pull.std())
+        out[f"{start}/failed"] = float(toys - len(pull))
+    run_folder.write_json({"toys": toys, "metrics": out}, cache)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Driver
 
@@ -276,6 +332,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "pairs": pairs(per_seed),
     }
+    if args.start_check:
+        seed = args.seeds[0]
+        document["start_check"] = {
+            "seed": seed,
+            **{
+                name: start_check(
+                    cache / f"seed{seed}" / name / "fit" / "workspace.json",
+                    args.start_check,
+                    cache / f"seed{seed}" / name / "start_check.json",
+                )
+                for name in METHODS
+            },
+        }
     run_folder.write_json(document, Path(args.json))
     return document
 
@@ -382,6 +451,10 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=250000, help="synthetic training events")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--toys", type=int, default=1000, help="pseudo-experiments per model")
+    parser.add_argument(
+        "--start-check", type=int, default=0, metavar="TOYS",
+        help="on the first seed: TOYS toys fitted from nominal and from the truth",
+    )  # fmt: skip
     parser.add_argument("--json", default=None, help="default: docs/fit_verdict[_synthetic].json")
     parser.add_argument("--cache", default=None, help="default: logs/fit_verdict[_synthetic]")
     parser.add_argument("--tables-only", action="store_true", help="print the JSON's tables")
