@@ -423,8 +423,9 @@ def tables(document: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for name in methods:
-            keys = ["exact/coverage", "exact/interval_width", "exact/score", "exact/toys_failed"]
-            lines.append(f"| {name} | " + " | ".join(cell(name, k) for k in keys) + " |")
+            keys = ["exact/coverage", "exact/interval_width", "exact/score"]
+            cells = [cell(name, k) for k in keys] + [cell(name, "exact/toys_failed", 1)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Paired over seeds, per pair (a vs b) and instrument: how much a is better on average "
@@ -440,6 +441,44 @@ def tables(document: dict[str, Any]) -> str:
             p = section[key]
             cells.append(f"{p['better_by']:+.3f} (t {p['t']:+.1f}, {p['seeds_a_better']}/{p['n']})")
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Per instrument: its seed-to-seed spread relative to its mean (std / mean, averaged over "
+        "the methods), and how many of the pairs of methods it separates (|t| ≥ 2, and the "
+        "same ordering on every seed).",
+        "",
+        "| instrument | relative spread | pairs with abs(t) ≥ 2 "
+        "| pairs ordered alike on every seed |",
+        "|---|---|---|---|",
+    ]
+    for key, (label, _) in INSTRUMENTS.items():
+        relative = np.mean([m["std"][key] / abs(m["mean"][key]) for m in methods.values()])
+        pair_stats = [section[key] for section in document["pairs"].values()]
+        separated = sum(abs(p["t"]) >= 2 for p in pair_stats)
+        unanimous = sum(p["seeds_a_better"] in (0, p["n"]) for p in pair_stats)
+        lines.append(
+            f"| {label} | {relative:.1%} | {separated} of {len(pair_stats)} "
+            f"| {unanimous} of {len(pair_stats)} |"
+        )
+    checks = document.get("start_check")
+    if checks:
+        lines += [
+            "",
+            f"Seed {checks['seed']}'s exact-template models, {int(checks['bce']['toys'])} toys "
+            "each fitted from the nominal parameters (as `fit.pseudo_experiments`) and from the "
+            "toy's true parameters:",
+            "",
+            "| method | coverage from nominal | pull std | coverage from truth | pull std "
+            "| toys with a lower minimum from truth |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name in methods:
+            c = checks[name]
+            lines.append(
+                f"| {name} | {c['nominal/coverage']:.3f} | {c['nominal/pull_std']:.2f} "
+                f"| {c['truth/coverage']:.3f} | {c['truth/pull_std']:.2f} "
+                f"| {int(c['toys_lower_from_truth'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
