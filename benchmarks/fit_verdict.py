@@ -304,6 +304,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"--limit {args.limit}"
     )
     command += f" --seeds {' '.join(map(str, args.seeds))} --toys {args.toys}"
+    if args.start_check:
+        command += f" --start-check {args.start_check}"
     document = {
         "command": command,
         "protocol": {
