@@ -408,9 +408,20 @@ def main() -> None:
     document = json.loads(Path(args.json).read_text()) if args.page_only else run(args)
     from verdict_page import render
 
-    with run_folder.atomic_path(Path(args.page)) as tmp:
-        Path(tmp).write_text(render(document))
+    page = Path(args.page)
+    with run_folder.atomic_path(page) as tmp:
+        Path(tmp).write_text(replace_section(page, render(document)))
     log.info("wrote %s and %s", args.json, args.page)
+
+
+def replace_section(page: Path, section: str) -> str:
+    """The page with this verdict's section (from its heading to the end) replaced by
+    `section`; the page's other sections (benchmarks/fit_verdict.py's, above it) are kept."""
+    heading = section.splitlines()[0]
+    text = page.read_text() if page.exists() else ""
+    start = text.find(heading)
+    kept = text if start < 0 else text[:start]
+    return (kept.rstrip("\n") + "\n\n" if kept.strip() else "") + section
 
 
 if __name__ == "__main__":
