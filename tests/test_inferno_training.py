@@ -117,6 +117,7 @@ def test_an_inferno_run_ends_with_finite_metrics_and_a_fit(tmp_path):
     metrics = run(tmp_path / "run", "loss=inferno", "systematics=higgs", "fit.toys=0", "~logger")
     assert np.isfinite(metrics["cv"]["oof"]["oof/ams_max"])
     assert np.isfinite(metrics["fit"]["fit/sigma_mu"])
+    assert metrics["cv"]["oof"]["oof/auroc"] > 0.5  # each fold's score points signal high
 
 
 @pytest.mark.slow
@@ -131,3 +132,34 @@ def test_a_bce_run_fine_tuned_by_inferno_and_an_augmented_run(tmp_path):
         "fit.toys=0", "~logger",
     )  # fmt: skip
     assert np.isfinite(augmented["cv"]["oof"]["oof/ams_max"])
+
+
+def test_an_inferno_score_that_ends_signal_low_is_mirrored_at_no_cost_to_the_loss(small_table):
+    """INFERNO's binned likelihood is the same for a mirrored score; the run's cut and ranking
+    are not, so the stage's network ends pointing signal high (decided on its training rows)."""
+    table = small_table
+    loss = InfernoLoss(bins=5)  # stat-only: the plain call
+    net = MLP(table.features.shape[1], 1, 16, 0.0)
+    module = SignificanceClassifier(net, loss, {"class": "Adam", "lr": 0.0})  # no learning
+    datamodule = HiggsDataModule(
+        table, 256, 0, train_index=range(2000), val_index=range(2000, 3000)
+    )
+    datamodule.setup("fit")
+    x, target, weight = datamodule.train_tensors[:3]
+
+    def signal_minus_background() -> float:
+        logits = module.net(x).detach().double()
+        s, w = target.bool(), weight.double()
+        return float(
+            (logits[s] * w[s]).sum() / w[s].sum() - (logits[~s] * w[~s]).sum() / w[~s].sum()
+        )
+
+    last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    if signal_minus_background() > 0:  # start pointing the wrong way
+        with torch.no_grad():
+            last.weight.neg_(), last.bias.neg_()
+    before = float(loss(module.net(x).detach(), target, weight))
+    assert signal_minus_background() < 0
+    quiet_trainer(2).fit(module, datamodule=datamodule)
+    assert signal_minus_background() > 0
+    assert float(loss(module.net(x).detach(), target, weight)) == pytest.approx(before, rel=1e-6)

@@ -718,9 +718,13 @@ def pseudo_experiments(
     histosys alpha ~ N(0, 1), staterror gamma ~ N(1, delta), kept positive), the templates
     interpolated there by pyhf; the observed counts Poisson-drawn around those expected yields,
     the auxiliary measurements left at nominal (the analyst's constraints do not know the truth).
-    The interval is the Hessian one, mu_hat +- sigma_hat (one MIGRAD fit, strategy 0, then HESSE
-    per toy; strategy 1 where that fails). Toys whose fit fails even so are counted in `failed`
-    and left out of the coverage.
+    The interval is the Hessian one, mu_hat +- sigma_hat at the toy's maximum-likelihood point:
+    each toy is fitted from the nominal parameters and from its own true ones, and the lower
+    minimum is kept (MIGRAD, strategy 0, then HESSE; strategy 1 where that fails). From the
+    nominal start alone MIGRAD stops in a second minimum where a shape nuisance's +-1 sigma
+    templates move a bin the same way (measured on the 12,000-event sample: up to a fifth of
+    the toys, and a coverage 0.05-0.12 low). Toys whose fits fail even so are counted in
+    `failed` and left out of the coverage.
 
     All pseudo-data are drawn here from `rng` before any fit, so `workers` (processes that share
     the fits) changes the wall time and nothing else.
@@ -741,38 +745,56 @@ def pseudo_experiments(
         expected = np.stack([np.asarray(model.expected_actualdata(p), np.float64) for p in truth])
     observed = rng.poisson(np.maximum(expected, 0)).astype(np.float64)
     data = np.concatenate([observed, np.broadcast_to(aux, (toys, len(aux)))], axis=1)
+    low, high = np.asarray(model.config.suggested_bounds(), np.float64).T
+    starts = np.clip(truth, low, high)
     if workers > 1:
         chunks = np.array_split(data, workers)
+        begin = np.array_split(starts, workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            intervals = np.concatenate(list(pool.map(_fit_toys, [dict(spec)] * workers, chunks)))
+            parts = pool.map(_fit_toys, [dict(spec)] * workers, chunks, begin)
+            intervals = np.concatenate(list(parts))
     else:
-        intervals = _fit_toys(spec, data)
+        intervals = _fit_toys(spec, data, starts)
     kept = np.isfinite(intervals[:, 0])
     if not kept.any():
         raise FitError(f"all {toys} pseudo-experiment fits failed")
     return Coverage(mu_true[kept], intervals[kept, 0], intervals[kept, 1], int((~kept).sum()))
 
 
-def _fit_toys(spec: Mapping[str, Any], data: np.ndarray) -> np.ndarray:
-    """(low, high) of mu_hat +- sigma_hat per row of `data`; NaN where the fit failed.
+def _fit_toys(spec: Mapping[str, Any], data: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(low, high) of mu_hat +- sigma_hat per row of `data`; NaN where every fit failed.
 
-    MIGRAD's fast strategy 0 first; a toy it fails on is refitted with strategy 1 (which checks
-    the numerical derivatives) before it counts as failed.
+    Each row is fitted from the nominal parameters and from `starts` (its true parameters);
+    the fit with the lower -2 ln L gives the interval. Per start, MIGRAD's fast strategy 0
+    first, strategy 1 (which checks the numerical derivatives) where it fails.
     """
     model, _ = model_and_data(spec)
     i = model.config.poi_index
     out = np.full((len(data), 2), np.nan)
     for k, row in enumerate(data):
-        for strategy in (0, 1):
-            with _numpy(strategy=strategy):
-                try:
-                    fitted = pyhf.infer.mle.fit(row, model, return_uncertainties=True)
-                except pyhf.exceptions.FailedMinimization:
-                    continue
-            mu_hat, sigma = fitted[i]
+        best = None
+        for init in (None, starts[k]):
+            fitted = _toy_fit(model, row, init)
+            if fitted is not None and (best is None or fitted[1] < best[1]):
+                best = fitted
+        if best is not None:
+            mu_hat, sigma = best[0][i]
             out[k] = mu_hat - sigma, mu_hat + sigma
-            break
     return out
+
+
+def _toy_fit(model: pyhf.pdf.Model, row: np.ndarray, init: np.ndarray | None) -> Any:
+    """(parameters with errors, -2 ln L) of one toy from `init` (None: nominal), or None."""
+    options = {} if init is None else {"init_pars": [float(v) for v in init]}
+    for strategy in (0, 1):
+        with _numpy(strategy=strategy):
+            try:
+                return pyhf.infer.mle.fit(
+                    row, model, return_uncertainties=True, return_fitted_val=True, **options
+                )
+            except pyhf.exceptions.FailedMinimization:
+                continue
+    return None
 
 
 def sigma_mu_hesse(spec: Mapping[str, Any], stat_only: bool = True) -> float:

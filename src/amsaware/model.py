@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ Batch = tuple[Tensor, Tensor, Tensor]
 PROGRESS_BAR_METRICS = ("val/ams_max",)
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+log = logging.getLogger(__name__)
 
 
 class MLP(nn.Sequential):
@@ -361,6 +364,33 @@ class SignificanceClassifier(L.LightningModule):
         if self.phase is not None:
             self.log("phase", float(self.phase))
         self._log_epoch()
+        if isinstance(self.loss, inferno.InfernoLoss) and self._last_epoch():
+            self._orient()
+
+    def _last_epoch(self) -> bool:
+        trainer = self.trainer
+        return trainer.max_epochs is not None and self.current_epoch + 1 >= trainer.max_epochs
+
+    @torch.no_grad()
+    def _orient(self) -> None:
+        """Point the score so that signal scores high, as every cut and ranking assumes.
+
+        INFERNO's binned likelihood does not change when the score is mirrored (its bins are
+        symmetric about p = 1/2), so a network may end with signal at low scores; negating the
+        last layer mirrors it at no cost to the loss. Decided on the stage's own training rows
+        (weighted mean logit per class), once, after the last epoch's optimizer steps and
+        before its checkpoint is written.
+        """
+        x, target, weight = self.trainer.datamodule.train_tensors[:3]
+        logits = predict_logit(self.net, x)
+        signal, w = target.bool(), weight.double()
+        mean = [float((logits[m] * w[m]).sum() / w[m].sum()) for m in (signal, ~signal)]
+        if mean[0] < mean[1]:
+            last = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+            last.weight.neg_()
+            if last.bias is not None:
+                last.bias.neg_()
+            log.info("INFERNO's score pointed signal-low: mirrored (the loss is unchanged)")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, target, weight = batch[:3]
