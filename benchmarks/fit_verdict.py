@@ -68,6 +68,18 @@ METHODS: dict[str, tuple[str, list[str] | None]] = {
     "finetune_ams": ("loss=bce finetune=ams", ["loss=bce", "finetune=ams"]),
     "hgb": ("HistGradientBoostingClassifier (scikit-learn defaults)", None),
 }
+#: Nuisance-aware training (docs/inferno.md), with the settings as shipped (not searched):
+#: `--methods bce inferno finetune_inferno bce_augment nuisance_net` for a first look.
+NUISANCE_AWARE: dict[str, tuple[str, list[str] | None]] = {
+    "inferno": ("loss=inferno", ["loss=inferno"]),
+    "finetune_inferno": ("loss=bce finetune=inferno", ["loss=bce", "finetune=inferno"]),
+    "bce_augment": ("loss=bce augment=systematics", ["loss=bce", "augment=systematics"]),
+    "nuisance_net": (
+        "loss=bce model=mlp_nuisance augment=systematics",
+        ["loss=bce", "model=mlp_nuisance", "augment=systematics"],
+    ),
+}
+ALL_METHODS = {**METHODS, **NUISANCE_AWARE}
 #: Instruments: metric key -> (label, True where higher is better).
 INSTRUMENTS: dict[str, tuple[str, bool]] = {
     "ams_oof_cut": ("AMS at the out-of-fold cut", True),
@@ -498,7 +510,14 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="default: docs/fit_verdict[_synthetic].json")
     parser.add_argument("--cache", default=None, help="default: logs/fit_verdict[_synthetic]")
     parser.add_argument("--tables-only", action="store_true", help="print the JSON's tables")
+    parser.add_argument(
+        "--methods", nargs="+", choices=sorted(ALL_METHODS), default=list(METHODS),
+        help="the methods to compare (bce first: the others reuse its folds)",
+    )  # fmt: skip
     args = parser.parse_args()
+    selected = {name: ALL_METHODS[name] for name in args.methods}
+    METHODS.clear()
+    METHODS.update(selected)
     suffix = "_synthetic" if args.synthetic else ""
     args.json = args.json or str(REPO / f"docs/fit_verdict{suffix}.json")
     args.cache = args.cache or str(REPO / f"logs/fit_verdict{suffix}")
