@@ -408,7 +408,9 @@ def _run_with(
     log.info("out-of-fold: %s", format_metrics(summary["oof"]))
     log.info("cut: top %.1f%% of events (out-of-fold AMS %.3f)", 100 * cut.fraction, cut.ams)
     source = choice("data") or str(cfg.data._target_).rsplit(".", 1)[-1]
-    log_oof_figures(cv.scores, train, cut, loggers, settings.output_dir, source)  # + figures/
+    # figures/ too, in runs that keep their files (not search trials, which keep no checkpoints)
+    figures_dir = settings.output_dir if settings.checkpoints else None
+    log_oof_figures(cv.scores, train, cut, loggers, figures_dir, source)
     cut, tests = _score_test(settings, dataset, cv, cut, scorers, run, factories, finetune, clock)
     fitted = None if held_out is None else _fit(settings, held_out, run, loggers)
     facts = {
