@@ -114,7 +114,7 @@ _SHAPE_PARTS = ("down", "up", "down_selected", "up_selected", "down_weight", "up
 def save_input(data: FitInput, path: str | Path, event_id: np.ndarray) -> Path:
     """The fit's events as NumPy's .npz (no pickled objects), with each event's `event_id` so
     that two runs' events can be paired (compare's bootstrap refits resamples of them)."""
-    from amsaware.run_folder import atomic_path
+    from amsaware.atomic import atomic_path
 
     arrays: dict[str, np.ndarray] = {
         "event_id": np.asarray(event_id),
@@ -389,7 +389,7 @@ def _poi_bounds(templates: Templates) -> dict[str, Any]:
 def write_workspace(spec: Mapping[str, Any], path: str | Path) -> Path:
     """The workspace as JSON, atomically (pyhf and cabinetry read it back)."""
     # Imported here: run_folder pulls in Lightning, which the toy worker processes need not load.
-    from amsaware.run_folder import atomic_path
+    from amsaware.atomic import atomic_path
 
     pyhf.Workspace(dict(spec))
     with atomic_path(Path(path)) as tmp:
