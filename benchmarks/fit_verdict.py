@@ -48,7 +48,7 @@ import pandas as pd
 import pyhf
 import torch
 from hydra import compose, initialize_config_dir
-from loss_verdict import REPO, summarise, train
+from loss_verdict import QUIET_RUN, REPO, summarise, train
 from omegaconf import OmegaConf
 from scipy.special import logit
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -114,14 +114,7 @@ def overrides(args: argparse.Namespace, seed: int, method: list[str]) -> list[st
         "systematics=higgs",
         "fit.toys=0",  # the toys are run here, on the exact-template model
         f"seed={seed}",
-        "threads=1",
-        "final_fit=false",
-        "overwrite=true",  # a run interrupted before its metrics.json is redone
-        "~logger",
-        "callbacks.model_checkpoint=null",
-        "callbacks.preprocessing=null",
-        "callbacks.progress_bar=null",
-        "+trainer.enable_progress_bar=false",
+        *QUIET_RUN,
     ]
 
 

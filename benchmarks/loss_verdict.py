@@ -97,6 +97,20 @@ def train(folder: Path, overrides: list[str]) -> Path:
     return folder
 
 
+#: What every measured run adds: one thread, out-of-fold only, no files beyond metrics and the
+#: fit, no loggers, no bar (fit_verdict.py's runs too).
+QUIET_RUN = [
+    "threads=1",
+    "final_fit=false",
+    "overwrite=true",  # a run interrupted before its metrics.json is redone
+    "~logger",
+    "callbacks.model_checkpoint=null",
+    "callbacks.preprocessing=null",
+    "callbacks.progress_bar=null",
+    "+trainer.enable_progress_bar=false",
+]
+
+
 def base_overrides(args: argparse.Namespace, seed: int) -> list[str]:
     return [
         "data=opendata",
@@ -105,14 +119,7 @@ def base_overrides(args: argparse.Namespace, seed: int) -> list[str]:
         f"data.limit={args.limit}",
         "loss=bce",
         f"seed={seed}",
-        "threads=1",
-        "final_fit=false",
-        "overwrite=true",  # a run interrupted before its metrics.json is redone
-        "~logger",
-        "callbacks.model_checkpoint=null",
-        "callbacks.preprocessing=null",
-        "callbacks.progress_bar=null",
-        "+trainer.enable_progress_bar=false",
+        *QUIET_RUN,
     ]
 
 
