@@ -31,6 +31,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import itertools
 import json
@@ -78,8 +79,23 @@ NUISANCE_AWARE: dict[str, tuple[str, list[str] | None]] = {
         "loss=bce model=mlp_nuisance augment=systematics",
         ["loss=bce", "model=mlp_nuisance", "augment=systematics"],
     ),
+    "asimov": ("loss=asimov (background uncertainty f = 0.1)", ["loss=asimov"]),
 }
-ALL_METHODS = {**METHODS, **NUISANCE_AWARE}
+#: Settings searched for fit/sigma_mu on seed 0, never an evaluation seed
+#: (`hparams_search=optuna_sigma_mu`; conf/experiment/sigma_mu_*.yaml hold the best trials).
+SEARCHED: dict[str, tuple[str, list[str] | None]] = {
+    "bce_searched": ("experiment=sigma_mu_bce", ["experiment=sigma_mu_bce"]),
+    "bce_augment_searched": (
+        "experiment=sigma_mu_bce_augment",
+        ["experiment=sigma_mu_bce_augment"],
+    ),
+    "nuisance_net_searched": (
+        "experiment=sigma_mu_nuisance_net",
+        ["experiment=sigma_mu_nuisance_net"],
+    ),
+}
+ALL_METHODS = {**METHODS, **NUISANCE_AWARE, **SEARCHED}
+DEFAULT_METHODS = tuple(METHODS)
 #: Instruments: metric key -> (label, True where higher is better).
 INSTRUMENTS: dict[str, tuple[str, bool]] = {
     "ams_oof_cut": ("AMS at the out-of-fold cut", True),
@@ -91,6 +107,8 @@ INSTRUMENTS: dict[str, tuple[str, bool]] = {
     "mcstat/z_discovery": ("Z with MC statistics", True),
 }  # the stat-only fit fixes the staterror gammas too: its sigma_mu is the same in both models
 TOY_SEED = 2026  # the pseudo-data generator's seed: the same draws for every model
+BOOTSTRAP_SEED = 2027  # with the run's seed: the same event resamples for every method
+FIT_EVENTS = Path("fit") / fit_stage.EVENTS_FILE  # a run's held-out events and their scores
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,6 +133,7 @@ def overrides(args: argparse.Namespace, seed: int, method: list[str]) -> list[st
         "fit.toys=0",  # the toys are run here, on the exact-template model
         f"seed={seed}",
         *QUIET_RUN,
+        *args.override,  # e.g. larger nuisances: systematics.tes=0.05
     ]
 
 
@@ -141,7 +160,7 @@ def hgb_run(
     Writes `oof_logit.npy` and `fit/workspace.json` (with staterror, as a run writes it).
     """
     scores_path, spec_path = folder / "oof_logit.npy", folder / "fit" / "workspace.json"
-    if scores_path.is_file() and spec_path.is_file():
+    if scores_path.is_file() and spec_path.is_file() and (folder / FIT_EVENTS).is_file():
         return np.load(scores_path), spec_path
     held_out = fit_stage.HeldOutScores(table, Systematics.from_config(cfg.systematics))
     scores = np.full(len(table), np.nan)
@@ -157,11 +176,10 @@ def hgb_run(
         scores[index] = score(table.features[index])
         held_out.add(index, score)
     settings = FitSettings(**OmegaConf.to_container(cfg.fit, resolve=True))
-    outcome = fit_stage.run_fit(held_out, settings, seed, None)
+    # Into the folder's fit/ as a run's fit stage writes it: workspace, figures, held-out events.
+    outcome = fit_stage.run_fit(held_out, settings, seed, folder / "fit")
     if outcome.error is not None:
         raise fit.FitError(outcome.error)
-    folder.mkdir(parents=True, exist_ok=True)
-    fit.write_workspace(outcome.report.spec, spec_path)
     np.save(scores_path, scores)
     return scores, spec_path
 
@@ -203,6 +221,59 @@ def analyse(spec_path: Path, toys: int, cache: Path) -> dict[str, float]:
             out[f"exact/{key.removeprefix('fit/')}"] = value
         out["exact/toys_seconds"] = time.perf_counter() - started
     run_folder.write_json({"toys": toys, "metrics": out}, cache)
+    return out
+
+
+def event_bootstrap(folder: Path, seed: int, resamples: int, bins: int) -> np.ndarray:
+    """sigma_mu (exact templates, nuisances profiled, HESSE) of `resamples` resamples of the
+    run's held-out events, with replacement (cached in the folder).
+
+    The resamples depend only on the evaluation seed, and the events are taken in EventId
+    order, so every method of a seed sees the same resamples: their differences are paired.
+    A resample whose fit fails is NaN. `comparison.fit_bootstrap` does the same for runs given
+    to compare.py; this one caches per run and takes the templates as exact (mc_stat off).
+    """
+    cache = folder / f"bootstrap_{resamples}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    data, event_id = fit.load_input(folder / FIT_EVENTS)
+    data = data.take(np.argsort(event_id, kind="stable"))
+    config = fit.FitConfig(bins=bins, mc_stat=False)
+    rng = np.random.default_rng([BOOTSTRAP_SEED, seed])
+    n = len(event_id)
+    out = np.full(resamples, np.nan)
+    for b in range(resamples):
+        index = rng.integers(0, n, n)  # drawn whatever the fit does: the stream stays paired
+        with contextlib.suppress(fit.FitError, ValueError):
+            out[b] = fit.refit_sigma_mu(data.take(index), config, False)
+    np.save(cache, out)
+    return out
+
+
+def bootstrap_pairs(
+    per_seed: dict[str, list[dict[str, float]]], draws: dict[str, list[np.ndarray]]
+) -> dict[str, Any]:
+    """Each method against the first (BCE) over events: the mean over seeds of the paired
+    difference sigma_mu(first) - sigma_mu(method) (positive: the method is narrower), its
+    bootstrap 68% and 95% intervals (the seeds' resampled differences averaged draw by draw;
+    a draw where any fit failed is dropped), and the same relative to the first's sigma_mu."""
+    first, *others = per_seed
+    reference = np.array([r["exact/sigma_mu"] for r in per_seed[first]])
+    out: dict[str, Any] = {}
+    for name in others:
+        observed = reference - np.array([r["exact/sigma_mu"] for r in per_seed[name]])
+        resampled = np.stack([a - b for a, b in zip(draws[first], draws[name], strict=True)])
+        kept = np.isfinite(resampled).all(axis=0)
+        mean = resampled[:, kept].mean(axis=0)
+        relative = mean / reference.mean()
+        out[name] = {
+            "better_by": float(observed.mean()),
+            "relative": float(observed.mean() / reference.mean()),
+            "interval68": [float(q) for q in np.quantile(mean, [0.1587, 0.8413])],
+            "interval95": [float(q) for q in np.quantile(mean, [0.025, 0.975])],
+            "relative95": [float(q) for q in np.quantile(relative, [0.025, 0.975])],
+            "resamples": int(kept.sum()),
+        }
     return out
 
 
@@ -267,6 +338,7 @@ def start_check(spec_path: Path, toys: int, cache: Path) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cache = Path(args.cache)
     per_seed: dict[str, list[dict[str, float]]] = {name: [] for name in METHODS}
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in METHODS}
     for seed in args.seeds:
         started = time.perf_counter()
         table, cfg = held_out_table(args, seed)
@@ -287,6 +359,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 spec_path, args.toys, folder / "verdict.json"
             )
             per_seed[name].append(metrics)
+            if args.bootstrap:
+                draws[name].append(
+                    event_bootstrap(spec_path.parent.parent, seed, args.bootstrap, cfg.fit.bins)
+                )
             log.info(
                 "seed %d %s: AMS cut %.3f, sigma_mu exact %.3f (mcstat %.3f), coverage %s",
                 seed,
@@ -311,6 +387,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     command += f" --seeds {' '.join(map(str, args.seeds))} --toys {args.toys}"
     if args.start_check:
         command += f" --start-check {args.start_check}"
+    if args.bootstrap:
+        command += f" --bootstrap {args.bootstrap}"
+    if list(METHODS) != list(DEFAULT_METHODS):
+        command += f" --methods {' '.join(METHODS)}"
+    if args.pairs != "all":
+        command += f" --pairs {args.pairs}"
+    if args.override:
+        command += f" --override {' '.join(args.override)}"
     document = {
         "command": command,
         "protocol": {
@@ -319,6 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": list(args.seeds),
             "toys": args.toys,
             "toy_seed": TOY_SEED,
+            "overrides": list(args.override),
             "systematics": OmegaConf.to_container(cfg.systematics, resolve=True),
             "fit": OmegaConf.to_container(cfg.fit, resolve=True),
             "torch": torch.__version__,
@@ -336,8 +421,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name: {"description": METHODS[name][0], **spread(runs)}
             for name, runs in per_seed.items()
         },
-        "pairs": pairs(per_seed),
+        "pairs": pairs(per_seed, args.pairs),
     }
+    if args.bootstrap:
+        document["protocol"]["bootstrap"] = {"resamples": args.bootstrap, "seed": BOOTSTRAP_SEED}
+        document["bootstrap"] = bootstrap_pairs(per_seed, draws)
     if args.start_check:
         seed = args.seeds[0]
         document["start_check"] = {
@@ -366,12 +454,14 @@ def spread(runs: list[dict[str, float]]) -> dict[str, Any]:
     }
 
 
-def pairs(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    """For each pair of methods and instrument: the paired difference over seeds (a - b, in
-    the direction where positive means a is better), its spread, t = mean / (std / sqrt(n)),
-    and on how many seeds a beats b."""
+def pairs(per_seed: dict[str, list[dict[str, float]]], which: str = "all") -> dict[str, Any]:
+    """For each pair of methods (`which`: all pairs, or each against the first) and
+    instrument: the paired difference over seeds (a - b, in the direction where positive means
+    a is better), its spread, t = mean / (std / sqrt(n)), and on how many seeds a beats b."""
     out: dict[str, Any] = {}
-    for a, b in itertools.combinations(per_seed, 2):
+    first, *others = per_seed
+    chosen = itertools.combinations(per_seed, 2) if which == "all" else ((first, o) for o in others)
+    for a, b in chosen:
         section = {}
         for key, (_, higher) in INSTRUMENTS.items():
             x = np.array([r[key] for r in per_seed[a]])
@@ -466,6 +556,7 @@ def tables(document: dict[str, Any]) -> str:
             f"| {label} | {relative:.1%} | {separated} of {len(pair_stats)} "
             f"| {unanimous} of {len(pair_stats)} |"
         )
+    lines += bar_lines(document)
     checks = document.get("start_check")
     if checks:
         lines += [
@@ -488,6 +579,71 @@ def tables(document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The bar a nuisance-aware method is held to against the first method (BCE): its full
+#: sigma_mu narrower by NARROWER on at least SEEDS_BETTER seeds (of 5), its pooled coverage
+#: inside COVERAGE, its stat-only sigma_mu at most WIDER_STAT wider; the moonshot: its full
+#: sigma_mu within MOONSHOT of the first's stat-only sigma_mu.
+NARROWER, SEEDS_BETTER, COVERAGE, WIDER_STAT, MOONSHOT = 0.10, 4, (0.653, 0.712), 0.05, 0.05
+
+
+def bar_lines(document: dict[str, Any]) -> list[str]:
+    """Each method against the bar (exact templates), with the event bootstrap if run."""
+    methods = document["methods"]
+    first, *others = methods
+    if not others:
+        return []
+    toys = document["protocol"]["toys"]
+    n_seeds = len(document["protocol"]["seeds"])
+    boot = document.get("bootstrap", {})
+    ref = methods[first]
+    ref_full = np.array([r["exact/sigma_mu"] for r in ref["seeds"]])
+    ref_stat = ref["mean"]["exact/sigma_mu_stat"]
+    lines = [
+        "",
+        f"Against {first}, exact templates: the full σ_μ's mean relative change, the seeds on "
+        f"which it is at least {NARROWER:.0%} narrower, the pooled coverage ({toys} toys × "
+        f"{n_seeds} seeds) with its binomial standard error, the stat-only σ_μ's change, the "
+        f"full σ_μ against {first}'s stat-only σ_μ (moonshot: ≤ +{MOONSHOT:.0%}), and the bar "
+        f"(≥ {NARROWER:.0%} narrower on ≥ {SEEDS_BETTER} seeds, coverage in "
+        f"[{COVERAGE[0]}, {COVERAGE[1]}], stat-only at most {WIDER_STAT:.0%} wider)."
+        + (
+            " The last column: the event bootstrap's 95% interval of the mean (over seeds) "
+            "relative narrowing, held-out events resampled with replacement, paired."
+            if boot
+            else ""
+        ),
+        "",
+        "| method | full σ_μ | seeds ≥ 10% narrower | coverage | stat-only σ_μ "
+        "| full vs the reference's stat-only | bar | moonshot |" + (" bootstrap 95% |" if boot else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if boot else ""),
+    ]
+    for name in [first, *others]:
+        m = methods[name]
+        full = np.array([r["exact/sigma_mu"] for r in m["seeds"]])
+        change = m["mean"]["exact/sigma_mu"] / ref["mean"]["exact/sigma_mu"] - 1
+        better = int((full <= (1 - NARROWER) * ref_full).sum())
+        coverage = m["mean"].get("exact/coverage")
+        error = np.sqrt(coverage * (1 - coverage) / (toys * n_seeds)) if coverage else None
+        stat = m["mean"]["exact/sigma_mu_stat"] / ref_stat - 1
+        moon = m["mean"]["exact/sigma_mu"] / ref_stat - 1
+        covered = coverage is not None and COVERAGE[0] <= coverage <= COVERAGE[1]
+        passed = change <= -NARROWER and better >= SEEDS_BETTER and covered and stat <= WIDER_STAT
+        cells = [
+            f"{change:+.1%}" if name != first else "reference",
+            f"{better}/{len(full)}" if name != first else "–",
+            f"{coverage:.3f} ± {error:.3f}" if coverage is not None else "–",
+            f"{stat:+.1%}" if name != first else "reference",
+            f"{moon:+.1%}",
+            ("met" if passed else "not met") if name != first else "–",
+            ("met" if moon <= MOONSHOT else "not met"),
+        ]
+        if boot:
+            b = boot.get(name)
+            cells.append(f"[{-b['relative95'][1]:+.1%}, {-b['relative95'][0]:+.1%}]" if b else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real", help="a CERN-format file (the Open Data file)")
@@ -504,8 +660,20 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="default: logs/fit_verdict[_synthetic]")
     parser.add_argument("--tables-only", action="store_true", help="print the JSON's tables")
     parser.add_argument(
+        "--bootstrap", type=int, default=0, metavar="N",
+        help="N paired resamples of each run's held-out events (sigma_mu against the first)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pairs", choices=("all", "first"), default="all",
+        help="paired comparisons over seeds: every pair, or each method against the first",
+    )  # fmt: skip
+    parser.add_argument(
+        "--override", nargs="+", default=[], metavar="KEY=VALUE",
+        help="train.py overrides for every run, e.g. systematics.tes=0.05 (then give --cache)",
+    )  # fmt: skip
+    parser.add_argument(
         "--methods", nargs="+", choices=sorted(ALL_METHODS), default=list(METHODS),
-        help="the methods to compare (bce first: the others reuse its folds)",
+        help="the methods to compare (the first, bce, is the reference; the others use its folds)",
     )  # fmt: skip
     args = parser.parse_args()
     selected = {name: ALL_METHODS[name] for name in args.methods}
