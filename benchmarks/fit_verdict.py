@@ -94,7 +94,19 @@ SEARCHED: dict[str, tuple[str, list[str] | None]] = {
         ["experiment=sigma_mu_nuisance_net"],
     ),
 }
-ALL_METHODS = {**METHODS, **NUISANCE_AWARE, **SEARCHED}
+#: What the parameterised network's gain is made of: its searched settings with a plain MLP
+#: (the pulls not given) trained on the same shifted events, and without the shifts.
+CONTROLS: dict[str, tuple[str, list[str] | None]] = {
+    "control_mlp_augment": (
+        "experiment=sigma_mu_nuisance_net model=mlp (no pulls as inputs)",
+        ["experiment=sigma_mu_nuisance_net", "model=mlp"],
+    ),
+    "control_mlp": (
+        "experiment=sigma_mu_nuisance_net model=mlp augment=null (nominal events only)",
+        ["experiment=sigma_mu_nuisance_net", "model=mlp", "augment=null"],
+    ),
+}
+ALL_METHODS = {**METHODS, **NUISANCE_AWARE, **SEARCHED, **CONTROLS}
 DEFAULT_METHODS = tuple(METHODS)
 #: Instruments: metric key -> (label, True where higher is better).
 INSTRUMENTS: dict[str, tuple[str, bool]] = {
