@@ -626,7 +626,8 @@ def bar_lines(document: dict[str, Any]) -> list[str]:
         ),
         "",
         "| method | full σ_μ | seeds ≥ 10% narrower | coverage | stat-only σ_μ "
-        "| full vs the reference's stat-only | bar | moonshot |" + (" bootstrap 95% |" if boot else ""),
+        "| full vs the reference's stat-only | bar | moonshot |"
+        + (" bootstrap 95% |" if boot else ""),
         "|---|---|---|---|---|---|---|---|" + ("---|" if boot else ""),
     ]
     for name in [first, *others]:
