@@ -85,10 +85,6 @@ NUISANCE_AWARE: dict[str, tuple[str, list[str] | None]] = {
 #: (`hparams_search=optuna_sigma_mu`; conf/experiment/sigma_mu_*.yaml hold the best trials).
 SEARCHED: dict[str, tuple[str, list[str] | None]] = {
     "bce_searched": ("experiment=sigma_mu_bce", ["experiment=sigma_mu_bce"]),
-    "bce_augment_searched": (
-        "experiment=sigma_mu_bce_augment",
-        ["experiment=sigma_mu_bce_augment"],
-    ),
     "nuisance_net_searched": (
         "experiment=sigma_mu_nuisance_net",
         ["experiment=sigma_mu_nuisance_net"],
