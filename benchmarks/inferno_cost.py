@@ -59,7 +59,7 @@ def _median_seconds(fn: Callable[[], None], repeats: int, device: str) -> float:
 
 def measure(batch: int, repeats: int, device: str = "cpu", seed: int = 0) -> dict[str, float]:
     """Median seconds of each variant at one batch size (see the module docstring)."""
-    from amsaware.data.datamodule import ShiftedCopies
+    from amsaware.data.datamodule import Needs, ShiftedCopies
     from amsaware.data.systematics import Systematics
     from amsaware.model import SignificanceClassifier
 
@@ -107,7 +107,7 @@ def measure(batch: int, repeats: int, device: str = "cpu", seed: int = 0) -> dic
             net,
             inferno["fisher"],
             optimizer={"class": "Adam", "lr": 1e-3},
-            needs=ShiftedCopies(Systematics(), PROCESSES),
+            needs=Needs(ShiftedCopies(Systematics(), PROCESSES)),
         ),
     }
     batches = {

@@ -10,7 +10,7 @@ import torch
 from helpers import compose_run, quiet_trainer, run
 
 from amsaware.checks import ConfigError, check_config
-from amsaware.data.datamodule import HiggsDataModule, PriorDraws, ShiftedCopies
+from amsaware.data.datamodule import HiggsDataModule, Needs, PriorDraws, ShiftedCopies
 from amsaware.data.systematics import Systematics, background_processes
 from amsaware.inferno import InfernoLoss, nuisance_options
 from amsaware.model import MLP, SignificanceClassifier
@@ -41,21 +41,21 @@ def _first_batch(datamodule, module):
 def test_inferno_batches_carry_each_event_nominal_and_shifted(small_table):
     half = np.arange(len(small_table)) % 2 == 0
     datamodule = HiggsDataModule(small_table, 256, 0, np.flatnonzero(half), np.flatnonzero(~half))
-    needs = ShiftedCopies(SETTINGS, background_processes(small_table))
-    module = _module(small_table, needs)
+    copies = ShiftedCopies(SETTINGS, background_processes(small_table))
+    module = _module(small_table, Needs(copies, copies))
     x, target, weight, process, x_rows, w_rows = _first_batch(datamodule, module)
     assert x_rows.shape == (256, 5, x.shape[1]) and w_rows.shape == (256, 5)
     # the tau energy scale moves the tau pT column: down and up differ, the other way round
     tau = small_table.feature_names.index("PRI_tau_pt")
     assert (x_rows[:, 1, tau] < x_rows[:, 2, tau]).float().mean() > 0.9
     assert torch.all((w_rows == 0) | (w_rows == weight.unsqueeze(-1)))
-    assert set(process[target == 0].tolist()) <= set(range(len(needs.processes)))
+    assert set(process[target == 0].tolist()) <= set(range(len(copies.processes)))
     # the validation rows carry them too (val/loss), and the loss is finite on them
     val = datamodule._val_device_tensors
     assert len(val) == 6 and val[4].shape[1] == 5
     module.validation_step(val, 0)
     module.on_validation_epoch_end = lambda: None  # no trainer to log to
-    rows, t, w, p = module._val_rows[0]
+    rows, t, _, w, p = module._val_rows[0]
     assert torch.isfinite(module.loss(rows, t, w, p))
 
 
@@ -73,7 +73,7 @@ def test_augment_shifts_training_batches_and_leaves_validation_nominal(small_tab
     drawn = HiggsDataModule(small_table, 4096, 0, train, val)
     from amsaware.losses import BCELoss
 
-    needs = PriorDraws(SETTINGS, grid=4)
+    needs = Needs(PriorDraws(SETTINGS, grid=4))
     x0, y0, w0 = _first_batch(plain, _module(small_table, loss=BCELoss()))
     x1, y1, w1 = _first_batch(drawn, _module(small_table, needs, loss=BCELoss()))
     assert torch.equal(y0, y1)  # the same events in the same order

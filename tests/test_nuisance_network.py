@@ -11,7 +11,7 @@ import torch
 from helpers import compose_run, quiet_trainer, run
 
 from amsaware.checks import ConfigError, check_config
-from amsaware.data.datamodule import HiggsDataModule, PriorDraws, nuisance_inputs
+from amsaware.data.datamodule import HiggsDataModule, Needs, PriorDraws, nuisance_inputs
 from amsaware.data.systematics import Systematics
 from amsaware.fit_stage import HeldOutScores, variation_inputs
 from amsaware.losses import BCELoss
@@ -46,7 +46,7 @@ def test_scores_depend_on_the_pulls_and_default_to_nominal():
 def test_training_batches_carry_the_draws_pulls(small_table):
     half = np.arange(len(small_table)) % 2 == 0
     datamodule = HiggsDataModule(small_table, 512, 0, np.flatnonzero(half), np.flatnonzero(~half))
-    needs = PriorDraws(SETTINGS, grid=4, pulls=True)
+    needs = Needs(PriorDraws(SETTINGS, grid=4, pulls=True))
     net = _net(small_table.features.shape[1])
     module = SignificanceClassifier(net, BCELoss(), {"class": "Adam", "lr": 1e-3}, needs=needs)
     trainer = quiet_trainer(limit_train_batches=0, limit_val_batches=0)

@@ -28,7 +28,7 @@ from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
 from amsaware.data.systematics import background_processes, check_norms
 from amsaware.fit_stage import BACKGROUND, HeldOutScores, describe, no_systematics, run_fit
-from amsaware.inferno import InfernoLoss, nuisance_options
+from amsaware.inferno import InfernoLoss, SigmaMu, nuisance_options
 from amsaware.loggers import (
     StageLoggers,
     choice,
@@ -74,7 +74,7 @@ from amsaware.pruning import fold_hook
 from amsaware.report import build_metrics, lookup_metric
 from amsaware.run_folder import FINAL, Cut, RunFolder
 from amsaware.search import load_for_trial
-from amsaware.settings import Settings, loss_totals
+from amsaware.settings import FitSettings, Settings, loss_totals
 from amsaware.stopping import EarlyStopping, median_epochs
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ def _make_module(
 
     An INFERNO loss takes its nuisances from the run's systematics and the data's background
     `processes`, and its batches then carry the shifted copies; any other loss trains on
-    prior draws with `augment`."""
+    prior draws with `augment`. With a systematics group every module's validation rows carry
+    their shifted copies too, for val/sigma_mu (`inferno.SigmaMu`)."""
     from hydra.utils import get_class, instantiate
 
     options = loss_totals(section.loss, *totals)
@@ -120,15 +121,26 @@ def _make_module(
         options |= nuisance_options(settings.systematics, processes)
     loss = instantiate(section.loss, **options)
     needs: Needs | None = None
-    if is_inferno and settings.systematics is not None:
-        needs = ShiftedCopies(settings.systematics, loss.processes)
-    elif not is_inferno and settings.augment is not None and settings.systematics is not None:
-        augment = settings.augment
-        needs = PriorDraws(settings.systematics, augment.grid, augment.norm, is_parameterised(net))
+    sigma_mu: SigmaMu | None = None
+    if settings.systematics is not None:  # validation's shifted copies give val/sigma_mu
+        copies = ShiftedCopies(settings.systematics, processes)
+        train: ShiftedCopies | PriorDraws | None = copies if is_inferno else None
+        if not is_inferno and settings.augment is not None:
+            augment = settings.augment
+            train = PriorDraws(
+                settings.systematics, augment.grid, augment.norm, is_parameterised(net)
+            )
+        needs = Needs(train, copies)
+        fit = settings.fit or FitSettings()  # binned as the run's fit bins
+        norms = nuisance_options(settings.systematics, processes)["norms"]
+        sigma_mu = SigmaMu(
+            processes, norms, fit.bins, mc_stat=fit.mc_stat, s_tot=totals[0], b_tot=totals[1]
+        )
     return SignificanceClassifier(
         net=net,
         loss=loss,
         needs=needs,
+        sigma_mu=sigma_mu,
         optimizer=instantiate(section.optimizer),
         s_tot=totals[0],
         b_tot=totals[1],

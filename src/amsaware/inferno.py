@@ -21,9 +21,12 @@ variation, in the order
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -73,6 +76,7 @@ def asimov_variance(
     free: Sequence[bool] | None = None,
     count_floor: float = COUNT_FLOOR,
     method: Method = "fisher",
+    stat_errors: Tensor | None = None,
 ) -> Tensor:
     """(I^-1)_mumu of a binned Poisson likelihood with Asimov data at mu = 1, theta = 0.
 
@@ -97,6 +101,11 @@ def asimov_variance(
     Asimov point, so the interpolations away from 0 do not change the result.
     `method="fisher"` computes that directly; `"hessian"` differentiates the NLL twice with
     `torch.autograd.functional.hessian` (slower; kept as the check that the two agree).
+
+    `stat_errors` (B,), the templates' relative Monte Carlo uncertainty per bin, adds pyhf's
+    staterror (`fit.mc_stat`): one gamma_j per bin scaling every process, N(1, delta_j), so
+    d n_j / d gamma_j = sum of the processes in bin j and the constraint's curvature is
+    1 / delta_j^2 (a bin with delta_j = 0 gets no gamma: its counts are exact).
     """
     signal = signal.to(torch.float64)
     backgrounds = backgrounds.to(torch.float64)
@@ -125,10 +134,18 @@ def asimov_variance(
         [0.0] + [0.0 if f else 1.0 for f in is_free] + [1.0] * n_processes
     )
     hists = torch.cat([signal.unsqueeze(1), backgrounds], dim=1)  # (V, 1 + P, B)
+    gammas = None
+    if stat_errors is not None:
+        delta = torch.as_tensor(stat_errors, dtype=torch.float64, device=signal.device)
+        if delta.shape != signal.shape[1:]:
+            raise ValueError(f"stat_errors needs one relative size per bin ({signal.shape[1]})")
+        gammas = delta > 0
+        curvature = 1.0 / delta[gammas] ** 2
+        constraint = torch.cat([constraint, curvature])
     if method == "fisher":
-        information = _fisher(hists, kappa, count_floor) + torch.diag(constraint)
+        information = _fisher(hists, kappa, count_floor, gammas) + torch.diag(constraint)
     elif method == "hessian":
-        information = _hessian(hists, kappa, constraint, count_floor)
+        information = _hessian(hists, kappa, constraint, count_floor, gammas)
     else:
         raise ValueError(f"loss.method must be 'fisher' or 'hessian', got {method!r}")
     unit = torch.zeros_like(constraint)
@@ -136,27 +153,45 @@ def asimov_variance(
     return torch.linalg.solve(information, unit)[0]
 
 
-def _fisher(hists: Tensor, kappa: Tensor, count_floor: float) -> Tensor:
-    """sum_j J_aj J_bj / n_j with J the derivatives of n at (mu = 1, theta = 0)."""
+def _fisher(
+    hists: Tensor, kappa: Tensor, count_floor: float, gammas: Tensor | None = None
+) -> Tensor:
+    """sum_j J_aj J_bj / n_j with J the derivatives of n at (mu = 1, theta = 0, gamma = 1);
+    `gammas` (B,) marks the bins with a staterror gamma."""
     nominal = hists[0]
     slopes = (hists[2::2] - hists[1::2]).sum(1) / 2.0  # (K, B): every process, mu = 1
-    jacobian = torch.cat([nominal[:1], slopes, kappa.unsqueeze(-1) * nominal[1:]])
+    parts = [nominal[:1], slopes, kappa.unsqueeze(-1) * nominal[1:]]
+    if gammas is not None:  # gamma_j scales every process of bin j
+        parts.append(torch.diag(nominal.sum(0))[gammas])
+    jacobian = torch.cat(parts)
     expected = nominal.sum(0) + count_floor
     return (jacobian / expected) @ jacobian.T
 
 
-def _hessian(hists: Tensor, kappa: Tensor, constraint: Tensor, count_floor: float) -> Tensor:
-    """The Hessian of the Asimov NLL at (1, 0, ...), by automatic differentiation."""
+def _hessian(
+    hists: Tensor,
+    kappa: Tensor,
+    constraint: Tensor,
+    count_floor: float,
+    gammas: Tensor | None = None,
+) -> Tensor:
+    """The Hessian of the Asimov NLL at (1, 0, ...), by automatic differentiation (staterror
+    gammas parameterised as gamma - 1, so every constraint is centred on 0)."""
     nominal, down, up = hists[0], hists[1::2], hists[2::2]
     slope, curvature = (up - down) / 2.0, (up + down - 2.0 * nominal) / 2.0
-    n_shapes = slope.shape[0]
+    n_shapes, n_norms = slope.shape[0], kappa.shape[0]
 
     def expected(params: Tensor) -> Tensor:
-        theta, nu = params[1 : 1 + n_shapes], params[1 + n_shapes :]
+        theta = params[1 : 1 + n_shapes]
+        nu = params[1 + n_shapes : 1 + n_shapes + n_norms]
         t = theta.view(-1, 1, 1)
         h = nominal + (t * slope + t**2 * curvature).sum(0)
         scale = torch.cat([params[:1], torch.exp(kappa * nu)])
-        return (scale.unsqueeze(-1) * h).sum(0) + count_floor
+        n = (scale.unsqueeze(-1) * h).sum(0)
+        if gammas is not None:
+            shift = torch.zeros_like(n).masked_scatter(gammas, params[1 + n_shapes + n_norms :])
+            n = n * (1.0 + shift)
+        return n + count_floor
 
     start = constraint.new_zeros(constraint.shape)
     start[0] = 1.0
@@ -301,6 +336,89 @@ class InfernoLoss(nn.Module):
         )
         dtype = logits.dtype if logits.is_floating_point() else torch.float32
         return torch.where(usable, variance, 0.0 * variance).to(dtype)
+
+
+#: The validation metrics `SigmaMu` gives: the expected sigma_mu with every nuisance profiled
+#: and with none (the counterparts of the fit's fit/sigma_mu and fit/sigma_mu_stat).
+SIGMA_MU, SIGMA_MU_STAT = "val/sigma_mu", "val/sigma_mu_stat"
+
+
+@dataclass(frozen=True)
+class SigmaMu:
+    """The expected sigma_mu of the binned Asimov fit the run ends with, on given events:
+    the validation fold's counterpart of fit/sigma_mu, for any loss and network.
+
+    A metric, not a loss: HARD histograms, binned as `amsaware.fit` bins (`fit.choose_binning`:
+    `bins` edges at equal signal weight of the nominal scores, then merged until every bin holds
+    `min_background` background Monte Carlo events). The binning is cheap (one sort of the
+    fold's scores), so it is redone at every validation, as the fit would bin that score. A fold
+    too small for `bins` bins gets as many as it can fill (min(bins, signal events, background
+    events / min_background)); none: NaN. Weights are rescaled per class to `s_tot`/`b_tot` from
+    the events' nominal weights before the post-selection, as the fit stage rescales its events.
+    The likelihood is `asimov_variance`'s (shape nuisances from the rows at -1/+1 sigma with
+    their symmetric slopes, the normalisation nuisances `norms` per background process, N(0, 1)
+    constraints, and with `mc_stat` the templates' staterror), so it differs from the fit's
+    MINOS width only where the likelihood is not parabolic (pyhf's kinked histosys and normsys
+    interpolations, docs/inferno.md) and, per bin, by the count floor.
+    """
+
+    processes: tuple[str, ...] = ("background",)
+    norms: Mapping[str, float] = field(default_factory=dict)
+    bins: int = 10
+    min_background: int = 20  # fit.MIN_BACKGROUND (tested equal; fit imports pyhf)
+    mc_stat: bool = True
+    s_tot: float = S_TOT
+    b_tot: float = B_TOT
+
+    def __call__(
+        self, logits: Tensor, target: Tensor, weight: Tensor, row_weight: Tensor, process: Tensor
+    ) -> dict[str, float]:
+        """`SIGMA_MU` and `SIGMA_MU_STAT` of events scored `logits` (V, n) (rows as
+        `InfernoLoss` takes them), labels `target` (n,), nominal weights `weight` (n,) before
+        the selection, per-row weights `row_weight` (V, n) (0 where a row's selection drops
+        the event) and background process indices `process` (n,) into `processes`."""
+        from amsaware.fit import choose_binning  # fit imports pyhf: only when measured
+
+        z = logits.detach().to("cpu", torch.float64).numpy()
+        z = z[None] if z.ndim == 1 else z
+        signal = target.detach().cpu().numpy().astype(bool)
+        w = weight.detach().to("cpu", torch.float64).numpy()
+        rows = row_weight.detach().to("cpu", torch.float64).numpy().reshape(z.shape)
+        scale_s = self.s_tot / w[signal].sum() if w[signal].sum() > 0 else 0.0
+        scale_b = self.b_tot / w[~signal].sum() if w[~signal].sum() > 0 else 0.0
+        rows = rows * np.where(signal, scale_s, scale_b)
+        n_bins = min(self.bins, int(signal.sum()), int((~signal).sum()) // self.min_background)
+        nan = {SIGMA_MU: math.nan, SIGMA_MU_STAT: math.nan}
+        if n_bins < 1 or not rows[0][signal].sum() > 0:
+            return nan
+        binning = choose_binning(z[0], rows[0], signal, n_bins, self.min_background)
+        n_bins, n_columns = binning.n_bins, 1 + len(self.processes)
+        # Column 0 the signal, 1 + p background process p; one histogram per row and column.
+        column = np.where(signal, 0, 1 + process.detach().cpu().numpy())
+        cell = column * n_bins + binning.index(z)  # (V, n)
+        hists = np.stack(
+            [
+                np.bincount(c, weights=r, minlength=n_columns * n_bins)
+                for c, r in zip(cell, rows, strict=True)
+            ]
+        ).reshape(len(z), n_columns, n_bins)
+        hists_t = torch.from_numpy(hists)
+        sizes = [self.norms.get(p, 0.0) for p in self.processes]
+        stat_errors = None
+        if self.mc_stat:
+            sumw2 = np.bincount(binning.index(z[0]), weights=rows[0] ** 2, minlength=n_bins)
+            total = hists[0].sum(0)
+            positive = total > 0
+            relative = np.sqrt(sumw2, where=positive, out=np.zeros(n_bins))
+            stat_errors = torch.from_numpy(np.divide(relative, total, where=positive, out=relative))
+        full = asimov_variance(hists_t[:, 0], hists_t[:, 1:], sizes, stat_errors=stat_errors)
+        stat = asimov_variance(hists_t[:1, 0], hists_t[:1, 1:])
+        return {name: _root(v) for name, v in ((SIGMA_MU, full), (SIGMA_MU_STAT, stat))}
+
+
+def _root(variance: Tensor) -> float:
+    value = float(variance)
+    return math.sqrt(value) if value > 0 and math.isfinite(value) else math.nan
 
 
 def nuisance_options(settings: Systematics, processes: Sequence[str]) -> dict[str, object]:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from amsaware import inferno, losses
-from amsaware.data.datamodule import Needs, ShiftedCopies
+from amsaware.data.datamodule import HiggsDataModule, Needs, ShiftedCopies
 from amsaware.data.schema import B_TOT, S_TOT
 from amsaware.metrics import ValidationEvents, classification_metrics
 
@@ -230,13 +230,18 @@ class SignificanceClassifier(L.LightningModule):
     Nothing in the step synchronises with the host: the running loss and the validation metrics
     accumulate on the device and are computed once per epoch.
 
-    `needs` says what the training batches must hold besides the nominal events
-    (`amsaware.data.datamodule.Needs`; the datamodule builds it in its `setup`): with
-    `ShiftedCopies` the step scores every event nominal and shifted and hands the V rows of
+    `needs` says what the batches must hold besides the nominal events
+    (`amsaware.data.datamodule.Needs`; the datamodule builds it in its `setup`). For training:
+    with `ShiftedCopies` the step scores every event nominal and shifted and hands the V rows of
     logits to an `InfernoLoss`, and `val/loss` is that loss of the whole shifted fold; with
     `PriorDraws` the batches are shifted events in the usual layout, followed by the draw's
-    pulls for a network that takes them as inputs (`NuisanceMLP`); validation stays nominal.
-    It describes the data, not the network, so it is not saved with the hyperparameters.
+    pulls for a network that takes them as inputs (`NuisanceMLP`). For validation
+    (`Needs.validation`, any loss): the fold's events nominal and at -1/+1 sigma, scored every
+    validation (a `NuisanceMLP` at each row's nuisance inputs, as the fit's templates are:
+    `fit_stage.variation_inputs`), from which `sigma_mu` (`inferno.SigmaMu`) gives
+    `val/sigma_mu` and `val/sigma_mu_stat`; every other validation metric stays nominal. `needs`
+    describes the data, not the network, so it is not saved with the hyperparameters (nor is
+    `sigma_mu`, a metric); `final_validation_metrics` gives the fold's record of it.
 
     `phase` (0 the first training phase, 1 a fine-tune) is logged per epoch as `phase` when
     set, marking in a fold's one timeline where the fine-tune begins.
@@ -262,6 +267,7 @@ class SignificanceClassifier(L.LightningModule):
         compile_mode: str | None = None,
         phase: int | None = None,
         needs: Needs | None = None,
+        sigma_mu: inferno.SigmaMu | None = None,
     ) -> None:
         super().__init__()
         if isinstance(net, Mapping):
@@ -279,9 +285,20 @@ class SignificanceClassifier(L.LightningModule):
         self.net = net
         self.phase = phase
         self.needs = needs
-        self._shifted = isinstance(needs, ShiftedCopies)
+        self._shifted = needs is not None and isinstance(needs.train, ShiftedCopies)
         if self._shifted and not isinstance(loss, inferno.InfernoLoss):
             raise ValueError("shifted copies in the batch need an InfernoLoss (loss=inferno)")
+        copies = None if needs is None else needs.validation
+        if sigma_mu is not None and copies is None:
+            raise ValueError("val/sigma_mu needs the validation rows' shifted copies (Needs)")
+        self.sigma_mu = sigma_mu
+        #: Each shifted row's nuisance inputs (V, K) for a network that takes them; None else.
+        self._row_inputs: Tensor | None = None
+        if copies is not None and is_parameterised(net):
+            from amsaware.fit_stage import variation_inputs  # as the fit scores its templates
+
+            inputs = variation_inputs(tuple(copies.settings.shapes))
+            self._row_inputs = torch.tensor(np.stack(list(inputs.values())), dtype=torch.float32)
         self._val_rows: list[tuple[Tensor, ...]] = []
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -349,9 +366,14 @@ class SignificanceClassifier(L.LightningModule):
         return loss
 
     def _row_logits(self, x_rows: Tensor) -> Tensor:
-        """Logits (V, n) of events (n, V, d) given nominal and shifted: one forward pass."""
+        """Logits (V, n) of events (n, V, d) given nominal and shifted: one forward pass (a
+        parameterised network's at each row's nuisance inputs)."""
         n, rows, features = x_rows.shape
-        return self(x_rows.reshape(n * rows, features)).reshape(n, rows).T
+        flat = x_rows.reshape(n * rows, features)
+        if self._row_inputs is None:
+            return self(flat).reshape(n, rows).T
+        pulls = self._row_inputs.to(x_rows.device).repeat(n, 1)  # event-major, as `flat`
+        return self(flat, pulls).reshape(n, rows).T
 
     @property
     def epoch(self) -> int:
@@ -394,9 +416,9 @@ class SignificanceClassifier(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, target, weight = batch[:3]
-        if self._shifted:  # val/loss: the INFERNO loss of the whole shifted fold
+        if len(batch) > 3:  # shifted copies: val/sigma_mu, and INFERNO's val/loss
             _, _, _, process, x_rows, w_rows = batch
-            self._val_rows.append((self._row_logits(x_rows), target, w_rows.T, process))
+            self._val_rows.append((self._row_logits(x_rows), target, weight, w_rows.T, process))
         logits = self(x)
         self.val_metrics.update(preds=torch.sigmoid(logits), target=target, weight=weight)
         self.val_events.update(logits, target, weight)
@@ -408,16 +430,34 @@ class SignificanceClassifier(L.LightningModule):
         self.log_dict(shown, prog_bar=True)
         self.val_metrics.reset()
         logits, target, weight = self.val_events.compute()
+        shifted = None
         if self._val_rows:
-            rows, target, weight, process = (
-                torch.cat(part, -1) for part in zip(*self._val_rows, strict=True)
-            )
-            self.log("val/loss", self.loss(rows, target, weight, process).float())
+            shifted = [torch.cat(part, -1) for part in zip(*self._val_rows, strict=True)]
+            self._val_rows.clear()
+        if self._shifted and shifted is not None:  # the INFERNO loss of the whole shifted fold
+            rows, row_target, _, row_weight, process = shifted
+            self.log("val/loss", self.loss(rows, row_target, row_weight, process).float())
         elif len(logits):
             self.log("val/loss", self.loss(logits, target, weight).float())
-        self._val_rows.clear()
+        if self.sigma_mu is not None and shifted is not None:
+            self.log_dict(self.sigma_mu(*shifted))
         self.val_events.reset()
         self._log_epoch()
+
+    @torch.no_grad()
+    def final_validation_metrics(self, datamodule: HiggsDataModule) -> dict[str, float]:
+        """`sigma_mu`'s metrics of the network as the fit leaves it (after an early stop's
+        restored best epoch, or INFERNO's orientation), on `datamodule`'s validation rows: the
+        fold's record, as the fold's val/ams_max is that of its final network. Empty without
+        `sigma_mu` or validation rows."""
+        copies = None if self.needs is None else self.needs.validation
+        if self.sigma_mu is None or copies is None or datamodule.val_table is None:
+            return {}
+        _, target, weight, process, x_rows, w_rows = datamodule.shifted_validation(copies)
+        rows = range(x_rows.shape[1])
+        inputs = [None if self._row_inputs is None else self._row_inputs[v] for v in rows]
+        logits = torch.stack([predict_logit(self.net, x_rows[:, v], pulls=inputs[v]) for v in rows])
+        return self.sigma_mu(logits, target, weight, w_rows.T, process)
 
     def _log_epoch(self) -> None:
         """The epoch as the x axis (`step`, which Lightning takes as the logging step) and as

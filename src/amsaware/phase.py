@@ -9,7 +9,7 @@ option is implemented once, here (and declared in conf/finetune/_phase.yaml and
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -102,6 +102,9 @@ class TrainedFold:
     datamodule: HiggsDataModule
     logger: Any
     pretrained: nn.Module | None = None
+    #: Validation metrics of the final network beyond the nominal scores' (val/sigma_mu:
+    #: `SignificanceClassifier.final_validation_metrics`), for the fold's record.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def scorer(self) -> RawScorer:
         """The fold's logits of raw features (`RawScorer`), with its own preprocessing."""

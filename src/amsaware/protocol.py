@@ -217,9 +217,16 @@ class _Accumulator:
         )
 
     def add(
-        self, plan: _FoldPlan, z_val: torch.Tensor, y_val, w_val, z_test: np.ndarray | None
+        self,
+        plan: _FoldPlan,
+        z_val: torch.Tensor,
+        y_val,
+        w_val,
+        z_test: np.ndarray | None,
+        extra: dict[str, float] | None = None,
     ) -> dict[str, float]:
-        """Add one fold model's validation and test logits."""
+        """Add one fold model's validation and test logits (and `extra` validation metrics
+        that need more than them: val/sigma_mu)."""
         p_val = torch.sigmoid(z_val)
         if not torch.isfinite(p_val).all():
             # Stop at the first diverged fold: the others would cost time and say nothing.
@@ -229,6 +236,7 @@ class _Accumulator:
                 "lower optimizer.lr or check the loss settings)"
             )
         metrics = {"fold": plan.index, **evaluate(p_val, y_val, w_val, "val/", *self.totals)}
+        metrics |= extra or {}
         if plan.repeat:
             metrics["repeat"] = plan.repeat
         self.fold_metrics.append(metrics)
@@ -460,7 +468,8 @@ def train_folds(
             module = finetune.fit(module, datamodule, plan.stage)
         if clock is not None:
             clock.stage_done(label)
-        yield plan, TrainedFold(module.net, datamodule, module.loggers, pretrained)
+        extra = module.final_validation_metrics(datamodule)  # val/sigma_mu, with systematics
+        yield plan, TrainedFold(module.net, datamodule, module.loggers, pretrained, extra)
 
 
 def cross_validate(
@@ -509,7 +518,7 @@ def cross_validate(
             _, y_val, w_val = datamodule.val_tensors  # the labels and weights training scores with
             z_val, z_test = torch.from_numpy(fold.val_logits), fold.test_logits
             z_pretrain = None if before is None else torch.from_numpy(fold.pretrain_logits)
-            loggers, score = None, None
+            loggers, score, extra = None, None, {}  # no network: no val/sigma_mu
         else:
             x_val, y_val, w_val = fold.datamodule.val_tensors
             z_pretrain = None if before is None else predict_logit(fold.pretrained, x_val)
@@ -517,10 +526,10 @@ def cross_validate(
             z_test = None
             if test is not None:
                 z_test = predict_logit(fold.net, fold.datamodule.preprocess(test)).numpy()
-            loggers, score = fold.logger, fold.scorer()
+            loggers, score, extra = fold.logger, fold.scorer(), fold.metrics
         if before is not None:
             before.add(plan, z_pretrain, y_val, w_val, None)
-        metrics = after.add(plan, z_val, y_val, w_val, z_test)
+        metrics = after.add(plan, z_val, y_val, w_val, z_test, extra)
         if store is not None and not parallel and score is not None:
             store.save(plan, table, test, z_val, z_test, z_pretrain)
         if on_fold is not None:
@@ -534,7 +543,12 @@ def cross_validate(
 
 def summarise_cv(cv: CrossValidation, table: EventTable) -> dict[str, Any]:
     """The `cv` section of metrics.json: folds, their mean and std, and out-of-fold metrics."""
-    names = [name for name in cv.fold_metrics[0] if name not in ("fold", "repeat")]
+    # A metric some fold lacks (val/sigma_mu of a fold reloaded on resume) has no fold mean.
+    names = [
+        name
+        for name in cv.fold_metrics[0]
+        if name not in ("fold", "repeat") and all(name in m for m in cv.fold_metrics)
+    ]
     values = {name: np.array([m[name] for m in cv.fold_metrics]) for name in names}
     oof = evaluate(
         torch.from_numpy(cv.scores),

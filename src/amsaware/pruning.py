@@ -8,7 +8,8 @@ sweeper's study object in the same process).
 
 - Sequential folds: `fold_hook(settings)` is called from `cross_validate`'s per-fold hook after each
   fold with the fold's metrics; the fold's value of the metric `optimized_metric` is built
-  from (`val/ams_max` for `oof/ams_max`) is reported at step = fold index.
+  from (`val/ams_max` for `oof/ams_max`, `val/sigma_mu` for `fit/sigma_mu`: the final
+  network's, as the fold records it) is reported at step = fold index.
 - `cv.parallel=true`: the `EpochPruning` callback reports the folds' mean of that metric after
   every validation, at step = the validation's index: one per epoch, or several with
   `trainer.val_check_interval` < 1 (searches validate every quarter epoch, so that a pruner can
@@ -30,7 +31,14 @@ from collections.abc import Callable, Mapping
 import lightning as L
 
 from amsaware.parallel import FoldParallelClassifier
-from amsaware.search import IN_MEMORY_STUDIES, PRUNED_AT, TrialLink, fold_metric, trial_link
+from amsaware.search import (
+    IN_MEMORY_STUDIES,
+    PRUNED_AT,
+    TrialLink,
+    fold_metric,
+    trial_link,
+    unreported,
+)
 from amsaware.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +87,7 @@ class TrialReporter:
         raise optuna.TrialPruned(message)
 
 
-def _reporter(optimized_metric: str) -> TrialReporter | None:
+def _reporter(optimized_metric: str, parallel: bool, systematics: bool) -> TrialReporter | None:
     link = trial_link()
     if link is None:
         return None  # not a search trial
@@ -92,14 +100,12 @@ def _reporter(optimized_metric: str) -> TrialReporter | None:
             link.study_name,
         )
         return None
-    metric = fold_metric(optimized_metric)
-    if metric is None:
-        # The sweeper warned once for the whole search.
-        log.info(
-            "optimized_metric %s has no per-fold counterpart: this trial is not pruned",
-            optimized_metric,
-        )
+    why = unreported(optimized_metric, parallel, systematics)
+    if why is not None:
+        log.info("%s: this trial is not pruned", why)  # the sweeper warned once for the search
         return None
+    metric = fold_metric(optimized_metric)
+    assert metric is not None  # `unreported` says why otherwise
     return TrialReporter(link, metric)
 
 
@@ -112,7 +118,7 @@ def fold_hook(settings: Settings) -> FoldHook | None:
     per-fold hook."""
     if settings.cv.parallel:
         return None
-    reporter = _reporter(settings.optimized_metric)
+    reporter = _reporter(settings.optimized_metric, False, settings.systematics is not None)
     if reporter is None:
         return None
     n_folds = settings.cv.n_models
@@ -148,7 +154,9 @@ class EpochPruning(L.Callback):
             return  # a single model's fit: sequential folds report per fold instead
         if not self._looked:
             self._looked = True
-            self._reporter = _reporter(self.optimized_metric)
+            # val/sigma_mu is not measured here (sequential folds only): `unreported` says so
+            # before it asks about the systematics group.
+            self._reporter = _reporter(self.optimized_metric, True, True)
         if self._reporter is None:
             return
         name = self._reporter.metric

@@ -34,6 +34,10 @@ FIT_METRICS = (
     "fit/interval_width",
     "fit/score",
 )
+#: The validation fold's counterparts of fit/sigma_mu and fit/sigma_mu_stat
+#: (`amsaware.inferno.SigmaMu`), logged at every validation of a run with a systematics group
+#: and in its fold records: what a search for fit/sigma_mu prunes on.
+VAL_FIT_METRICS = ("val/sigma_mu", "val/sigma_mu_stat")
 #: Metrics a search minimises (all others are maximised).
 LOWER_IS_BETTER = (
     "fit/sigma_mu",
@@ -41,6 +45,7 @@ LOWER_IS_BETTER = (
     "fit/interval_width",
     "val/loss",
     "oof/loss",
+    *VAL_FIT_METRICS,
 )
 
 

@@ -8,7 +8,8 @@ with its ask-and-tell API. This module holds what the sweeper and the trials sha
   `tag(log, ...)`) read with Hydra's own override parser into Optuna distributions;
 - `metric_names` / `check_optimized_metric`: the metric names a run's metrics.json will have,
   so that a mistyped `optimized_metric` stops the search before the first trial trains;
-- `fold_metric`: which per-fold metric a trial reports to the pruner after each fold;
+- `fold_metric` / `unreported`: which per-fold metric a trial reports to the pruner after
+  each fold (`val/sigma_mu` for the fit's `fit/sigma_mu`), and why a search reports none;
 - `fingerprint` / `default_study_name` / `check_fingerprint`: what a search holds fixed, the
   study name keyed by its hash, and the refusal to continue a study searched with other
   fixed settings;
@@ -237,10 +238,17 @@ def check_direction(metric: str, directions: list[str]) -> None:
         )
 
 
+#: The fit's metrics with a per-fold counterpart: the validation fold's expected sigma_mu
+#: from the same binned Asimov likelihood (`amsaware.inferno.SigmaMu`, lower is better).
+FIT_FOLD_METRICS = {"fit/sigma_mu": "val/sigma_mu", "fit/sigma_mu_stat": "val/sigma_mu_stat"}
+
+
 def fold_metric(optimized_metric: str) -> str | None:
     """The per-fold (`val/...`) metric whose value a trial reports after each fold or epoch:
-    `val/X` for `oof/X` or `val/X`, the fold's `val/ams_max` for the cut's AMS. None where no
-    fold-level counterpart exists (`cut/fraction`, test metrics): then nothing is pruned."""
+    `val/X` for `oof/X` or `val/X`, the fold's `val/ams_max` for the cut's AMS, the fold's
+    `val/sigma_mu` for the fit's `fit/sigma_mu` (and `_stat` likewise). None where no
+    fold-level counterpart exists (`cut/fraction`, test metrics, the fit's Z, coverage and
+    toys): then nothing is pruned."""
     from amsaware.report import base_metric_names
 
     section, _, name = optimized_metric.partition("/")
@@ -248,6 +256,32 @@ def fold_metric(optimized_metric: str) -> str | None:
         return f"val/{name}"
     if optimized_metric in ("cut/ams", "cut/ams_smoothed"):
         return "val/ams_max"
+    return FIT_FOLD_METRICS.get(optimized_metric)
+
+
+def unreported(optimized_metric: str, parallel: bool, systematics: bool) -> str | None:
+    """Why a trial of this search reports nothing to the pruner, or None where it reports.
+
+    The fit's per-fold counterpart `val/sigma_mu` needs the validation events shifted by the
+    run's systematics group and is computed with sequential folds only (`cv.parallel=true`
+    trains the folds as one stacked model on plain batches: it has no val/sigma_mu)."""
+    metric = fold_metric(optimized_metric)
+    if metric is None:
+        return (
+            f"optimized_metric {optimized_metric} has no per-fold or per-epoch value (it exists "
+            "only once the run's folds are done)"
+        )
+    if metric in FIT_FOLD_METRICS.values() and parallel:
+        return (
+            f"optimized_metric {optimized_metric}'s per-fold value {metric} is measured with "
+            "sequential folds only: set cv.parallel=false (and trainer.val_check_interval=1.0, "
+            "hydra.sweeper.pruner.min_resource=1) to prune"
+        )
+    if metric in FIT_FOLD_METRICS.values() and not systematics:
+        return (
+            f"optimized_metric {optimized_metric}'s per-fold value {metric} needs a systematics "
+            "group (systematics=higgs): without it the folds do not measure it"
+        )
     return None
 
 

@@ -145,8 +145,19 @@ def nuisance_inputs(pulls: Tensor, names: tuple[str, ...]) -> Tensor:
     return torch.where(one_sided, pulls.abs(), pulls)
 
 
-#: What a module may ask of its training batches (`SignificanceClassifier.needs`).
-Needs = ShiftedCopies | PriorDraws
+@dataclass(frozen=True)
+class Needs:
+    """What a module's batches carry beyond the nominal (x, target, weight)
+    (`SignificanceClassifier.needs`; the datamodule builds it in its `setup`).
+
+    `train`: INFERNO's shifted copies or `augment=systematics`' prior draws (None: plain
+    batches). `validation`: the validation rows' shifted copies, in `ShiftedCopies`' layout,
+    for val/sigma_mu (every run with a systematics group) and INFERNO's val/loss; the nominal
+    (x, target, weight) stay first, so every other validation metric is unchanged.
+    """
+
+    train: ShiftedCopies | PriorDraws | None = None
+    validation: ShiftedCopies | None = None
 
 
 def process_index(table: EventTable, processes: tuple[str, ...]) -> np.ndarray:
@@ -245,11 +256,12 @@ class HiggsDataModule(L.LightningDataModule):
     serves all `train_index` rows for the final fit, with no validation.
 
     The module being fitted may ask for more than the nominal rows (its `needs`, read in
-    `setup`): shifted copies for INFERNO (`ShiftedCopies`, validation rows too, for its
-    val/loss) or prior draws for `augment=systematics` (`PriorDraws`, training rows only:
-    validation stays nominal). They are built once, through the fitted preprocessing, and kept
-    for the next fit on the same rows (a fine-tune). A module that needs nothing gets the plain
-    batches: nothing shifted is ever built for it.
+    `setup`): for training, shifted copies for INFERNO (`ShiftedCopies`) or prior draws for
+    `augment=systematics` (`PriorDraws`); for validation, shifted copies (`Needs.validation`,
+    every run with a systematics group: val/sigma_mu), after the nominal tensors. They are built
+    once, through the fitted preprocessing, and kept for the next fit on the same rows (a
+    fine-tune). A module that needs nothing gets the plain batches: nothing shifted is ever
+    built for it.
     """
 
     def __init__(
@@ -308,27 +320,37 @@ class HiggsDataModule(L.LightningDataModule):
         """
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         # What the module's batches carry beyond (x, target, weight): INFERNO's shifted copies or
-        # augmentation draws; a trainer without a module (a test's stand-in) needs nothing more.
-        needs = getattr(getattr(self.trainer, "lightning_module", None), "needs", None)
+        # augmentation draws, shifted validation copies; a trainer without a module (a test's
+        # stand-in) needs nothing more.
+        needs = getattr(getattr(self.trainer, "lightning_module", None), "needs", None) or Needs()
         train, val = self.train_tensors, self.val_tensors
-        if isinstance(needs, ShiftedCopies):
-            train = self._with_copies(needs, "train")
-            val = None if val is None else self._with_copies(needs, "val")
+        if val is not None and needs.validation is not None:
+            val = self.shifted_validation(needs.validation)
+        if isinstance(needs.train, ShiftedCopies):
+            train = self._with_copies(needs.train, "train")
             self._train_batches = ShuffledBatches(train, self.batch_size, self.seed)
-        elif isinstance(needs, PriorDraws):
-            x, w, pulls = self._built_for("draws", needs, lambda: self._draws(needs))
+        elif isinstance(needs.train, PriorDraws):
+            draws = needs.train
+            x, w, pulls = self._built_for("draws", draws, lambda: self._draws(draws))
             train = (x, train[1], w)
             inputs = None
-            if needs.pulls:
-                inputs = nuisance_inputs(pulls, tuple(needs.settings.shapes)).to(device)
+            if draws.pulls:
+                inputs = nuisance_inputs(pulls, tuple(draws.settings.shapes)).to(device)
             self._train_batches = DrawnBatches(train, self.batch_size, self.seed, inputs)
         self._train_batches.tensors = tuple(t.to(device) for t in train)
         if val is not None:
             self._val_device_tensors = tuple(t.to(device) for t in val)
         self._train_batches.shard(*self._shard())  # under DDP, this process's share
 
+    def shifted_validation(self, needs: ShiftedCopies) -> tuple[Tensor, ...]:
+        """The validation rows with their shifted copies (host tensors, built once): (x,
+        target, weight, process, x_rows (n, V, d), w_rows (n, V)), `ShiftedCopies`' layout."""
+        if self.val_table is None:
+            raise ValueError("this data module serves no validation rows (val_index=None)")
+        return self._with_copies(needs, "val")
+
     def _built_for(
-        self, part: str, needs: Needs, build: Callable[[], tuple[Tensor, ...]]
+        self, part: str, needs: ShiftedCopies | PriorDraws, build: Callable[[], tuple[Tensor, ...]]
     ) -> tuple[Tensor, ...]:
         key = f"{part}: {needs!r}"  # the settings hold a dict: no hash, but a plain repr
         if key not in self._built:

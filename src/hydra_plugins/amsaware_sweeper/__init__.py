@@ -175,14 +175,13 @@ class AmsawareSweeper(Sweeper):
             )
             search.check_direction(metric, directions)
         pruner = self._instantiate(settings.pruner)
-        if pruner is not None and search.fold_metric(metric) is None:
+        cv = cfg.get("cv") or {}
+        why = search.unreported(
+            metric, bool(cv.get("parallel", False)), cfg.get("systematics") is not None
+        )
+        if pruner is not None and why is not None:
             # Said once here; the trials, which report nothing, say it only at INFO.
-            log.warning(
-                "optimized_metric %s has no per-fold or per-epoch value (the fit's metrics "
-                "exist only once the run's folds are done): nothing is pruned, every trial "
-                "runs to its end",
-                metric,
-            )
+            log.warning("%s: nothing is pruned, every trial runs to its end", why)
         fixed_values = _fingerprint(cfg, space)
         study_name = settings.study_name or search.default_study_name(fixed_values)
         study = search.open_study(
