@@ -264,11 +264,16 @@ def bootstrap_pairs(
     """Each method against the first (BCE) over events: the mean over seeds of the paired
     difference sigma_mu(first) - sigma_mu(method) (positive: the method is narrower), its
     bootstrap 68% and 95% intervals (the seeds' resampled differences averaged draw by draw;
-    a draw where any fit failed is dropped), and the same relative to the first's sigma_mu."""
+    a draw where any fit failed is dropped), and the same relative to the first's sigma_mu.
+    Methods without resamples on every seed (runs cached before they kept their held-out
+    events) are left out."""
     first, *others = per_seed
     reference = np.array([r["exact/sigma_mu"] for r in per_seed[first]])
     out: dict[str, Any] = {}
-    for name in others:
+    complete = {name for name, runs in draws.items() if len(runs) == len(reference)}
+    if first not in complete:
+        return out
+    for name in (o for o in others if o in complete):
         observed = reference - np.array([r["exact/sigma_mu"] for r in per_seed[name]])
         resampled = np.stack([a - b for a, b in zip(draws[first], draws[name], strict=True)])
         kept = np.isfinite(resampled).all(axis=0)
@@ -367,10 +372,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 spec_path, args.toys, folder / "verdict.json"
             )
             per_seed[name].append(metrics)
-            if args.bootstrap:
-                draws[name].append(
-                    event_bootstrap(spec_path.parent.parent, seed, args.bootstrap, cfg.fit.bins)
-                )
+            run_dir = spec_path.parent.parent
+            if args.bootstrap and (run_dir / FIT_EVENTS).is_file():  # runs since it was kept
+                draws[name].append(event_bootstrap(run_dir, seed, args.bootstrap, cfg.fit.bins))
             log.info(
                 "seed %d %s: AMS cut %.3f, sigma_mu exact %.3f (mcstat %.3f), coverage %s",
                 seed,
