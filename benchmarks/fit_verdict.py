@@ -98,8 +98,8 @@ CONTROLS: dict[str, tuple[str, list[str] | None]] = {
         ["experiment=sigma_mu_nuisance_net", "model=mlp"],
     ),
     "control_mlp": (
-        "experiment=sigma_mu_nuisance_net model=mlp augment=null (nominal events only)",
-        ["experiment=sigma_mu_nuisance_net", "model=mlp", "augment=null"],
+        "experiment=sigma_mu_nuisance_net model=mlp ~augment (nominal events only)",
+        ["experiment=sigma_mu_nuisance_net", "model=mlp", "~augment"],
     ),
 }
 ALL_METHODS = {**METHODS, **NUISANCE_AWARE, **SEARCHED, **CONTROLS}
