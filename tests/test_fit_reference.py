@@ -23,7 +23,7 @@ from amsaware.checks import (
 from amsaware.experiment import load_dataset
 from amsaware.report import lookup_metric
 from amsaware.run_folder import FIT_EVENTS, fold_stage
-from tests.helpers import compose_run, run
+from tests.helpers import compose_run, run, train
 
 #: The fit as the tests run it: no toys (they cost seconds and are not compared).
 FIT = ("systematics=higgs", "fit.toys=0", "~logger")
@@ -162,3 +162,24 @@ def test_a_reference_needs_a_fit_in_this_run(reference):
         check_config(cfg)
     assert check_config(compose_run(Path("unused"), *FIT)).fit.reference is None
     assert np.isfinite(reference[1]["fit"]["fit/sigma_mu"])
+
+
+@pytest.mark.slow
+def test_the_issues_commands_on_the_real_sample_print_sigma_mu_against_bce(real_sample, tmp_path):
+    """The done-when commands through train.py on the 12,000-event sample (its first 5000
+    training events, experiment=smoke): BCE, then INFERNO and BCE fine-tuned by INFERNO, each
+    set against the BCE run."""
+    data = [
+        "experiment=smoke", "data=opendata", f"data.path={real_sample}", "data.download=false",
+        "data.limit=12000", "systematics=higgs", "fit.toys=0", "~logger", "threads=1",
+    ]  # fmt: skip
+    bce = tmp_path / "bce"
+    train(bce, "loss=bce", *data, tiny=False)
+    for name, method in (("inferno", ["loss=inferno"]), ("ft", ["finetune=inferno"])):
+        done = train(tmp_path / name, *method, *data, f"fit.reference={bce}", tiny=False)
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        recorded = metrics["fit"]["reference"]
+        assert recorded["run"] == str(bce.resolve()) and recorded["method"] == "loss=bce"
+        output = done.stdout + done.stderr
+        assert f"against {recorded['sigma_mu']:.3f}" in output and "(loss=bce)" in output
+        assert "python compare.py runs='[" in output
