@@ -351,7 +351,8 @@ def read_fit_reference(settings: Settings) -> FitReference | None:
             f"{where}: {folder.metrics_path} lacks finite fit/sigma_mu and fit/sigma_mu_stat "
             f"(found {values[0]!r} and {values[1]!r})"
         )
-    differ = _reference_differences(settings, section.get("settings") or {}, raw, where)
+    how = section.get("settings")
+    differ = _reference_differences(settings, how if isinstance(how, dict) else {}, raw, where)
     if differ:
         raise ConfigError(
             f"{where}: its fit is not comparable with this run's: {'; '.join(differ)}. "
