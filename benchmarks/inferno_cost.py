@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -96,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", help="write the timings as JSON here")
     args = parser.parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers")
     table = generate(args.events, seed=1) if args.steps else None
     results = {}
     for batch in args.batches:
