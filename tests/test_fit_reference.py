@@ -90,7 +90,7 @@ def test_a_reference_with_hydra_choices_names_the_method(reference, tmp_path):
 def test_a_reference_on_other_data_is_refused_before_training(reference, tmp_path):
     reference_dir, _ = reference
     cfg = compose_run(tmp_path / "other", *FIT, f"fit.reference={reference_dir}", "data.seed=3")
-    with pytest.raises(ConfigError, match=r"fit\.reference=.*other data.*digest"):
+    with pytest.raises(ConfigError, match=r"fit\.reference=.*other events.*digest"):
         check_fit_reference_data(check_config(cfg), load_dataset(cfg))
     # the whole run stops there: no fold trained
     with pytest.raises(ConfigError, match=r"fit\.reference="):
@@ -99,7 +99,7 @@ def test_a_reference_on_other_data_is_refused_before_training(reference, tmp_pat
     # fewer events
     cfg = compose_run(tmp_path / "fewer", *FIT, f"fit.reference={reference_dir}")
     cfg.data.n_train = 1400
-    with pytest.raises(ConfigError, match=r"fit\.reference=.*other data"):
+    with pytest.raises(ConfigError, match=r"fit\.reference=.*other events"):
         check_fit_reference_data(check_config(cfg), load_dataset(cfg))
 
 
@@ -109,7 +109,7 @@ def test_without_fold_scores_the_fits_own_events_are_compared(reference, tmp_pat
     same = compose_run(tmp_path / "same", *FIT, f"fit.reference={copied}")
     check_fit_reference_data(check_config(same), load_dataset(same))  # the same events pass
     other = compose_run(tmp_path / "other", *FIT, f"fit.reference={copied}", "data.seed=3")
-    with pytest.raises(ConfigError, match=r"other data.*(EventIds|labels|weights)"):
+    with pytest.raises(ConfigError, match=r"other events.*(EventIds|labels|weights)"):
         check_fit_reference_data(check_config(other), load_dataset(other))
     (copied / FIT_EVENTS).unlink()
     with pytest.raises(ConfigError, match=r"kept no record of its events"):

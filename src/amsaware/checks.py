@@ -441,7 +441,7 @@ def check_fit_reference_data(settings: Settings, dataset: Dataset, data: str = "
     from amsaware.run_folder import RunFolder, fold_stage
 
     where = f"fit.reference={given}"
-    other = f"{where} was trained on other data than this run{f' ({data})' if data else ''}"
+    other = f"{where} was trained on other events than this run's {data or 'data'}"
     folder, train = RunFolder(given), dataset.train
     try:
         theirs = folder.totals()
