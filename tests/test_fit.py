@@ -201,6 +201,33 @@ def test_fit_failures_carry_the_fitters_message(monkeypatch) -> None:
         fit.asimov_fit(one_bin(counting(10, 100)))
 
 
+def test_a_discovery_fit_that_stops_short_is_retried_with_the_careful_strategy(
+    monkeypatch,
+) -> None:
+    """At mu = 0 the shape nuisances can nearly absorb a flat signal; MIGRAD's default strategy
+    then fails where strategy 2 converges, and sigma_mu must not be lost to it."""
+    import cabinetry
+
+    significance = cabinetry.fit.significance
+    strategies = []
+
+    def stops_short(*args, strategy=None, **kwargs):
+        strategies.append(strategy)
+        if strategy != 2:
+            raise pyhf.exceptions.FailedMinimization(
+                type("R", (), {"message": "Optimization terminated successfully."})()
+            )
+        return significance(*args, strategy=strategy, **kwargs)
+
+    spec = spec_of(synthetic(np.random.default_rng(3)))
+    expected = fit.asimov_fit(spec)
+    monkeypatch.setattr(cabinetry.fit, "significance", stops_short)
+    result = fit.asimov_fit(spec)
+    assert strategies == [None, 2]
+    assert result.z_discovery == pytest.approx(expected.z_discovery, rel=1e-3)
+    assert result.sigma_mu == pytest.approx(expected.sigma_mu, rel=1e-6)
+
+
 def test_fair_score_at_known_points() -> None:
     n = 400
     sigma = np.sqrt(0.6827 * 0.3173 / n)

@@ -47,8 +47,9 @@ from amsaware.search import SearchConfigError
 from amsaware.settings import AugmentSettings, CutSettings, CVSettings, FitSettings, Settings
 
 if TYPE_CHECKING:
-    from amsaware.data.schema import EventTable
+    from amsaware.data.schema import Dataset, EventTable
     from amsaware.data.systematics import Systematics
+    from amsaware.fit_stage import FitReference
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +305,180 @@ def check_fit_events(fit: FitSettings | None, table: EventTable) -> None:
         )
 
 
+# --- fit.reference ---------------------------------------------------------------------------
+
+#: The choices that say how a reference run was trained, in its line (`loss=bce ...`).
+_METHOD_GROUPS = ("loss", "finetune", "augment", "model")
+
+
+def read_fit_reference(settings: Settings) -> FitReference | None:
+    """The run folder `fit.reference` names, read as data (`RunFolder`'s checked readers, the
+    safe YAML reader: nothing in it runs) and refused, naming the key and the folder, unless it
+    is a finished run with fit metrics made with this run's nuisances, bins and mc_stat: only
+    then are the two sigma_mu comparable. Its events are checked once the data is loaded
+    (`check_fit_reference_data`). None without `fit.reference`."""
+    given = None if settings.fit is None else settings.fit.reference
+    if given is None:
+        return None
+    from amsaware.fit_stage import FitReference
+    from amsaware.run_folder import RunFolder, read_plain_config
+
+    where = f"fit.reference={given}"
+    folder = RunFolder(given)
+    if not folder.path.is_dir():
+        kind = "a file" if folder.path.exists() else "not there"
+        raise ConfigError(f"{where}: {folder.path} is {kind}; expected a finished run folder")
+    if folder.path.resolve() == settings.output_dir.resolve():
+        raise ConfigError(f"{where} is this run's own folder; name another, finished run")
+    try:
+        metrics = folder.metrics()
+        raw = read_plain_config(folder.config_path) if folder.config_path.is_file() else None
+    except RunFolderError as error:
+        raise ConfigError(f"{where}: not a finished run: {error}") from None
+    if raw is None:
+        raise ConfigError(f"{where}: no {folder.config_path.name} in .hydra/; not a train.py run")
+    section = metrics.get("fit")
+    if not isinstance(section, dict):
+        raise ConfigError(
+            f"{where}: {folder.metrics_path} has no fit section; the reference must be a run "
+            "with a fit (trained with the same systematics=...)"
+        )
+    if "error" in section:
+        raise ConfigError(f"{where}: its fit failed ({section['error']}); nothing to compare")
+    values = [section.get(name) for name in ("fit/sigma_mu", "fit/sigma_mu_stat")]
+    if not all(_number(v) and math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(
+            f"{where}: {folder.metrics_path} lacks finite fit/sigma_mu and fit/sigma_mu_stat "
+            f"(found {values[0]!r} and {values[1]!r})"
+        )
+    how = section.get("settings")
+    differ = _reference_differences(settings, how if isinstance(how, dict) else {}, raw, where)
+    if differ:
+        raise ConfigError(
+            f"{where}: its fit is not comparable with this run's: {'; '.join(differ)}. "
+            "Train the reference with this run's systematics and fit settings, or set them here"
+        )
+    return FitReference(
+        folder.path.resolve(), _method_of(folder.path, raw), float(values[0]), float(values[1])
+    )
+
+
+def _reference_differences(
+    settings: Settings, how: Mapping[str, Any], raw: Mapping[str, Any], where: str
+) -> list[str]:
+    """What of the fit's settings (metrics.json's `fit.settings`) and nuisances (the config's
+    `systematics`) the reference has other than this run: `key: theirs there, ours here`."""
+    from amsaware.data.systematics import Systematics
+
+    assert settings.fit is not None
+    defaults = FitSettings()
+    found = []
+    for key in ("bins", "mc_stat"):
+        theirs, ours = how.get(key, getattr(defaults, key)), getattr(settings.fit, key)
+        if theirs != ours:
+            found.append(f"fit.{key} {theirs!r} there, {ours!r} here")
+    section = raw.get("systematics")
+    try:
+        theirs_sys = None if section is None else Systematics.from_config(section, "systematics")
+    except ValueError as error:
+        raise ConfigError(f"{where}: its systematics cannot be read: {error}") from None
+    ours_sys = settings.systematics
+    if (theirs_sys is None) != (ours_sys is None):
+        found.append(
+            f"systematics {'null' if theirs_sys is None else 'set'} there, "
+            f"{'null' if ours_sys is None else 'set'} here"
+        )
+    elif theirs_sys is not None and ours_sys is not None:
+        for field in dataclasses.fields(theirs_sys):
+            a, b = getattr(theirs_sys, field.name), getattr(ours_sys, field.name)
+            if a != b:
+                found.append(f"systematics.{field.name} {_plain(a)} there, {_plain(b)} here")
+    return found
+
+
+def _plain(value: Any) -> str:
+    """A nuisance setting as a config would write it (a mapping, a dataclass, a number)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return str(dataclasses.asdict(value))
+    return str(dict(value)) if isinstance(value, Mapping) else repr(value)
+
+
+def _method_of(path: Path, raw: Mapping[str, Any]) -> str:
+    """How a run was trained, as the command chose it (`loss=bce finetune=inferno`): Hydra's
+    choices in `.hydra/hydra.yaml` (read safely), else the loss's class from its config."""
+    from amsaware.run_folder import read_plain_config
+
+    choices: Mapping[str, Any] = {}
+    saved = path / ".hydra" / "hydra.yaml"
+    if saved.is_file():
+        try:
+            hydra = read_plain_config(saved).get("hydra") or {}
+            choices = (hydra.get("runtime") or {}).get("choices") or {}
+        except RunFolderError:
+            choices = {}
+    chosen = {group: choices.get(group) for group in _METHOD_GROUPS}
+    if chosen["model"] == "mlp":  # the default network goes without saying
+        del chosen["model"]
+    parts = [f"{group}={name}" for group, name in chosen.items() if isinstance(name, str)]
+    if not any(part.startswith("loss=") for part in parts):
+        target = (raw.get("loss") or {}).get("_target_")
+        parts.insert(0, f"loss={str(target).rsplit('.', 1)[-1]}")
+    return " ".join(parts)
+
+
+def check_fit_reference_data(settings: Settings, dataset: Dataset, data: str = "") -> None:
+    """`fit.reference` was trained on this run's events, refused before training otherwise:
+    its totals (metrics.json's `data`) and the digest of every training (and test) event that
+    each finished fold keeps for resume (`checkpoints/fold0/fold_scores.npz`); a reference that
+    kept no fold scores (no checkpoints, `cv.parallel`) is checked by its fit's own events
+    (EventIds, labels and weights of `fit/held_out.npz`). `data` names this run's data."""
+    given = None if settings.fit is None else settings.fit.reference
+    if given is None:
+        return
+    import numpy as np
+
+    from amsaware.protocol import FoldStore
+    from amsaware.run_folder import RunFolder, fold_stage
+
+    where = f"fit.reference={given}"
+    other = f"{where} was trained on other events than this run's {data or 'data'}"
+    folder, train = RunFolder(given), dataset.train
+    try:
+        theirs = folder.totals()
+        scores = folder.fold_scores(fold_stage(0))
+    except RunFolderError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    ours = (train.s_tot, train.b_tot)
+    if not np.allclose(theirs, ours, rtol=1e-9, atol=0.0):
+        raise ConfigError(f"{other}: its totals S_tot, B_tot are {theirs}, this run's {ours}")
+    if scores is not None:
+        # FoldStore's digest: what a resumed fold is checked against, so the same events.
+        digests = {FoldStore._events(train, None)}
+        if dataset.test is not None:
+            digests.add(FoldStore._events(train, dataset.test))
+        if scores.events not in digests:
+            raise ConfigError(
+                f"{other}: the digest of its events ({folder.fold_scores_path(fold_stage(0))}) "
+                "differs from this run's training events"
+            )
+        return
+    try:
+        events, event_id = folder.fit_events()
+    except RunFolderError as error:
+        raise ConfigError(f"{where}: kept no record of its events to check: {error}") from None
+    if not np.array_equal(np.asarray(event_id), train.event_id):
+        raise ConfigError(f"{other}: its fit's EventIds ({folder.path / 'fit'}) differ")
+    signal = np.asarray(events.process) == events.signal
+    if train.label is None or not np.array_equal(signal, train.label == 1):
+        raise ConfigError(f"{other}: its fit's events have other labels")
+    from amsaware.data.weights import rescaled_weights
+
+    weight = rescaled_weights(train.label, train.weight, train.s_tot, train.b_tot)
+    kept = np.asarray(events.weight) != 0
+    if not np.allclose(np.asarray(events.weight)[kept], weight[kept], rtol=1e-9, atol=0.0):
+        raise ConfigError(f"{other}: its fit's events have other weights")
+
+
 def check_optimized_metric(
     name: str, final_fit: bool = True, ensemble: str = "final", fit: bool = False
 ) -> str:
@@ -557,6 +732,12 @@ def check_config(cfg: DictConfig) -> Settings:
     check_optimized_metric(
         settings.optimized_metric, settings.final_fit, settings.ensemble, settings.fit is not None
     )
+    if settings.fit is None and (cfg.get("fit") or {}).get("reference") is not None:
+        raise ConfigError(
+            f"fit.reference={cfg.fit.reference} sets this run's fit against another run's, but "
+            "this run has no fit: choose systematics=... (or fit.enabled=true)"
+        )
+    read_fit_reference(settings)
     check_finetune_options(cfg.get("finetune"))
     check_parallel(cfg)
     check_augment(settings)

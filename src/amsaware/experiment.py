@@ -21,13 +21,26 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from amsaware.checks import check_finetune, check_fit_events, check_run
+from amsaware.checks import (
+    check_finetune,
+    check_fit_events,
+    check_fit_reference_data,
+    check_run,
+    read_fit_reference,
+)
 from amsaware.cli import reported_by_the_tool
 from amsaware.data.datamodule import HiggsDataModule, Needs, PriorDraws, ShiftedCopies
 from amsaware.data.formats import check_trainable
 from amsaware.data.schema import B_TOT, S_TOT, Dataset, EventTable
 from amsaware.data.systematics import background_processes, check_norms
-from amsaware.fit_stage import BACKGROUND, HeldOutScores, describe, no_systematics, run_fit
+from amsaware.fit_stage import (
+    BACKGROUND,
+    FitReference,
+    HeldOutScores,
+    describe,
+    no_systematics,
+    run_fit,
+)
 from amsaware.inferno import InfernoLoss, SigmaMu, nuisance_options
 from amsaware.loggers import (
     StageLoggers,
@@ -347,10 +360,14 @@ def _run(cfg: DictConfig) -> float:
     if settings.systematics is not None:
         check_norms(settings.systematics, dataset.train)
     check_fit_events(settings.fit, dataset.train)
+    # fit.reference, read again (check_run read it before the folder was claimed) and its
+    # events checked against this run's, before any training
+    reference = read_fit_reference(settings)
+    check_fit_reference_data(settings, dataset, _data_named(cfg))
     check_finetune(cfg.get("finetune"), (dataset.train.s_tot, dataset.train.b_tot))
     loggers = StageLoggers(cfg.get("logger"))
     try:
-        metrics = _run_with(cfg, settings, dataset, loggers)
+        metrics = _run_with(cfg, settings, dataset, loggers, reference)
         metrics["run"]["seconds"] = round(time.perf_counter() - started, 1)
         RunFolder(settings.output_dir).write_metrics(metrics)
         if loggers:
@@ -365,9 +382,14 @@ def _run(cfg: DictConfig) -> float:
 
 
 def _run_with(
-    cfg: DictConfig, settings: Settings, dataset: Dataset, loggers: StageLoggers
+    cfg: DictConfig,
+    settings: Settings,
+    dataset: Dataset,
+    loggers: StageLoggers,
+    reference: FitReference | None = None,
 ) -> dict[str, Any]:
-    """The protocol: the fold models, the cut, the test scores; returns metrics.json's dict."""
+    """The protocol: the fold models, the cut, the test scores, the fit (set against
+    `reference`'s); returns metrics.json's dict."""
     train, run = dataset.train, RunFolder(settings.output_dir)
     totals = (train.s_tot, train.b_tot)
     early_stops: EarlyStops = {}
@@ -424,7 +446,7 @@ def _run_with(
     figures_dir = settings.output_dir if settings.checkpoints else None
     log_oof_figures(cv.scores, train, cut, loggers, figures_dir, source)
     cut, tests = _score_test(settings, dataset, cv, cut, scorers, run, factories, finetune, clock)
-    fitted = None if held_out is None else _fit(settings, held_out, run, loggers)
+    fitted = None if held_out is None else _fit(settings, held_out, run, loggers, reference)
     facts = {
         "seconds": None,  # set by the caller once the run is written
         "n_train": len(train),
@@ -438,10 +460,16 @@ def _run_with(
 
 
 def _fit(
-    settings: Settings, held_out: HeldOutScores, run: RunFolder, loggers: StageLoggers
+    settings: Settings,
+    held_out: HeldOutScores,
+    run: RunFolder,
+    loggers: StageLoggers,
+    reference: FitReference | None = None,
 ) -> dict[str, Any]:
     """The fit stage (`amsaware.fit_stage`): metrics.json's `fit` section, the workspace and
-    figures under `fit/`, the metrics and figures in every logger."""
+    figures under `fit/`, the metrics and figures in every logger; with `fit.reference`, the
+    line setting sigma_mu against the reference's and compare.py's command for the paired
+    bootstrap."""
     assert settings.fit is not None
     started = time.perf_counter()
     drawn: dict[str, Any] = {}
@@ -452,7 +480,12 @@ def _fit(
         log.info("fit: %s (%.0f s)", describe(outcome.metrics), time.perf_counter() - started)
         if loggers:
             log_fit(loggers, outcome.metrics, drawn)
-    return outcome.section(settings.fit)
+        if reference is not None:
+            log.info("%s", reference.describe(outcome.metrics))
+            log.info("paired bootstrap of sigma_mu: %s", reference.compare_command(run.path))
+    elif reference is not None:
+        log.warning("no comparison with fit.reference=%s: this run's fit failed", reference.path)
+    return outcome.section(settings.fit, reference)
 
 
 def _data_named(cfg: DictConfig) -> str:

@@ -16,7 +16,8 @@ held them out, binned and fitted as an analysis would (`amsaware.fit`).
 
 What the stage writes: `fit/held_out.npz` (the fit's events, `fit.save_input`: what
 compare.py refits bootstrap resamples of), `fit/workspace.json` (standard pyhf JSON), the figures
-(`fit/distributions`, `fit/impacts`, `fit/scan`, PNG and PDF) and the `fit/...` metrics.
+(`fit/distributions`, `fit/impacts`, `fit/scan`, PNG and PDF) and the `fit/...` metrics; with
+`fit.reference`, the run's sigma_mu set against another run's (`FitReference`).
 """
 
 from __future__ import annotations
@@ -133,6 +134,47 @@ class HeldOutScores:
 
 
 @dataclass(frozen=True)
+class FitReference:
+    """A finished run's fit that this run's is set against (`fit.reference`): its folder, how
+    it was trained (`loss=bce`, ...) and its sigma_mu, full and stat-only. Built by
+    `checks.read_fit_reference`, which has checked before training that it fitted the same
+    events with the same nuisances, bins and mc_stat, so the two numbers are comparable."""
+
+    path: Path
+    method: str
+    sigma_mu: float
+    sigma_mu_stat: float
+
+    def section(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """metrics.json's `fit.reference`: the reference's values and, after a fit, this run's
+        relative change (this / reference - 1). Plain keys, not `fit/` names, so a search or
+        compare.py never takes them for this run's own metrics."""
+        found: dict[str, Any] = {
+            "run": str(self.path),
+            "method": self.method,
+            "sigma_mu": self.sigma_mu,
+            "sigma_mu_stat": self.sigma_mu_stat,
+        }
+        if "fit/sigma_mu" in metrics:
+            found["change"] = metrics["fit/sigma_mu"] / self.sigma_mu - 1.0
+            found["change_stat"] = metrics["fit/sigma_mu_stat"] / self.sigma_mu_stat - 1.0
+        return found
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        """One line for the console: this run's sigma_mu against the reference's."""
+        change = metrics["fit/sigma_mu"] / self.sigma_mu - 1.0
+        return (
+            f"fit/sigma_mu {metrics['fit/sigma_mu']:.3f} (stat only "
+            f"{metrics['fit/sigma_mu_stat']:.3f}) against {self.sigma_mu:.3f} "
+            f"({self.sigma_mu_stat:.3f}) of {self.path} ({self.method}): {change:+.0%}"
+        )
+
+    def compare_command(self, run: Path) -> str:
+        """compare.py's paired bootstrap of the two runs' sigma_mu (refits of resamples)."""
+        return f"python compare.py runs='[{self.path},{run}]'"
+
+
+@dataclass(frozen=True)
 class FitOutcome:
     """What the stage gives the run: metrics (empty when the fit failed) and the error."""
 
@@ -140,12 +182,17 @@ class FitOutcome:
     error: str | None = None
     report: fit.FitReport | None = None
 
-    def section(self, settings: FitSettings) -> dict[str, Any]:
-        """metrics.json's `fit` section: the metrics, how they were made, or the error."""
+    def section(
+        self, settings: FitSettings, reference: FitReference | None = None
+    ) -> dict[str, Any]:
+        """metrics.json's `fit` section: the metrics, how they were made, or the error; with a
+        reference, its values and this run's change against them (`reference`)."""
         how = settings_section(settings)
-        if self.error is not None:
-            return {"error": self.error, "settings": how}
-        return {**self.metrics, "settings": how}
+        found = {"error": self.error} if self.error is not None else dict(self.metrics)
+        found["settings"] = how
+        if reference is not None:
+            found["reference"] = reference.section(self.metrics)
+        return found
 
 
 def settings_section(settings: FitSettings) -> dict[str, Any]:

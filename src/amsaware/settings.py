@@ -51,13 +51,16 @@ class FitSettings:
 
     `enabled` null runs it when a `systematics` group is chosen; `mc_stat` adds the templates'
     own Monte Carlo statistics (staterror); `toys` pseudo-experiments measure the coverage of
-    the 68.27% interval on mu.
+    the 68.27% interval on mu; `reference`, a finished run folder fitted on the same data with
+    the same nuisances and fit settings (`checks.read_fit_reference`), is what the run's
+    sigma_mu is set against at its end.
     """
 
     enabled: bool | None = None
     bins: int = 10
     mc_stat: bool = True
     toys: int = 200
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
