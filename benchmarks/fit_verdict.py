@@ -631,8 +631,10 @@ def bar_lines(document: dict[str, Any], first: str) -> list[str]:
         f"(≥ {NARROWER:.0%} narrower on ≥ {SEEDS_BETTER} seeds, coverage in "
         f"[{COVERAGE[0]}, {COVERAGE[1]}], stat-only at most {WIDER_STAT:.0%} wider)."
         + (
-            " The last column: the event bootstrap's 95% interval of the mean (over seeds) "
-            "relative narrowing, held-out events resampled with replacement, paired."
+            " The last column: the event bootstrap's 95% interval of the full σ_μ's mean (over "
+            "seeds) relative change, held-out events resampled with replacement, the same "
+            "resamples for both methods, each refitted with HESSE (a percentile interval; "
+            "resampling also adds Monte Carlo noise to the ±1σ templates)."
             if boot
             else ""
         ),
