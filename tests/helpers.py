@@ -7,6 +7,7 @@ real config (conf/) and calls the library as the entry point does.
 """
 
 import json
+import logging
 import subprocess
 import sys
 import warnings
@@ -122,3 +123,25 @@ def kaggle_frame(table: EventTable, with_labels: bool = False) -> pd.DataFrame:
         frame["Weight"] = table.weight
         frame["Label"] = np.where(table.label == 1, "s", "b")
     return frame
+
+
+def multirun(task: Any, overrides: list[str]) -> None:
+    """`train.py -m OVERRIDES` in this process with `task` as the run function: the real
+    sweeper, Hydra's basic launcher and the run folders it makes."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    version.setbase("1.3")
+    handlers, level = logging.root.handlers[:], logging.root.level
+    GlobalHydra.instance().clear()
+    try:
+        app = Hydra.create_main_hydra2("train", create_config_search_path(str(REPO / "conf")))
+        app.multirun("train", task, overrides, False)
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)

@@ -55,6 +55,7 @@ from hydra_plugins.amsaware_sweeper import (
     first_decision_step,
 )
 from tests.conftest import REPO
+from tests.helpers import multirun
 
 TINY_TRIAL = [
     "experiment=smoke",
@@ -574,23 +575,7 @@ def test_best_run_quotes_the_studys_best_trial_and_its_command_reproduces_it(tmp
 def hydra_multirun(task, overrides: list[str]) -> None:
     """`train.py -m hparams_search=optuna OVERRIDES` in this process with another task
     function: the real sweeper, Hydra's basic launcher and the run folders it makes."""
-    from hydra import version
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    version.setbase("1.3")
-    handlers, level = logging.root.handlers[:], logging.root.level
-    GlobalHydra.instance().clear()
-    try:
-        app = Hydra.create_main_hydra2("train", create_config_search_path(str(REPO / "conf")))
-        app.multirun("train", task, ["hparams_search=optuna", *overrides], False)
-    finally:
-        GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None
-        logging.root.handlers[:] = handlers
-        logging.root.setLevel(level)
+    multirun(task, ["hparams_search=optuna", *overrides])
 
 
 def folder_trial(cfg) -> float:

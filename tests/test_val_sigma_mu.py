@@ -2,7 +2,6 @@
 network of a run with a systematics group; and pruning a search for fit/sigma_mu on it."""
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +9,14 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO, TINY, compose_run, quiet_trainer, run
+from helpers import TINY, compose_run, multirun, quiet_trainer, run
 
 from amsaware import fit
 from amsaware.checks import check_config
 from amsaware.data.datamodule import HiggsDataModule, Needs, PriorDraws, ShiftedCopies
 from amsaware.data.systematics import Systematics, background_processes
 from amsaware.data.weights import rescaled_weights
+from amsaware.experiment import run_experiment
 from amsaware.fit_stage import variation_inputs
 from amsaware.inferno import SIGMA_MU, SIGMA_MU_STAT, SigmaMu, asimov_variance
 from amsaware.losses import BCELoss
@@ -224,32 +224,9 @@ def test_the_fits_sigma_mu_prunes_on_the_folds_val_sigma_mu():
     assert "no per-fold" in unreported("fit/coverage", parallel=False, systematics=True)
 
 
-def _multirun(overrides: list[str]) -> None:
-    """`train.py -m OVERRIDES` in this process: the real sweeper and runs, Hydra's basic
-    launcher (as tests/test_search.py's `hydra_multirun`)."""
-    from hydra import version
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from amsaware.experiment import run_experiment
-
-    version.setbase("1.3")
-    handlers, level = logging.root.handlers[:], logging.root.level
-    GlobalHydra.instance().clear()
-    try:
-        app = Hydra.create_main_hydra2("train", create_config_search_path(str(REPO / "conf")))
-        app.multirun("train", run_experiment, overrides, False)
-    finally:
-        GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None
-        logging.root.handlers[:] = handlers
-        logging.root.setLevel(level)
-
-
 def test_a_sigma_mu_search_reports_each_folds_val_sigma_mu(tmp_path):
-    _multirun(
+    multirun(
+        run_experiment,
         [
             "hparams_search=optuna_sigma_mu",
             "systematics=higgs",
@@ -262,7 +239,7 @@ def test_a_sigma_mu_search_reports_each_folds_val_sigma_mu(tmp_path):
             "hydra.sweeper.n_trials=2",  # the config's pruner: successive halving from step 0
             f"paths.log_dir={tmp_path}/logs",
             f"hydra.sweep.dir={tmp_path}/sweep",
-        ]
+        ],
     )
     storage = f"sqlite:///{tmp_path}/logs/optuna/studies.db"
     (name,) = optuna.study.get_all_study_names(storage)
