@@ -6,6 +6,13 @@ behind docs/results.md's section "Significance with systematic uncertainties (bi
     python benchmarks/fit_verdict.py --synthetic --n-train 250000 --seeds 1   # default size
     python benchmarks/fit_verdict.py --tables-only --json docs/fit_verdict.json  # Markdown
 
+Training against the systematics (docs/results.md's first section, docs/nuisance_verdict.json):
+`--methods` picks among the nuisance-aware methods, the settings searched for sigma_mu on seed
+0 (`experiment=sigma_mu_*`) and their controls; `--bootstrap N` adds a paired bootstrap over
+each run's held-out events against the references (BCE, and BCE searched for sigma_mu);
+`--override` sets other nuisance sizes for every run (a systematics-dominated setting);
+`--pairs first` compares each method with the first only.
+
 Every network is a real `train.py` run (composed in-process, as benchmarks/loss_verdict.py
 does) with `systematics=higgs fit.toys=0`, one per seed and method: `loss=bce`, `loss=ams`,
 `loss=bce finetune=ams`. HistGradientBoosting is trained on the BCE run's folds (the same
