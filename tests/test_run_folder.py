@@ -445,6 +445,28 @@ def test_fold_scores_round_trip_with_their_dtypes(run):
         np.testing.assert_array_equal(getattr(back, name), getattr(scores, name))
     run.write_fold_scores("fold1", FoldScores(np.array([1]), np.array([0.0]), "x"))
     assert run.fold_scores("fold1").test_logits is None
+    assert run.fold_scores("fold1").metrics == {}
+
+
+def test_fold_scores_keep_the_metrics_that_need_the_network(run):
+    """val/sigma_mu scores shifted events with the fold's network: a resumed run reads it back
+    instead of losing it (NaN, a fold too small for the fit's bins, survives)."""
+    metrics = {"val/sigma_mu": 0.41, "val/sigma_mu_stat": float("nan")}
+    run.write_fold_scores("fold0", FoldScores(np.array([1]), np.array([0.0]), "x", metrics=metrics))
+    back = run.fold_scores("fold0").metrics
+    assert back["val/sigma_mu"] == pytest.approx(0.41) and np.isnan(back["val/sigma_mu_stat"])
+
+
+@pytest.mark.parametrize("record", ['{"sigma_mu": 1.0}', '{"val/x": "1"}', "[1]", "{"])
+def test_fold_scores_with_a_malformed_metrics_record_are_named(run, record):
+    path = run.fold_scores_path("fold2")
+    path.parent.mkdir(parents=True)
+    arrays = {"val_index": np.array([0]), "val_logits": np.array([0.0]), "events": np.array("x")}
+    arrays |= {"files": np.array("{}"), "metrics": np.array(record)}
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+    with pytest.raises(RunFolderError, match=r"'metrics' is not a record"):
+        run.fold_scores("fold2")
 
 
 @pytest.mark.parametrize(

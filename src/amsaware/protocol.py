@@ -355,9 +355,10 @@ class FoldStore:
         z_val: torch.Tensor,
         z_test: np.ndarray | None,
         z_pretrain: torch.Tensor | None,
+        metrics: dict[str, float] | None = None,
     ) -> None:
-        """Mark the fold finished: its scores and its files' digests, written after its
-        checkpoint."""
+        """Mark the fold finished: its scores, the validation `metrics` that need its network
+        (val/sigma_mu) and its files' digests, written after its checkpoint."""
         scores = FoldScores(
             plan.val_index,
             z_val.numpy(),
@@ -365,6 +366,7 @@ class FoldStore:
             z_test,
             None if z_pretrain is None else z_pretrain.numpy(),
             self.run.stage_digests(plan.stage),
+            dict(metrics or {}),
         )
         self.run.write_fold_scores(plan.stage, scores)
 
@@ -518,7 +520,7 @@ def cross_validate(
             _, y_val, w_val = datamodule.val_tensors  # the labels and weights training scores with
             z_val, z_test = torch.from_numpy(fold.val_logits), fold.test_logits
             z_pretrain = None if before is None else torch.from_numpy(fold.pretrain_logits)
-            loggers, score, extra = None, None, {}  # no network: no val/sigma_mu
+            loggers, score, extra = None, None, fold.metrics  # val/sigma_mu as it was
         else:
             x_val, y_val, w_val = fold.datamodule.val_tensors
             z_pretrain = None if before is None else predict_logit(fold.pretrained, x_val)
@@ -531,7 +533,7 @@ def cross_validate(
             before.add(plan, z_pretrain, y_val, w_val, None)
         metrics = after.add(plan, z_val, y_val, w_val, z_test, extra)
         if store is not None and not parallel and score is not None:
-            store.save(plan, table, test, z_val, z_test, z_pretrain)
+            store.save(plan, table, test, z_val, z_test, z_pretrain, extra)
         if on_fold is not None:
             report = FoldReport(
                 plan.index, plan.stage, plan.repeat, metrics, plan.val_index, z_val.numpy(),
@@ -543,7 +545,8 @@ def cross_validate(
 
 def summarise_cv(cv: CrossValidation, table: EventTable) -> dict[str, Any]:
     """The `cv` section of metrics.json: folds, their mean and std, and out-of-fold metrics."""
-    # A metric some fold lacks (val/sigma_mu of a fold reloaded on resume) has no fold mean.
+    # A metric some fold lacks (val/sigma_mu of a fold saved by an older amsaware and reloaded
+    # on resume) has no fold mean.
     names = [
         name
         for name in cv.fold_metrics[0]

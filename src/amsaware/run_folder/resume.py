@@ -26,7 +26,9 @@ class FoldScores:
     second phase), its test logits (fold ensemble), `events`, a digest of the data they were
     computed on (so that changed data is noticed), and `files`, the sha256 of the fold's
     checkpoint (of its weights) and preprocessing as it finished (so that a replaced or
-    truncated file is noticed before it is reloaded)."""
+    truncated file is noticed before it is reloaded). `metrics` are the fold's validation
+    metrics that need its network, not only its logits (val/sigma_mu scores shifted events):
+    a resumed run reports them as the uninterrupted run did."""
 
     val_index: np.ndarray
     val_logits: np.ndarray
@@ -34,6 +36,7 @@ class FoldScores:
     test_logits: np.ndarray | None = None
     pretrain_logits: np.ndarray | None = None
     files: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def events_digest(*arrays: np.ndarray) -> str:
@@ -54,6 +57,7 @@ def write_fold_scores(scores: FoldScores, path: Path, within: Path | None = None
         "val_logits": np.asarray(scores.val_logits),
         "events": np.array(scores.events),
         "files": np.array(json.dumps(scores.files, sort_keys=True)),
+        "metrics": np.array(json.dumps(scores.metrics, sort_keys=True)),
     }
     for name in ("test_logits", "pretrain_logits"):
         if getattr(scores, name) is not None:
@@ -76,7 +80,7 @@ def read_fold_scores(path: Path) -> FoldScores | None:
             "the fold is trained again"
         ) from None
     required = {"val_index", "val_logits", "events"}
-    known = required | {"test_logits", "pretrain_logits", "files"}
+    known = required | {"test_logits", "pretrain_logits", "files", "metrics"}
     if not required <= set(arrays) <= known:
         raise RunFolderError(
             f"{path}: corrupt, holds {sorted(arrays)}; expected {sorted(required)} "
@@ -104,6 +108,9 @@ def read_fold_scores(path: Path) -> FoldScores | None:
     files = _files(arrays["files"]) if arrays["files"].shape == () else None
     if files is None:
         raise RunFolderError(f"{path}: corrupt, 'files' is not a record of sha256 digests")
+    metrics = _metrics(arrays["metrics"]) if "metrics" in arrays else {}  # older: none kept
+    if metrics is None:
+        raise RunFolderError(f"{path}: corrupt, 'metrics' is not a record of val/ numbers")
     return FoldScores(
         index,
         logits,
@@ -111,7 +118,24 @@ def read_fold_scores(path: Path) -> FoldScores | None:
         arrays.get("test_logits"),
         arrays.get("pretrain_logits"),
         files,
+        metrics,
     )
+
+
+def _metrics(value: np.ndarray) -> dict[str, float] | None:
+    """The `metrics` record ({"val/...": number}, NaN allowed), or None if malformed."""
+    if value.shape != ():
+        return None
+    try:
+        metrics = json.loads(str(value))
+    except json.JSONDecodeError:
+        return None
+    fine = isinstance(metrics, dict) and all(
+        isinstance(k, str) and k.startswith("val/") and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        for k, v in metrics.items()
+    )  # fmt: skip
+    return {k: float(v) for k, v in metrics.items()} if fine else None
 
 
 def _files(value: np.ndarray) -> dict[str, str] | None:
