@@ -125,14 +125,14 @@ STEP_NET = dict(n_layers=2, hidden_size=448, dropout=0.187)
 
 def loss_module(loss: str, table: EventTable) -> SignificanceClassifier:
     """`train.py loss=<loss> systematics=higgs`'s module around `STEP_NET`, built from conf/ as
-    a run builds it (`amsaware.experiment._make_module`): INFERNO with the nuisances of the
+    a run builds it (`amsaware.experiment.build_module`): INFERNO with the nuisances of the
     systematics group and the table's background processes, its batches carrying the shifted
     copies (`ShiftedCopies`); BCE and soft AMS on plain batches."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
     from amsaware.data.systematics import background_processes
-    from amsaware.experiment import _make_module
+    from amsaware.experiment import build_module
     from amsaware.settings import Settings
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
@@ -143,7 +143,7 @@ def loss_module(loss: str, table: EventTable) -> SignificanceClassifier:
     torch.manual_seed(0)
     net = MLP(table.features.shape[1], **STEP_NET)
     totals = (table.s_tot, table.b_tot)
-    return _make_module(settings, cfg, net, None, totals, background_processes(table))
+    return build_module(settings, cfg, net, None, totals, background_processes(table))
 
 
 class StepClock(L.Callback):

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from amsaware.data.schema import Dataset, EventTable
     from amsaware.data.systematics import Systematics
     from amsaware.fit_stage import FitReference
+    from amsaware.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ def read_fit_reference(settings: Settings) -> FitReference | None:
             "Train the reference with this run's systematics and fit settings, or set them here"
         )
     return FitReference(
-        folder.path.resolve(), _method_of(folder.path, raw), float(values[0]), float(values[1])
+        folder.path.resolve(), _method_of(folder), float(values[0]), float(values[1])
     )
 
 
@@ -403,13 +404,13 @@ def _plain(value: Any) -> str:
     return str(dict(value)) if isinstance(value, Mapping) else repr(value)
 
 
-def _method_of(path: Path, raw: Mapping[str, Any]) -> str:
+def _method_of(folder: RunFolder) -> str:
     """How a run was trained, as the command chose it (`loss=bce finetune=inferno`): Hydra's
     choices in `.hydra/hydra.yaml` (read safely), else the loss's class from its config."""
     from amsaware.run_folder import read_plain_config
 
     choices: Mapping[str, Any] = {}
-    saved = path / ".hydra" / "hydra.yaml"
+    saved = folder.path / ".hydra" / "hydra.yaml"
     if saved.is_file():
         try:
             hydra = read_plain_config(saved).get("hydra") or {}
@@ -421,8 +422,7 @@ def _method_of(path: Path, raw: Mapping[str, Any]) -> str:
         del chosen["model"]
     parts = [f"{group}={name}" for group, name in chosen.items() if isinstance(name, str)]
     if not any(part.startswith("loss=") for part in parts):
-        target = (raw.get("loss") or {}).get("_target_")
-        parts.insert(0, f"loss={str(target).rsplit('.', 1)[-1]}")
+        parts.insert(0, f"loss={folder.loss_name()}")
     return " ".join(parts)
 
 
@@ -453,9 +453,9 @@ def check_fit_reference_data(settings: Settings, dataset: Dataset, data: str = "
         raise ConfigError(f"{other}: its totals S_tot, B_tot are {theirs}, this run's {ours}")
     if scores is not None:
         # FoldStore's digest: what a resumed fold is checked against, so the same events.
-        digests = {FoldStore._events(train, None)}
+        digests = {FoldStore.digest(train, None)}
         if dataset.test is not None:
-            digests.add(FoldStore._events(train, dataset.test))
+            digests.add(FoldStore.digest(train, dataset.test))
         if scores.events not in digests:
             raise ConfigError(
                 f"{other}: the digest of its events ({folder.fold_scores_path(fold_stage(0))}) "

@@ -111,7 +111,7 @@ def _quiet_lightning() -> None:
     )
 
 
-def _make_module(
+def build_module(
     settings: Settings,
     section: DictConfig,
     net: nn.Module,
@@ -185,7 +185,7 @@ def _factories(
 
     def make_module() -> SignificanceClassifier:
         net = instantiate(cfg.model, n_features=n_features)
-        return _make_module(settings, cfg, net, 0 if finetuning else None, totals, processes)
+        return build_module(settings, cfg, net, 0 if finetuning else None, totals, processes)
 
     def make_trainer(stages: str | list[str]) -> L.Trainer:
         phase = "pretrain" if finetuning else None
@@ -298,7 +298,7 @@ def _finetune(
     ft = cfg.finetune
 
     def make_module(net: nn.Module) -> SignificanceClassifier:
-        return _make_module(settings, ft, net, 1, totals, processes)
+        return build_module(settings, ft, net, 1, totals, processes)
 
     def make_trainer(stages: str | list[str], callbacks: list[L.Callback]) -> L.Trainer:
         phase = f"finetune={choice('finetune') or ft.loss._target_.rsplit('.', 1)[-1]}"

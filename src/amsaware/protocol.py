@@ -295,7 +295,9 @@ class FoldStore:
     data: str = "the command's data"
 
     @staticmethod
-    def _events(table: EventTable, test: EventTable | None) -> str:
+    def digest(table: EventTable, test: EventTable | None) -> str:
+        """The identity of the events a fold saw (its training table, with the test events
+        where scored): what a resumed fold and `fit.reference` are checked against."""
         parts = [table.event_id, table.features, table.label, table.weight]
         if test is not None:
             parts += [test.event_id, test.features]
@@ -312,7 +314,7 @@ class FoldStore:
         unfinished folds' folders are cleared. Empty when not resuming."""
         if not self.resume:
             return {}
-        events = self._events(table, test)
+        events = self.digest(table, test)
         found = {}
         for plan in plans:
             scores = self.run.fold_scores(plan.stage)
@@ -362,7 +364,7 @@ class FoldStore:
         scores = FoldScores(
             plan.val_index,
             z_val.numpy(),
-            self._events(table, test),
+            self.digest(table, test),
             z_test,
             None if z_pretrain is None else z_pretrain.numpy(),
             self.run.stage_digests(plan.stage),
