@@ -155,13 +155,13 @@ def test_a_parameterised_net_scores_each_row_at_its_nuisance_inputs(small_table)
 
 
 def test_without_a_systematics_group_nothing_is_shifted_or_measured(small_table):
-    from amsaware.experiment import _make_module
+    from amsaware.experiment import build_module
 
     for overrides, shifted in (((), False), (("systematics=higgs",), True)):
         cfg = compose_run(Path("unused"), *overrides)
         settings = check_config(cfg)
         net = torch.nn.Linear(3, 1)
-        module = _make_module(settings, cfg, net, None, (1.0, 2.0), ("ztautau", "ttbar", "wjets"))
+        module = build_module(settings, cfg, net, None, (1.0, 2.0), ("ztautau", "ttbar", "wjets"))
         assert (module.sigma_mu is not None) == shifted
         assert (module.needs is not None and module.needs.validation is not None) == shifted
     # a module that needs nothing: plain validation batches, nothing built
